@@ -1,0 +1,56 @@
+"""Random but awkward training-step problems shared by the reference, cpu and cuda backend tests."""
+from __future__ import annotations
+
+import numpy as np
+
+from gru4rec_kernels.config import TrainConfig
+from gru4rec_kernels.layout import init_params
+from gru4rec_kernels.reference import StepInputs, zeros_like_params
+
+
+def make_cfg(loss="cross-entropy", mode="constrained", layers=(5,), final_act="linear", **kw) -> TrainConfig:
+    emb = {"constrained": dict(constrained_embedding=True, embedding=0),
+           "embedding": dict(constrained_embedding=False, embedding=4),
+           "onehot": dict(constrained_embedding=False, embedding=0)}[mode]
+    if loss == "bpr-max":
+        kw.setdefault("bpreg", 0.5)
+    return TrainConfig(layers=list(layers), loss=loss, final_act=final_act, **emb, **kw)
+
+
+def make_problem(cfg: TrainConfig, n_items=13, B=3, S=4, dtype=np.float64, seed=0, inactive=(1,),
+                 dropout=0.0, logq=False, hidden_scale=0.5):
+    """params, opt, H, step with duplicate ids among inputs, targets and samples, inactive rows and masks."""
+    rng = np.random.default_rng(seed)
+    _, params = init_params(cfg, n_items, dtype=dtype, seed=seed)
+    # non-zero biases so that their gradients are exercised
+    for k in params:
+        if k.startswith("Bh") or k == "By":
+            params[k][...] = rng.normal(0, 0.1, params[k].shape)
+    X = rng.integers(0, n_items, B)
+    targets = rng.integers(0, n_items, B)
+    if B > 1:
+        targets[-1] = targets[0]  # duplicate target
+    samples = rng.integers(0, n_items, S)
+    if S > 0:
+        samples[0] = targets[0]  # a sample equal to a target (accidental hit)
+        samples[-1] = X[0]  # a sample equal to an input (constrained: Wy row touched twice)
+    Y = np.concatenate([targets, samples]).astype(np.int64)
+    active = np.ones(B, dtype=bool)
+    for i in inactive:
+        if i < B:
+            active[i] = False
+    reset = rng.random(B) < 0.3
+    H = [rng.uniform(-hidden_scale, hidden_scale, (B, h)).astype(dtype) for h in cfg.layers]
+    in0 = {"constrained": cfg.layers[-1], "embedding": cfg.embedding, "onehot": 0}[cfg.input_mode]
+    emb_mask = hidden_masks = None
+    if dropout > 0:
+        keep = lambda shape: ((rng.random(shape) >= dropout) / (1 - dropout)).astype(dtype)
+        emb_mask = keep((B, in0)) if in0 else None
+        hidden_masks = [keep((B, h)) for h in cfg.layers]
+    col_logq = None
+    if logq:
+        col_logq = (0.7 * np.log(rng.uniform(0.01, 1.0, Y.shape[0]))).astype(dtype)
+    step = StepInputs(X=X.astype(np.int64), Y=Y, active=active, reset=reset, emb_mask=emb_mask,
+                      hidden_masks=hidden_masks, col_logq=col_logq)
+    opt = {"acc": zeros_like_params(params), "mom": zeros_like_params(params)}
+    return params, opt, H, step
