@@ -1,0 +1,103 @@
+"""The backend interface: one training step and one evaluation step over the backend's own arrays.
+
+A backend owns the parameters, the Adagrad accumulators and momenta, and the training hidden state, in its own
+memory (numpy arrays, Numba-friendly buffers, or CuPy arrays). The trainer only hands it the schedule (input
+ids, output ids, active and reset flags) and a global step counter; everything random inside a step (dropout)
+is a pure function of (seed, layer, step) through ``rng.dropout_mask_np`` / the Philox kernels, so every
+backend draws the same masks and the reference can be given them as arrays.
+
+Contract of ``train_step(X, Y, active, reset, step)`` (see ``reference.train_step``):
+    X [B] int32 input item ids (0 on inactive rows), Y [O] int32 = [targets (B) | samples (S)],
+    active [B] bool, reset [B] bool (zero this row's hidden state first), step: global step number.
+    Runs forward, loss and dZ, backward, (optional) gradient clipping, dense and sparse Adagrad, updates the
+    hidden state, and returns the step loss (sum over active rows / batch_size) as a float.
+Contract of ``eval_step(X, targets, reset, active)``: advances the evaluation hidden state (no dropout) by one
+    step and returns (n_greater [B] int64, n_equal [B] int64): how many items score strictly above / equal to
+    the target (target included in n_equal), over all items or ``candidates``.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from ..config import TrainConfig
+from ..layout import param_specs
+from ..rng import dropout_mask_np
+
+
+class Backend(ABC):
+    name = "base"
+
+    def __init__(self, cfg: TrainConfig, n_items: int, params: dict, logq_target=None, logq_sample=None):
+        """params: name -> float32 array (host copies are taken). logq_target / logq_sample: [N] arrays of
+        ``logq * log q`` for target columns and sample columns (None when logq == 0)."""
+        self.cfg = cfg
+        self.n_items = int(n_items)
+        self.specs = param_specs(cfg, n_items)
+        missing = {s.name for s in self.specs} - set(params)
+        if missing:
+            raise ValueError(f"params is missing {sorted(missing)}")
+        self.logq_target = logq_target
+        self.logq_sample = logq_sample
+
+    # ------------------------------------------------------------------ training
+    @abstractmethod
+    def train_step(self, X, Y, active, reset, step: int) -> float: ...
+
+    def train_chunk(self, inputs, targets, active, reset, samples, step0: int) -> np.ndarray:
+        """Steps over a schedule chunk: inputs/targets/active/reset [T, B], samples [T, S]. Losses [T]."""
+        T = inputs.shape[0]
+        losses = np.empty(T, dtype=np.float64)
+        for t in range(T):
+            Y = np.concatenate([targets[t], samples[t]]).astype(np.int32)
+            losses[t] = self.train_step(inputs[t], Y, active[t], reset[t], step0 + t)
+        return losses
+
+    @abstractmethod
+    def reset_hidden(self) -> None: ...
+
+    # ------------------------------------------------------------------ state exchange (host numpy arrays)
+    @abstractmethod
+    def get_params(self) -> dict: ...
+
+    @abstractmethod
+    def get_opt_state(self) -> dict:
+        """{"acc": {name: array}, "mom": {name: array}} (host copies)."""
+
+    @abstractmethod
+    def set_opt_state(self, state: dict) -> None: ...
+
+    @abstractmethod
+    def get_hidden(self) -> list: ...
+
+    @abstractmethod
+    def set_hidden(self, H: list) -> None: ...
+
+    # ------------------------------------------------------------------ evaluation
+    @abstractmethod
+    def reset_eval(self, batch_size: int) -> None: ...
+
+    @abstractmethod
+    def eval_step(self, X, targets, reset, active, candidates=None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def close(self) -> None:
+        """Release worker threads / device memory."""
+
+    # ------------------------------------------------------------------ shared helpers
+    def dropout_masks(self, step: int, B: int):
+        """(emb_mask or None, [hidden masks] or None) for a step: the arrays the kernels draw in place."""
+        cfg = self.cfg
+        emb = None
+        if cfg.dropout_p_embed > 0 and cfg.input_mode != "onehot":
+            width = cfg.layers[-1] if cfg.input_mode == "constrained" else cfg.embedding
+            emb = dropout_mask_np(cfg.seed, -1, step, B, width, cfg.dropout_p_embed)
+        hidden = None
+        if cfg.dropout_p_hidden > 0:
+            hidden = [dropout_mask_np(cfg.seed, l, step, B, h, cfg.dropout_p_hidden) for l, h in enumerate(cfg.layers)]
+        return emb, hidden
+
+    def col_logq(self, Y, B: int):
+        if self.logq_target is None:
+            return None
+        return np.concatenate([self.logq_target[Y[:B]], self.logq_sample[Y[B:]]]).astype(np.float32)
