@@ -53,40 +53,86 @@ class Trainer:
         self.chunk_steps = chunk_steps
 
     # ------------------------------------------------------------------------------------------------ fit
-    def fit(self, train, valid=None, eval_cutoffs=(5, 10, 20), eval_batch_size: int = 512) -> Model:
+    def fit(self, train, valid=None, eval_cutoffs=(5, 10, 20), eval_batch_size: int = 512,
+            checkpoint_dir=None, checkpoint_every=None, keep_checkpoints: int = 3, resume=None) -> Model:
         """Train on ``train`` (a SessionData); evaluate on ``valid`` after every epoch when given.
 
         Returns the trained Model; ``model.history`` has one dict per epoch (epoch, loss, mb_per_s, events_per_s,
         seconds, and recall@k / mrr@k on ``valid``).
+
+        checkpoint_dir : write checkpoints here (parameters, optimizer state, hidden state, sampler and schedule
+            position, history), atomically, keeping the last ``keep_checkpoints``.
+        checkpoint_every : an int (every that many steps) or "epoch" (default when checkpoint_dir is given).
+        resume : a checkpoint file, or a directory (its newest checkpoint), to continue from. The run then
+            continues exactly where the checkpoint was taken (bit-exact on the cpu backend at a fixed thread count).
         """
+        from . import checkpoint as ckpt
         from .data import SessionData
 
         if not isinstance(train, SessionData):
             raise TypeError(f"train must be a SessionData; got {type(train).__name__}")
-        lengths = np.diff(train.offsets)
-        if not np.any(lengths >= 2):
+        if not np.any(np.diff(train.offsets) >= 2):
             raise ValueError("train has no session with 2 or more events: nothing to learn from")
+        every = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, keep_checkpoints)
         cfg = self.cfg
         support = train.item_support()
-        _, params = init_params(cfg, train.n_items)
+        fingerprint = ckpt.data_fingerprint(train)
+        state = None
+        if resume is not None:
+            state = ckpt.load(resume)
+            if state["cfg"] != cfg:
+                diff = {k: (v, getattr(cfg, k)) for k, v in state["cfg"].to_dict().items() if getattr(cfg, k) != v}
+                raise ckpt.CheckpointError(f"checkpoint {state['path']!r} was written with another config "
+                                           f"(field: (checkpoint, now)): {diff}")
+            if state["fingerprint"] != fingerprint:
+                raise ckpt.CheckpointError(f"checkpoint {state['path']!r} was written for other training data "
+                                           f"({state['fingerprint']} vs {fingerprint})")
+            params = state["params"]
+        else:
+            _, params = init_params(cfg, train.n_items)
         sampler = None
         logq_t = logq_s = None
         if cfg.n_sample > 0:
             sampler = SampleStore(support, cfg.sample_alpha, cfg.sample_store_size, cfg.n_sample, cfg.seed)
         if cfg.logq > 0:
             p0 = support / support.sum()
-            with np.errstate(divide="ignore"):
-                logq_t = cfg.logq * np.log(np.maximum(p0, 1e-30))
-                ps = sampler.probabilities() if sampler is not None else p0
-                logq_s = cfg.logq * np.log(np.maximum(ps, 1e-30))
+            logq_t = cfg.logq * np.log(np.maximum(p0, 1e-30))
+            ps = sampler.probabilities() if sampler is not None else p0
+            logq_s = cfg.logq * np.log(np.maximum(ps, 1e-30))
         be = backend_class(self.backend_name)(cfg, train.n_items, params, logq_t, logq_s)
         history: list[dict] = []
-        step = 0
+        step, first_epoch, sched, partial = 0, 1, None, None
+        self.last_checkpoint = None
+        if state is not None:
+            be.set_opt_state(state["opt"])
+            history, step = state["history"], state["step"]
+            if sampler is not None and state["sampler"] is not None:
+                sampler.set_state(state["sampler"])
+            if state["sched"] is not None:  # taken mid-epoch
+                first_epoch = state["epoch"]
+                sched = EpochSchedule.from_state(train.offsets, train.items, cfg.batch_size, state["sched"])
+                be.set_hidden(state["hidden"])
+                partial = state["partial"]
+            else:
+                first_epoch = state["epoch"] + 1
+            self.last_checkpoint = state["path"]
+            log.info("resuming from %s (epoch %d, global step %d)", state["path"], first_epoch, step)
+
+        def save_checkpoint(epoch, sched_, partial_):
+            self.last_checkpoint = ckpt.save(
+                checkpoint_dir, cfg=cfg, params=be.get_params(), opt=be.get_opt_state(), hidden=be.get_hidden(),
+                sched_state=None if sched_ is None else sched_.state(),
+                sampler_state=None if sampler is None else sampler.state(), epoch=epoch, step=step_box[0],
+                partial=partial_ or {}, history=history, fingerprint=fingerprint, keep=keep_checkpoints)
+
+        step_box = [step]
         try:
-            for epoch in range(1, cfg.n_epochs + 1):
-                rec, step = self._epoch(be, train, sampler, epoch, step)
+            for epoch in range(first_epoch, cfg.n_epochs + 1):
+                rec = self._epoch(be, train, sampler, epoch, step_box, sched, partial,
+                                  save_checkpoint if every not in (None, "epoch") else None, every)
+                sched, partial = None, None
                 model = Model(cfg, train.item_ids, be.get_params(), history=history, item_support=support)
-                self._check_finite(model, epoch, step)
+                self._check_finite(model, epoch, step_box[0])
                 if valid is not None:
                     from .evaluate import evaluate
                     res = evaluate(model, valid, cutoffs=eval_cutoffs, batch_size=eval_batch_size,
@@ -98,30 +144,52 @@ class Trainer:
                 log.info("epoch %d: loss %.4f  %.0f mb/s  %.0f events/s%s", epoch, rec["loss"], rec["mb_per_s"],
                          rec["events_per_s"], "".join(f"  {k} {v:.4f}" for k, v in rec.items()
                                                       if k.startswith(("recall@", "mrr@"))))
+                if every is not None:
+                    save_checkpoint(epoch, None, None)
         finally:
             be.close()
             if sampler is not None:
                 sampler.close()
         return Model(cfg, train.item_ids, be.get_params(), history=history, item_support=support)
 
+    @staticmethod
+    def _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep):
+        if checkpoint_dir is None:
+            if checkpoint_every is not None:
+                raise ValueError("checkpoint_every needs checkpoint_dir")
+            return None
+        if checkpoint_every is None or checkpoint_every == "epoch":
+            every = "epoch"
+        elif isinstance(checkpoint_every, int) and not isinstance(checkpoint_every, bool) and checkpoint_every >= 1:
+            every = checkpoint_every
+        else:
+            raise ValueError(f"checkpoint_every must be 'epoch' or a positive number of steps; got {checkpoint_every!r}")
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep_checkpoints must be an int >= 1; got {keep!r}")
+        return every
+
     # ------------------------------------------------------------------------------------------------ epoch
-    def _epoch(self, be, train, sampler, epoch: int, step: int):
+    def _epoch(self, be, train, sampler, epoch: int, step_box: list, sched=None, partial=None, save=None,
+               every=None):
         cfg = self.cfg
-        sched = EpochSchedule(train.offsets, train.items, cfg.batch_size)
-        be.reset_hidden()
+        if sched is None:
+            sched = EpochSchedule(train.offsets, train.items, cfg.batch_size)
+            be.reset_hidden()
         total_steps = sched.n_steps_total
         bar = None
         if self.show_progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=total_steps, desc=f"epoch {epoch}/{cfg.n_epochs}", unit="mb", leave=False,
-                       dynamic_ncols=True)
-        loss_sum = 0.0
-        n_events = 0
-        n_steps = 0
+            bar = tqdm(total=total_steps, initial=sched.step, desc=f"epoch {epoch}/{cfg.n_epochs}", unit="mb",
+                       leave=False, dynamic_ncols=True)
+        p = partial or {}
+        loss_sum, n_events, n_steps = p.get("loss_sum", 0.0), p.get("n_events", 0), p.get("n_steps", 0)
+        seconds_before = p.get("seconds", 0.0)
         t0 = time.perf_counter()
+        since_ckpt = 0
         try:
             while True:
-                chunk = sched.next_chunk(self.chunk_steps)
+                max_steps = self.chunk_steps if save is None else min(self.chunk_steps, every - since_ckpt)
+                chunk = sched.next_chunk(max_steps)
                 if chunk is None:
                     break
                 T = chunk.inputs.shape[0]
@@ -129,36 +197,43 @@ class Trainer:
                     samples = np.stack([sampler.next() for _ in range(T)])
                 else:
                     samples = np.zeros((T, 0), dtype=np.int32)
-                losses = be.train_chunk(chunk.inputs, chunk.targets, chunk.active, chunk.reset, samples, step)
+                losses = be.train_chunk(chunk.inputs, chunk.targets, chunk.active, chunk.reset, samples, step_box[0])
                 if not np.all(np.isfinite(losses)):
                     bad = int(np.flatnonzero(~np.isfinite(losses))[0])
                     raise TrainingDivergedError(
-                        f"loss became {losses[bad]} at epoch {epoch}, step {n_steps + bad} (global step "
-                        f"{step + bad}); lower learning_rate or set grad_cap")
+                        f"loss became {losses[bad]} at epoch {epoch}, step {chunk.step0 + bad} of the epoch "
+                        f"(global step {step_box[0] + bad}); last good checkpoint: {self.last_checkpoint}. "
+                        "Lower learning_rate or set grad_cap.")
                 # step losses are sums over rows / batch_size: back to a per-event mean
                 loss_sum += float(losses.sum()) * cfg.batch_size
                 n_events += int(chunk.n_events)
                 n_steps += T
-                step += T
+                step_box[0] += T
+                since_ckpt += T
+                dt = max(time.perf_counter() - t0, 1e-9)
                 if bar is not None:
-                    dt = max(time.perf_counter() - t0, 1e-9)
                     bar.update(T)
                     bar.set_postfix(loss=f"{loss_sum / max(n_events, 1):.4f}", mb_s=f"{n_steps / dt:.0f}",
                                     ev_s=f"{n_events / dt:.0f}", refresh=False)
+                if save is not None and since_ckpt >= every and not sched.done:
+                    save(epoch, sched, {"loss_sum": loss_sum, "n_events": n_events, "n_steps": n_steps,
+                                        "seconds": seconds_before + dt})
+                    since_ckpt = 0
         finally:
             if bar is not None:
                 bar.close()
-        dt = max(time.perf_counter() - t0, 1e-9)
-        rec = {"epoch": epoch, "loss": loss_sum / max(n_events, 1), "steps": n_steps, "events": n_events,
-               "seconds": dt, "mb_per_s": n_steps / dt, "events_per_s": n_events / dt}
-        return rec, step
+        dt = seconds_before + max(time.perf_counter() - t0, 1e-9)
+        return {"epoch": epoch, "loss": loss_sum / max(n_events, 1), "steps": n_steps, "events": n_events,
+                "seconds": dt, "mb_per_s": n_steps / dt, "events_per_s": n_events / dt}
 
     @staticmethod
     def _check_finite(model: Model, epoch: int, step: int) -> None:
         for k, v in model.params.items():
             if not np.all(np.isfinite(v)):
                 raise TrainingDivergedError(f"parameter {k!r} became NaN/Inf by the end of epoch {epoch} "
-                                            f"(global step {step}); lower learning_rate or set grad_cap")
+                                            f"(global step {step}); last good checkpoint: "
+                                            f"{getattr(self, 'last_checkpoint', None)}. Lower learning_rate or "
+                                            "set grad_cap.")
 
 
 def fit(train, config: TrainConfig | None = None, backend: str = "auto", **kw) -> Model:
