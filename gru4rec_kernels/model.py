@@ -14,6 +14,7 @@ import os
 import struct
 import tempfile
 import warnings
+import zlib
 
 import numpy as np
 
@@ -78,9 +79,21 @@ def encode_safetensors(tensors: dict, metadata: dict) -> list:
         header[name] = {"dtype": _DTYPE_NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
         off += len(b)
         blobs.append(b)
+    crc = 0
+    for b in blobs:
+        crc = zlib.crc32(b, crc)
+    header["__metadata__"]["payload_crc32"] = f"{crc:08x}"  # catches bit rot and tampering in the payload
+    header["__metadata__"]["header_crc32"] = _header_crc(header)  # ... and in the header (config, shapes)
     h = json.dumps(header, separators=(",", ":")).encode()
     h += b" " * (-len(h) % 8)  # keep the data 8-byte aligned
     return [struct.pack("<Q", len(h)), h] + blobs
+
+
+def _header_crc(header: dict) -> str:
+    """CRC32 of the header in canonical JSON, without the header_crc32 entry itself."""
+    meta = {k: v for k, v in header.get("__metadata__", {}).items() if k != "header_crc32"}
+    canon = json.dumps({**header, "__metadata__": meta}, sort_keys=True, separators=(",", ":"))
+    return f"{zlib.crc32(canon.encode()):08x}"
 
 
 def decode_safetensors(buf: bytes | memoryview, what: str = "model file") -> tuple[dict, dict]:
@@ -98,9 +111,14 @@ def decode_safetensors(buf: bytes | memoryview, what: str = "model file") -> tup
         raise ModelFileError(f"{what}: header is not valid JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{what}: header is not a JSON object")
-    meta = header.pop("__metadata__", {})
+    meta = header.get("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise ModelFileError(f"{what}: __metadata__ must map strings to strings")
+    if meta.get("header_crc32") is None:
+        raise ModelFileError(f"{what}: no header checksum in the metadata (not written by gru4rec-kernels)")
+    if _header_crc(header) != meta["header_crc32"]:
+        raise ModelFileError(f"{what}: header checksum mismatch (the file is corrupt)")
+    header.pop("__metadata__", None)
     data = memoryview(buf)[8 + hlen:]
     spans = []
     tensors = {}
@@ -138,6 +156,11 @@ def decode_safetensors(buf: bytes | memoryview, what: str = "model file") -> tup
         pos = e
     if pos != len(data):
         raise ModelFileError(f"{what}: {len(data) - pos} trailing bytes after the last tensor")
+    want_crc = meta.get("payload_crc32")
+    if want_crc is None:
+        raise ModelFileError(f"{what}: no payload checksum in the metadata (not written by gru4rec-kernels)")
+    if f"{zlib.crc32(data):08x}" != want_crc:
+        raise ModelFileError(f"{what}: payload checksum mismatch (the file is corrupt)")
     arrays = {}
     for name, (dt, shape, b, e) in tensors.items():
         arrays[name] = np.frombuffer(data[b:e], dtype=np.dtype(_DTYPES[dt]).newbyteorder("<")).reshape(shape).copy()

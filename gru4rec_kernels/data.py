@@ -1,0 +1,515 @@
+"""Click logs as flat arrays (``SessionData``) and the official GRU4Rec preprocessing protocol.
+
+A log is ``SessionId, ItemId, Time`` rows. ``SessionData`` holds it as a handful of numpy arrays (no per-event
+Python objects, so 10^9 events fit in memory): the item map, every event's item index, per-session offsets.
+Sessions are ordered by their first timestamp (ties by session id), events by time within a session (stable:
+equal times keep the input order); this is the order the session-parallel schedule and the evaluation use.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["SessionData", "preprocess", "preprocess_rsc15", "split_by_time", "filter_support"]
+
+_INT_RE = r"[+-]?\d+"
+_DAY = 86400.0
+
+
+# ---------------------------------------------------------------------------------------------------- column checks
+def _check_no_nan(values: Any, col: str) -> None:
+    na = pd.isna(values)
+    if np.any(na):
+        na = np.asarray(na)
+        raise ValueError(f"column {col!r} has {int(na.sum())} missing (NaN/None) value(s), first at row "
+                         f"{int(np.argmax(na))}; drop or fill those rows first")
+
+
+def _to_int_ids(values: Any, col: str) -> np.ndarray:
+    """Ids -> int64. Accepts integers, floats that are exactly integer, strings of decimal integers."""
+    s = pd.Series(values, copy=False) if not isinstance(values, pd.Series) else values
+    _check_no_nan(s, col)
+    dt = s.dtype
+    if pd.api.types.is_bool_dtype(dt):
+        raise ValueError(f"column {col!r} holds booleans; ids must be integers")
+    if pd.api.types.is_integer_dtype(dt):
+        a = s.to_numpy()
+        if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"column {col!r} has ids above 2**63-1; ids must fit in int64")
+        return a.astype(np.int64, copy=False)
+    if pd.api.types.is_float_dtype(dt):
+        a = s.to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(a) | (a != np.floor(a)) | (np.abs(a) > 2.0 ** 63 - 1024)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"column {col!r} has non-integer id {a[i]!r} at row {i}; ids must be integers "
+                             f"(or floats that are exactly integer)")
+        return a.astype(np.int64)
+    if pd.api.types.is_object_dtype(dt) or pd.api.types.is_string_dtype(dt):
+        st = s.astype(str).str.strip()
+        ok = st.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
+        if not ok.all():
+            i = int(np.argmax(~ok))
+            raise ValueError(f"column {col!r} has non-integer id {s.iloc[i]!r} at row {i}; ids must be integers, "
+                             f"floats that are exactly integer, or strings of decimal digits")
+        num = pd.to_numeric(st, errors="coerce")
+        if not pd.api.types.is_integer_dtype(num.dtype) or (num.dtype == np.uint64 and num.max() >= 2 ** 63):
+            raise ValueError(f"column {col!r} has ids that do not fit in int64")
+        return num.to_numpy().astype(np.int64)
+    raise ValueError(f"column {col!r} has dtype {dt}; ids must be integers")
+
+
+def _to_times(values: Any, col: str) -> np.ndarray:
+    """Time column -> float64. Numbers are kept as they are; datetimes / ISO strings become epoch seconds (UTC)."""
+    s = pd.Series(values, copy=False) if not isinstance(values, pd.Series) else values
+    _check_no_nan(s, col)
+    dt = s.dtype
+    if pd.api.types.is_bool_dtype(dt):
+        raise ValueError(f"column {col!r} holds booleans; time must be numeric or a date/time")
+    if pd.api.types.is_numeric_dtype(dt):
+        a = s.to_numpy(dtype=np.float64)
+    elif pd.api.types.is_datetime64_any_dtype(dt):
+        a = _datetime_seconds(s)
+    elif pd.api.types.is_object_dtype(dt) or pd.api.types.is_string_dtype(dt):
+        num = pd.to_numeric(s, errors="coerce")
+        if not num.isna().any():
+            a = num.to_numpy(dtype=np.float64)
+        else:
+            try:
+                parsed = pd.to_datetime(s, utc=True, format="ISO8601")
+            except (ValueError, TypeError):
+                try:
+                    parsed = pd.to_datetime(s, utc=True, format="mixed")
+                except (ValueError, TypeError, OverflowError):
+                    bad = num.isna().to_numpy()
+                    i = int(np.argmax(bad))
+                    raise ValueError(f"column {col!r} has a value that is neither a number nor a date/time: "
+                                     f"{s.iloc[i]!r} at row {i}") from None
+            a = _datetime_seconds(parsed)
+    else:
+        raise ValueError(f"column {col!r} has dtype {dt}; time must be numeric or a date/time")
+    if not np.all(np.isfinite(a)):
+        i = int(np.argmax(~np.isfinite(a)))
+        raise ValueError(f"column {col!r} has a non-finite time {a[i]!r} at row {i}")
+    return a
+
+
+def _datetime_seconds(s: pd.Series) -> np.ndarray:
+    s = pd.Series(s, copy=False)
+    if s.dt.tz is not None:
+        s = s.dt.tz_convert("UTC").dt.tz_localize(None)  # naive datetimes are taken as UTC, never local time
+    ns = s.to_numpy().astype("datetime64[ns]").astype(np.int64)
+    # whole seconds + fraction, so 20:21:58.444 becomes the float nearest to ...318.444 (ns/1e9 is not)
+    return (ns // 1_000_000_000).astype(np.float64) + (ns % 1_000_000_000) / 1e9
+
+
+def _columns_error(missing: list[str], have: list[Any], where: str) -> ValueError:
+    hint = ""
+    if len(have) == 1 and isinstance(have[0], str) and ("\t" in have[0] or "," in have[0] or ";" in have[0]):
+        hint = " (only one column was found: is the separator right?)"
+    return ValueError(f"{where}: missing column(s) {missing}; the columns are {list(have)}{hint}")
+
+
+# ---------------------------------------------------------------------------------------------------- SessionData
+class SessionData:
+    """A click log as flat arrays.
+
+    Attributes
+    ----------
+    item_ids : int64 [n_items]     sorted unique original item ids; the position is the item index.
+    items    : int32 [n_events]    item index of every event, grouped by session.
+    offsets  : int64 [n_sessions+1] session ``s`` is events ``offsets[s]:offsets[s+1]``.
+    session_ids : int64 [n_sessions] original session ids, in session order.
+    times    : float64 [n_events]  event times (the file's numeric unit; dates become epoch seconds, UTC).
+
+    Sessions are ordered by their first time (ties by session id), events by time within a session, stable.
+    One-event sessions are kept unless ``min_session_length`` says otherwise: they give no training pair but
+    count in evaluation statistics. A log in which no session has 2+ events is rejected.
+    When ``time_key=None`` the row order within a session is its time (``times`` is then the row number).
+    """
+
+    def __init__(self, item_ids: np.ndarray, items: np.ndarray, offsets: np.ndarray, session_ids: np.ndarray,
+                 times: np.ndarray):
+        self.item_ids = np.ascontiguousarray(item_ids, dtype=np.int64)
+        self.items = np.ascontiguousarray(items, dtype=np.int32)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.session_ids = np.ascontiguousarray(session_ids, dtype=np.int64)
+        self.times = np.ascontiguousarray(times, dtype=np.float64)
+        if self.offsets.ndim != 1 or self.offsets.size != self.session_ids.size + 1 or self.offsets[0] != 0 \
+                or self.offsets[-1] != self.items.size or self.times.size != self.items.size:
+            raise ValueError("inconsistent SessionData arrays (offsets / session_ids / items / times sizes)")
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_events(self) -> int:
+        return int(self.items.size)
+
+    @property
+    def n_sessions(self) -> int:
+        return int(self.session_ids.size)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_ids.size)
+
+    def __len__(self) -> int:
+        return self.n_events
+
+    def __repr__(self) -> str:
+        return f"SessionData(n_events={self.n_events}, n_sessions={self.n_sessions}, n_items={self.n_items})"
+
+    def item_support(self) -> np.ndarray:
+        """float64 [n_items]: number of events of every item index."""
+        return np.bincount(self.items, minlength=self.n_items).astype(np.float64)
+
+    def session_lengths(self) -> np.ndarray:
+        """int64 [n_sessions]."""
+        return np.diff(self.offsets)
+
+    def session(self, s: int) -> np.ndarray:
+        """Original item ids of session ``s`` (in session order)."""
+        return self.item_ids[self.items[self.offsets[s]:self.offsets[s + 1]]]
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_arrays(cls, session_ids: Any, item_ids: Any, times: Any = None, *,
+                    min_session_length: int = 1) -> "SessionData":
+        """Build from three equally long 1-D arrays. ``times=None``: the array order is the time."""
+        sess = _to_int_ids(np.asarray(session_ids).ravel() if not isinstance(session_ids, pd.Series)
+                           else session_ids, "SessionId")
+        its = _to_int_ids(np.asarray(item_ids).ravel() if not isinstance(item_ids, pd.Series)
+                          else item_ids, "ItemId")
+        if times is None:
+            t = np.arange(sess.size, dtype=np.float64)
+        else:
+            t = _to_times(np.asarray(times).ravel() if not isinstance(times, pd.Series) else times, "Time")
+        if not (sess.size == its.size == t.size):
+            raise ValueError(f"session_ids, item_ids and times must have the same length; got "
+                             f"{sess.size}, {its.size}, {t.size}")
+        return cls._build(sess, its, t, min_session_length)
+
+    @classmethod
+    def from_pandas(cls, df: pd.DataFrame, session_key: str = "SessionId", item_key: str = "ItemId",
+                    time_key: str | None = "Time", *, min_session_length: int = 1) -> "SessionData":
+        """Build from a DataFrame (never modified). ``time_key=None``: the row order within a session is its time."""
+        if not isinstance(df, pd.DataFrame):
+            raise ValueError(f"from_pandas expects a pandas DataFrame; got {type(df).__name__}")
+        need = [session_key, item_key] + ([time_key] if time_key is not None else [])
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise _columns_error(missing, list(df.columns), "from_pandas")
+        if len(df) == 0:
+            raise ValueError("the click log is empty (no rows)")
+        sess = _to_int_ids(df[session_key], session_key)
+        its = _to_int_ids(df[item_key], item_key)
+        t = _to_times(df[time_key], time_key) if time_key is not None else np.arange(len(df), dtype=np.float64)
+        return cls._build(sess, its, t, min_session_length)
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike, sep: str | None = ",", session_key: str = "SessionId",
+                 item_key: str = "ItemId", time_key: str | None = "Time", *, min_session_length: int = 1,
+                 **read_kwargs: Any) -> "SessionData":
+        """Read a csv / tsv (optionally compressed, e.g. ``.gz``) with a header row.
+
+        ``sep=None`` infers it from the extension: ``.tsv`` / ``.txt`` -> tab, otherwise comma.
+        ``time_key=None``: the row order within a session is its time.
+        """
+        path = os.fspath(path)
+        if sep is None:
+            sep = _infer_sep(path)
+        need = [session_key, item_key] + ([time_key] if time_key is not None else [])
+        header = _read_csv(path, sep=sep, nrows=0, **read_kwargs)
+        missing = [c for c in need if c not in header.columns]
+        if missing:
+            raise _columns_error(missing, list(header.columns), f"{path}")
+        df = _read_csv(path, sep=sep, usecols=need, **read_kwargs)
+        if len(df) == 0:
+            raise ValueError(f"{path}: the click log is empty (no rows)")
+        try:
+            return cls.from_pandas(df, session_key, item_key, time_key, min_session_length=min_session_length)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_parquet(cls, path: str | os.PathLike, session_key: str = "SessionId", item_key: str = "ItemId",
+                     time_key: str | None = "Time", *, min_session_length: int = 1) -> "SessionData":
+        """Read a parquet file (or dataset directory). ``time_key=None``: row order within a session is time."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such file: {path}")
+        need = [session_key, item_key] + ([time_key] if time_key is not None else [])
+        try:
+            import pyarrow.parquet as pq
+            names = list(pq.read_schema(path).names) if os.path.isfile(path) else None
+        except Exception as e:  # pyarrow raises several types for a non-parquet file
+            raise ValueError(f"cannot read {path} as parquet: {e}") from None
+        if names is not None:
+            missing = [c for c in need if c not in names]
+            if missing:
+                raise _columns_error(missing, names, path)
+        try:
+            df = pd.read_parquet(path, columns=need)
+        except Exception as e:
+            raise ValueError(f"cannot read {path} as parquet: {e}") from None
+        if len(df) == 0:
+            raise ValueError(f"{path}: the click log is empty (no rows)")
+        try:
+            return cls.from_pandas(df, session_key, item_key, time_key, min_session_length=min_session_length)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+    @classmethod
+    def _build(cls, sess: np.ndarray, its: np.ndarray, t: np.ndarray, min_session_length: int) -> "SessionData":
+        if sess.size == 0:
+            raise ValueError("the click log is empty (no rows)")
+        if int(min_session_length) < 1:
+            raise ValueError(f"min_session_length must be >= 1; got {min_session_length!r}")
+        uniq_s, sinv = np.unique(sess, return_inverse=True)
+        # Group by session, time-ordered within; lexsort is stable so equal times keep the input order.
+        order = np.lexsort((t, sinv))
+        sinv_o = sinv[order]
+        counts = np.bincount(sinv_o, minlength=uniq_s.size)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        first_t = t[order][starts]
+        # uniq_s is sorted, so a stable sort on the first time breaks ties by session id.
+        sess_order = np.argsort(first_t, kind="stable")
+        rank = np.empty_like(sess_order)
+        rank[sess_order] = np.arange(sess_order.size)
+        order = order[np.argsort(rank[sinv_o], kind="stable")]
+        lengths = counts[sess_order]
+        session_ids = uniq_s[sess_order]
+        item_ids, items = np.unique(its[order], return_inverse=True)
+        if item_ids.size >= 2 ** 31:
+            raise ValueError(f"too many distinct items ({item_ids.size}); at most 2**31-1 are supported")
+        times = t[order]
+        if lengths.max() < 2:
+            raise ValueError(f"no session has 2 or more events ({lengths.size} one-event sessions): one-event "
+                             f"sessions give no training pair (and nothing to evaluate)")
+        offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        data = cls(item_ids, items.astype(np.int32), offsets, session_ids, times)
+        if min_session_length > 1:
+            data, _ = data.filter_min_length(min_session_length)
+        return data
+
+    # ------------------------------------------------------------------ transforms
+    def _subset(self, event_mask: np.ndarray, keep_sessions: np.ndarray, item_ids: np.ndarray,
+                items: np.ndarray) -> "SessionData":
+        """Keep the events in ``event_mask`` (all inside ``keep_sessions``); re-sort sessions by first time."""
+        sess_idx = np.repeat(np.arange(self.n_sessions), self.session_lengths())
+        counts = np.bincount(sess_idx[event_mask], minlength=self.n_sessions)[keep_sessions]
+        offsets = np.zeros(counts.size + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        out = SessionData(item_ids, items[event_mask], offsets, self.session_ids[keep_sessions],
+                          self.times[event_mask])
+        return out._sorted_sessions()
+
+    def _sorted_sessions(self) -> "SessionData":
+        """Restore the session order (first time, then id) if dropping events changed a session's first time."""
+        if self.n_sessions == 0:
+            return self
+        first_t = self.times[self.offsets[:-1]]
+        perm = np.lexsort((self.session_ids, first_t))
+        if np.array_equal(perm, np.arange(perm.size)):
+            return self
+        lengths = self.session_lengths()[perm]
+        starts = self.offsets[:-1][perm]
+        offsets = np.zeros(perm.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ev = np.repeat(starts - offsets[:-1], lengths) + np.arange(self.n_events)
+        return SessionData(self.item_ids, self.items[ev], offsets, self.session_ids[perm], self.times[ev])
+
+    def filter_min_length(self, min_len: int = 2) -> tuple["SessionData", int]:
+        """Drop sessions shorter than ``min_len``. Returns ``(new data, number of sessions dropped)``.
+
+        The item map is kept as it is (item indices stay valid)."""
+        keep = self.session_lengths() >= int(min_len)
+        n_drop = int((~keep).sum())
+        if n_drop == 0:
+            return self, 0
+        ev = np.repeat(keep, self.session_lengths())
+        return self._subset(ev, keep, self.item_ids, self.items), n_drop
+
+    def remap(self, item_ids: np.ndarray, *, allow_empty: bool = False) -> tuple["SessionData", dict[str, int]]:
+        """Re-express this data in another (sorted, unique) item map, e.g. a model's training ``item_ids``.
+
+        Events whose item is not in ``item_ids`` are dropped, then sessions with fewer than 2 events. Returns
+        ``(data, report)`` with report keys unknown_events, dropped_sessions, kept_events, kept_sessions.
+        Raises ``ValueError`` if nothing is left (unless ``allow_empty``).
+        """
+        target = np.asarray(item_ids)
+        if target.ndim != 1 or target.size == 0:
+            raise ValueError("remap: item_ids must be a non-empty 1-D array of item ids")
+        target = _to_int_ids(target, "item_ids")
+        if target.size > 1 and not np.all(target[1:] > target[:-1]):
+            raise ValueError("remap: item_ids must be sorted and unique (as SessionData.item_ids / model.item_ids)")
+        orig = self.item_ids[self.items]
+        pos = np.searchsorted(target, orig)
+        np.minimum(pos, target.size - 1, out=pos)
+        known = target[pos] == orig
+        sess_idx = np.repeat(np.arange(self.n_sessions), self.session_lengths())
+        kept_len = np.bincount(sess_idx[known], minlength=self.n_sessions)
+        keep = kept_len >= 2
+        ev = known & keep[sess_idx]
+        report = {"unknown_events": int((~known).sum()), "dropped_sessions": int((~keep).sum()),
+                  "kept_events": int(ev.sum()), "kept_sessions": int(keep.sum())}
+        if report["kept_sessions"] == 0 and not allow_empty:
+            raise ValueError(f"no session keeps 2 or more events whose items are in the given item map "
+                             f"({report['unknown_events']} of {self.n_events} events have unknown items)")
+        return self._subset(ev, keep, target, pos.astype(np.int32)), report
+
+    def to_pandas(self) -> pd.DataFrame:
+        """DataFrame with columns SessionId, ItemId (original ids), Time, in session order."""
+        return pd.DataFrame({"SessionId": np.repeat(self.session_ids, self.session_lengths()),
+                             "ItemId": self.item_ids[self.items], "Time": self.times})
+
+
+# ---------------------------------------------------------------------------------------------------- file reading
+def _infer_sep(path: str) -> str:
+    p = path.lower()
+    for comp in (".gz", ".bz2", ".xz", ".zst", ".zip"):
+        if p.endswith(comp):
+            p = p[: -len(comp)]
+    return "\t" if p.endswith((".tsv", ".txt")) else ","
+
+
+def _read_csv(path: str, **kw: Any) -> pd.DataFrame:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a directory, not a csv/tsv file")
+    try:
+        return pd.read_csv(path, **kw)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: the file is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path} as a {'tsv' if kw.get('sep') == chr(9) else 'csv'} file: {e}") \
+            from None
+
+
+# ---------------------------------------------------------------------------------------------------- preprocessing
+def filter_support(df: pd.DataFrame, min_item_support: int = 5, min_session_length: int = 2,
+                   iterate: bool = True, session_key: str = "SessionId", item_key: str = "ItemId") -> pd.DataFrame:
+    """Drop short sessions, then rare items, then short sessions again (official GRU4Rec order).
+
+    ``iterate=True`` repeats until nothing changes (every item then has ``min_item_support`` events and every
+    session ``min_session_length``); ``iterate=False`` is the official script's single pass."""
+    while True:
+        n0 = len(df)
+        slen = df.groupby(session_key, sort=False)[session_key].transform("size")
+        df = df[slen.to_numpy() >= min_session_length]
+        isup = df.groupby(item_key, sort=False)[item_key].transform("size")
+        df = df[isup.to_numpy() >= min_item_support]
+        slen = df.groupby(session_key, sort=False)[session_key].transform("size")
+        df = df[slen.to_numpy() >= min_session_length]
+        if not iterate or len(df) == n0:
+            return df
+
+
+def split_by_time(df: pd.DataFrame, days: float = 1.0, min_session_length: int = 2,
+                  session_key: str = "SessionId", item_key: str = "ItemId",
+                  time_key: str = "Time") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Official GRU4Rec split: test = sessions whose LAST event is within ``days`` days of the log's last event.
+
+    Time is in seconds. Test events whose item is not in train are dropped, then test sessions shorter than
+    ``min_session_length``."""
+    tmax = df[time_key].max()
+    smax = df.groupby(session_key, sort=False)[time_key].transform("max").to_numpy()
+    is_test = smax >= tmax - days * _DAY
+    train, test = df[~is_test], df[is_test]
+    test = test[test[item_key].isin(pd.unique(train[item_key])).to_numpy()]
+    tlen = test.groupby(session_key, sort=False)[session_key].transform("size")
+    test = test[tlen.to_numpy() >= min_session_length]
+    return train, test
+
+
+def preprocess(df: pd.DataFrame, session_key: str = "SessionId", item_key: str = "ItemId",
+               time_key: str = "Time", min_item_support: int = 5, min_session_length: int = 2,
+               test_days: float = 1.0, iterate: bool = True) -> dict[str, pd.DataFrame]:
+    """The official GRU4Rec protocol on a click log (time in seconds; dates / ISO strings are parsed).
+
+    1. drop sessions shorter than ``min_session_length``, items with fewer than ``min_item_support`` events,
+       sessions shorter than ``min_session_length`` again (repeated until stable when ``iterate``);
+    2. test = sessions whose last event is in the last ``test_days`` days; train_full = the rest; test events
+       of items not in train_full dropped, then test sessions shorter than ``min_session_length``;
+    3. train_tr / train_valid: the same split of train_full.
+    Returns DataFrames with columns SessionId, ItemId, Time (float seconds), sorted by session then time.
+    The input is not modified.
+    """
+    missing = [c for c in (session_key, item_key, time_key) if c not in df.columns]
+    if missing:
+        raise _columns_error(missing, list(df.columns), "preprocess")
+    if len(df) == 0:
+        raise ValueError("the click log is empty (no rows)")
+    d = pd.DataFrame({"SessionId": _to_int_ids(df[session_key], session_key),
+                      "ItemId": _to_int_ids(df[item_key], item_key),
+                      "Time": _to_times(df[time_key], time_key)})
+    d = filter_support(d, min_item_support, min_session_length, iterate)
+    if len(d) == 0:
+        raise ValueError(f"nothing is left after dropping sessions shorter than {min_session_length} and items "
+                         f"with fewer than {min_item_support} events")
+    d = d.sort_values(["SessionId", "Time"], kind="stable").reset_index(drop=True)
+    train, test = split_by_time(d, test_days, min_session_length)
+    tr, valid = split_by_time(train, test_days, min_session_length)
+    return {"train_full": train.reset_index(drop=True), "test": test.reset_index(drop=True),
+            "train_tr": tr.reset_index(drop=True), "train_valid": valid.reset_index(drop=True)}
+
+
+def _counts(df: pd.DataFrame) -> dict[str, int]:
+    return {"events": int(len(df)), "sessions": int(df["SessionId"].nunique()), "items": int(df["ItemId"].nunique())}
+
+
+def write_splits(splits: dict[str, pd.DataFrame], out_dir: str | os.PathLike, suffix: str = ".tsv") -> dict[str, str]:
+    """Write every split as ``<name><suffix>`` (tab separated, header SessionId ItemId Time), atomically:
+    all files go to temporary names first and are renamed only when every one was written."""
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    tmps: dict[str, str] = {}
+    try:
+        for name, frame in splits.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+            tmps[name] = tmp
+            with os.fdopen(fd, "w", newline="") as f:
+                frame[["SessionId", "ItemId", "Time"]].to_csv(f, sep="\t", index=False)
+        paths = {}
+        for name, tmp in tmps.items():
+            paths[name] = os.path.join(out_dir, name + suffix)
+            os.replace(tmp, paths[name])
+        return paths
+    finally:
+        for tmp in tmps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def preprocess_rsc15(clicks_path: str | os.PathLike, out_dir: str | os.PathLike, min_item_support: int = 5,
+                     min_session_length: int = 2, test_days: float = 1.0, iterate: bool = True) -> dict[str, Any]:
+    """Preprocess a raw YooChoose / RSC15 ``yoochoose-clicks.dat`` the official GRU4Rec way (see ``preprocess``).
+
+    The input is comma separated without header: SessionId, Timestamp (ISO, UTC), ItemId, Category. Writes
+    ``train_full.tsv``, ``test.tsv``, ``train_tr.tsv``, ``train_valid.tsv`` into ``out_dir`` (atomically) and
+    returns counts: ``raw`` / ``filtered`` / each split -> {events, sessions, items}, plus ``paths``.
+    """
+    clicks_path = os.fspath(clicks_path)
+    raw = _read_csv(clicks_path, sep=",", header=None, usecols=[0, 1, 2], names=["SessionId", "Time", "ItemId"],
+                    dtype={"Time": str})
+    if len(raw) == 0:
+        raise ValueError(f"{clicks_path}: the click log is empty (no rows)")
+    try:
+        d = pd.DataFrame({"SessionId": _to_int_ids(raw["SessionId"], "SessionId"),
+                          "ItemId": _to_int_ids(raw["ItemId"], "ItemId"),
+                          "Time": _to_times(raw["Time"], "Time")})
+        counts: dict[str, Any] = {"raw": _counts(d)}
+        splits = preprocess(d, min_item_support=min_item_support, min_session_length=min_session_length,
+                            test_days=test_days, iterate=iterate)
+    except ValueError as e:
+        raise ValueError(f"{clicks_path}: {e}") from None
+    counts["filtered"] = _counts(filter_support(d, min_item_support, min_session_length, iterate))
+    for name, frame in splits.items():
+        counts[name] = _counts(frame)
+    counts["paths"] = write_splits(splits, out_dir)
+    return counts
