@@ -1,0 +1,574 @@
+"""The cuda backend: numba.cuda kernels (kernels/) + GEMMs, written once over an array module ``xp``.
+
+On a GPU ``xp`` is CuPy: every buffer is a CuPy array allocated once (fixed shapes), GEMMs are
+``cupy.matmul(a, b, out=preallocated)``, and the kernels launch on the backend's own CuPy stream through
+``numba.cuda.external_stream`` on numba views of the buffers made once (``cuda.as_cuda_array``, no sync). Under
+the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) ``xp`` is numpy and the very same step code and kernels run on
+the CPU; that is how the tests check whole training steps against the numpy backend without a GPU.
+
+One training step (``_step``; shape letters B rows, S samples, O = B + S, N items, H_l units):
+
+    step_begin          row ctr[0] of the uploaded chunk -> ids = [Y (O) | X (B)], active, reset
+    hidden_reset        h_in_l = 0 on reset rows, else the state hid_l
+    layer 0 input       gather_rows: x0 = Wy[X] / E[X] times the embedding dropout (one-hot: fused below)
+    per layer           xw = x Wx (GEMM), hU = h_in Wrz (GEMM), gru_fwd_rz, rhU = rh Wh (GEMM), gru_fwd_out
+                        -> hid_l (the output after dropout = the next hidden state)
+    scores + loss       gather_rows WyY = Wy[Y]; plain (default): S = h WyY^T (GEMM) + row_loss;
+                        fused: score_loss_fused -> dZ [B, O], row_loss [B]
+    backward            dh = dZ WyY, dWy rows = dZ^T h (GEMMs), dBy rows = col_sum(dZ); per layer gru_bwd_cz,
+                        drh = dc Wh^T, gru_bwd_r, dWrz / dWh / dWx (GEMMs into the flat gradient buffer), dBh =
+                        col_sum(da), dx = da Wx^T; the input gradient times the embedding mask (dropout_inplace)
+    clipping            (grad_cap > 0) sumsq_partial + clip_scale -> gscale
+    optimizer           adagrad_dense over the flat buffer; sparse Adagrad (duplicates summed) on Wy, By, E, Wx0
+    step_end            losses[ctr[0]] = sum(row_loss); ctr += 1
+
+Everything a step reads comes from device buffers and the device step counter ``ctr = [t, global step]``, so on
+a GPU ``train_chunk`` uploads the chunk's schedule once, captures K steps as one CUDA graph
+(``Stream.begin_capture``) and replays it over the chunk; graphs are kept for K = 1, 2, 4, ... up to
+``graph_steps`` so that any chunk length is a few replays. Under the simulator there is no graph: the same
+``_step`` runs eagerly. Results equal the numpy backend's up to float32 rounding (tests/test_cuda_backend.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+
+from ..kernels import adagrad as ka
+from ..kernels import common as kc
+from ..kernels import embedding as ke
+from ..kernels import evaluate as kev
+from ..kernels import gru as kg
+from ..kernels import scores_loss as ks
+from ..kernels import step as kst
+from ..rng import dropout_key
+from .base import Backend
+
+
+class _Bufs:
+    """Named device buffers: ``a[name]`` the xp array (for GEMMs and copies), ``d[name]`` its kernel view."""
+
+    def __init__(self, be: "CudaBackend"):
+        self._be = be
+        self.a: dict = {}
+        self.d: dict = {}
+
+    def new(self, name, shape, dtype, fill=0):
+        return self.add(name, self._be.xp.full(shape, fill, dtype=dtype))
+
+    def add(self, name, arr):
+        self.a[name] = arr
+        self.d[name] = self._be._view(arr)
+        return arr
+
+
+class CudaBackend(Backend):
+    """GRU4Rec v2 training / evaluation steps on numba.cuda kernels (or the CUDA simulator).
+
+    Parameters beyond ``Backend``'s: ``scores`` "plain" (GEMM + row loss kernel; default, see
+    kernels/scores_loss.py) or "fused"; ``graph_steps`` the largest number of steps captured in one CUDA graph
+    (0: no graphs, every step launched eagerly); ``threads`` overrides of the block sizes per kernel kind
+    (kernels.common.THREADS; under the simulator SIM_THREADS are the defaults).
+    """
+
+    name = "cuda"
+
+    def __init__(self, cfg, n_items, params, logq_target=None, logq_sample=None, dtype=np.float32, *,
+                 scores: str | None = None, graph_steps: int = 64, threads: dict | None = None):
+        super().__init__(cfg, n_items, params, logq_target, logq_sample)
+        import os
+
+        from . import cuda_usable
+
+        if kc.SIM:  # numba.cuda is the simulator (whatever the environment says now)
+            ok, why = True, "CUDA simulator"
+        elif os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+            ok, why = False, ("NUMBA_ENABLE_CUDASIM=1 was set after numba.cuda had been imported, so numba.cuda is "
+                              "not the simulator; set it before the first import")
+        else:
+            ok, why = cuda_usable()
+        if not ok:
+            raise RuntimeError(f"the cuda backend needs a usable CUDA GPU: {why}. Use backend='cpu' (or 'auto'), or "
+                               "set NUMBA_ENABLE_CUDASIM=1 before numba.cuda is imported to run the kernels in "
+                               "the CUDA simulator (slow; for tests).")
+        if np.dtype(dtype) != np.float32:
+            raise ValueError(f"the cuda backend computes in float32; got dtype={np.dtype(dtype)}")
+        from numba import cuda
+
+        self.sim = kc.SIM
+        self.scores = ks.DEFAULT_SCORES if scores is None else scores
+        if self.scores not in ("plain", "fused"):
+            raise ValueError(f"scores must be 'plain' or 'fused'; got {scores!r}")
+        if not isinstance(graph_steps, int) or graph_steps < 0:
+            raise ValueError(f"graph_steps must be an int >= 0; got {graph_steps!r}")
+        self.graph_steps = graph_steps
+        self.threads = dict(kc.SIM_THREADS if self.sim else kc.THREADS)
+        for k, v in (threads or {}).items():
+            if k not in self.threads:
+                raise ValueError(f"threads: unknown kernel kind {k!r}; known: {sorted(self.threads)}")
+            self.threads[k] = int(v)
+        if self.sim:
+            self.xp = np
+            self._stream = None
+            self._nb_stream = 0
+        else:  # pragma: no cover - needs a GPU
+            import cupy
+
+            self.xp = cupy
+            self._stream = cupy.cuda.Stream(non_blocking=True)
+            self._nb_stream = cuda.external_stream(self._stream.ptr)
+        self._cuda = cuda
+        self.dtype = np.float32
+        L = cfg.layers
+        self.mode = cfg.input_mode
+        self.keys = [dropout_key(cfg.seed, l) for l in range(len(L))]
+        self.key_emb = dropout_key(cfg.seed, -1)
+        self.act, self.act_a = cfg.final_act_code
+        with self._on_stream():
+            self._init_params(params)
+        self._tb = None  # training buffers (per batch shape)
+        self._eb = None  # evaluation buffers
+        self._graphs: dict = {}
+        self._warm = False
+        self._pending_hidden = None
+        self._cand = (None, None, None)  # (host candidates object, device array, kernel view)
+
+    # ================================================================================================ memory
+    def _view(self, arr):
+        """The kernels' view of a buffer: the numpy array itself under the simulator, a numba device array (made
+        once, no stream sync) on a GPU."""
+        if self.sim:
+            return arr
+        return self._cuda.as_cuda_array(arr, sync=False)  # pragma: no cover - needs a GPU
+
+    def _on_stream(self):
+        return self._stream if self._stream is not None else contextlib.nullcontext()
+
+    def _put(self, dst, src):
+        """Host -> device copy into an existing buffer (ordered on the backend's stream)."""
+        src = np.ascontiguousarray(src, dtype=dst.dtype).reshape(dst.shape)
+        if self.sim:
+            dst[...] = src
+        else:  # pragma: no cover - needs a GPU
+            dst.set(src, stream=self._stream)
+
+    def _get(self, arr) -> np.ndarray:
+        """Device -> host copy (waits for the stream)."""
+        if self.sim:
+            return np.array(arr, copy=True)
+        return arr.get(stream=self._stream)  # pragma: no cover - needs a GPU (blocking)
+
+    def _mm(self, a, b, out):
+        self.xp.matmul(a, b, out=out)
+
+    def _t(self, kind):
+        return self.threads[kind]
+
+    def _init_params(self, params):
+        xp = self.xp
+        P = self.P = _Bufs(self)
+        G = self.G = _Bufs(self)  # gradients of the dense parameters, same layout
+        OA = self.OA = _Bufs(self)  # Adagrad accumulators
+        OM = self.OM = _Bufs(self)  # momenta
+        dense = [s for s in self.specs if not s.sparse]
+        n_flat = int(sum(math.prod(s.shape) for s in dense))
+        for B_ in (P, G, OA, OM):
+            B_.new("flat", (n_flat,), np.float32)
+        host_flat = np.zeros(n_flat, np.float32)
+        self._offsets = {}
+        off = 0
+        for s in dense:
+            n = math.prod(s.shape)
+            host_flat[off:off + n] = np.asarray(params[s.name], np.float32).reshape(-1)
+            self._offsets[s.name] = (off, n, s.shape)
+            for B_ in (P, G, OA, OM):
+                B_.add(s.name, B_.a["flat"][off:off + n].reshape(s.shape))
+            off += n
+        self._put(P.a["flat"], host_flat)
+        for s in self.specs:
+            if not s.sparse:
+                continue
+            P.add(s.name, xp.asarray(np.ascontiguousarray(params[s.name], np.float32)))
+            OA.new(s.name, s.shape, np.float32)
+            OM.new(s.name, s.shape, np.float32)
+        # By as an [N, 1] matrix for the row kernels (views of the same memory)
+        for B_ in (P, OA, OM):
+            B_.add("By2", B_.a["By"].reshape(-1, 1))
+        self.scratch = _Bufs(self)
+        self.scratch.new("owner", (self.n_items,), np.int32, fill=np.iinfo(np.int32).max)
+        self.scratch.new("count", (self.n_items,), np.int32)
+        self.scratch.new("gscale", (1,), np.float32, fill=1.0)
+        self.logq = None
+        if self.logq_target is not None:  # logq * log q of target / sample columns, [N] each
+            self.scratch.add("logq_t", xp.asarray(np.asarray(self.logq_target, np.float32)))
+            self.scratch.add("logq_s", xp.asarray(np.asarray(self.logq_sample, np.float32)))
+            self.logq = (self.scratch.d["logq_t"], self.scratch.d["logq_s"])
+
+    def _layer_bufs(self, bb: _Bufs, B: int, backward: bool):
+        """Activation buffers of every layer (and their gradients when ``backward``)."""
+        f32 = np.float32
+        for l, H in enumerate(self.cfg.layers):
+            for n, w in (("h_in", H), ("hid", H), ("hU", 2 * H), ("r", H), ("z", H), ("rh", H), ("rhU", H),
+                         ("c", H)):
+                bb.new(f"{n}{l}", (B, w), f32)
+            if not (l == 0 and self.mode == "onehot"):
+                bb.new(f"xw{l}", (B, 3 * H), f32)
+            if backward:
+                for n, w in (("dout", H), ("da", 3 * H), ("dc", H), ("drz", 2 * H), ("drh", H)):
+                    bb.new(f"{n}{l}", (B, w), f32)
+        if self.mode != "onehot":
+            width = self.cfg.layers[-1] if self.mode == "constrained" else self.cfg.embedding
+            bb.new("x0", (B, width), f32)
+        bb.new("ctr", (2,), np.int64)
+
+    def _train_bufs(self, B: int, S: int, T: int):
+        tb = self._tb
+        if tb is None or tb.B != B or tb.S != S:
+            self._graphs.clear()
+            self._warm = False
+            tb = self._tb = _Bufs(self)
+            tb.B, tb.S, tb.T = B, S, 0
+            O = B + S
+            HL = self.cfg.layers[-1]
+            with self._on_stream():
+                tb.new("ids", (O + B,), np.int32)
+                tb.add("Y", tb.a["ids"][:O])
+                tb.add("X", tb.a["ids"][O:])
+                tb.new("active", (B,), np.uint8)
+                tb.new("reset", (B,), np.uint8)
+                self._layer_bufs(tb, B, backward=True)
+                tb.new("WyY", (O, HL), np.float32)
+                tb.new("S", (B, O), np.float32)
+                tb.new("dZ", (B, O), np.float32)
+                tb.new("row_loss", (B,), np.float32)
+                n_wy = O + B if self.mode == "constrained" else O
+                tb.new("gWy", (n_wy, HL), np.float32)
+                tb.add("gWy_out", tb.a["gWy"][:O])
+                tb.add("Wy_ids", tb.a["ids"][:n_wy])
+                tb.new("gBy", (O,), np.float32)
+                tb.add("gBy2", tb.a["gBy"].reshape(-1, 1))
+                if self.mode == "constrained":
+                    tb.add("dx0", tb.a["gWy"][O:])
+                elif self.mode == "embedding":
+                    tb.new("gE", (B, self.cfg.embedding), np.float32)
+                    tb.add("dx0", tb.a["gE"])
+                # every gradient the global-norm clipping sees (reference.clip_grads): dense, then the row slots
+                self._clip_bufs = [self.G.d["flat"], self._view(tb.a["gWy"].reshape(-1)), tb.d["gBy"]]
+                if self.mode != "constrained":  # constrained: the input rows are in gWy already
+                    rows_in = tb.a["gE"] if self.mode == "embedding" else tb.a["da0"]
+                    self._clip_bufs.append(self._view(rows_in.reshape(-1)))
+                tb.new("partials", (kc.NORM_BLOCKS * len(self._clip_bufs),), np.float32)
+            if self._pending_hidden is not None and self._pending_hidden[0].shape[0] == B:
+                for l, h in enumerate(self._pending_hidden):
+                    self._put(tb.a[f"hid{l}"], h)
+            self._pending_hidden = None
+        if T > tb.T:  # the schedule of a chunk: graphs hold its pointers, so a bigger chunk re-captures
+            self._graphs.clear()
+            tb.T = T
+            with self._on_stream():
+                for n, w, dt in (("inputs_s", B, np.int32), ("targets_s", B, np.int32), ("samples_s", S, np.int32),
+                                 ("active_s", B, np.uint8), ("reset_s", B, np.uint8)):
+                    tb.new(n, (T, w), dt)
+                tb.new("losses", (T,), np.float32)
+        return tb
+
+    # ================================================================================================ the step
+    def _layer_forward(self, bb: _Bufs, l: int, train: bool):
+        A, D, P = bb.a, bb.d, self.P
+        st = self._nb_stream
+        te = self._t("elementwise")
+
+        if l == 0 and self.mode == "onehot":
+            xw, gather = P.d["Wx0"], True
+        else:
+            x = A["x0"] if l == 0 else A[f"hid{l - 1}"]
+            self._mm(x, P.a[f"Wx{l}"], A[f"xw{l}"])
+            xw, gather = D[f"xw{l}"], False
+        self._mm(A[f"h_in{l}"], P.a[f"Wrz{l}"], A[f"hU{l}"])
+        kg.launch_gru_fwd_rz(D[f"r{l}"], D[f"z{l}"], D[f"rh{l}"], xw, D["X"], gather, P.d[f"Bh{l}"], D[f"hU{l}"],
+                             D[f"h_in{l}"], threads=te, stream=st)
+        self._mm(A[f"rh{l}"], P.a[f"Wh{l}"], A[f"rhU{l}"])
+        p = self.cfg.dropout_p_hidden if train else 0.0
+        kg.launch_gru_fwd_out(D[f"c{l}"], D[f"hid{l}"], xw, D["X"], gather, P.d[f"Bh{l}"], D[f"rhU{l}"],
+                              D[f"h_in{l}"], D[f"z{l}"], D["ctr"], self.keys[l], p, threads=te, stream=st)
+
+    def _forward(self, bb: _Bufs, train: bool):
+
+        D, st, te = bb.d, self._nb_stream, self._t("elementwise")
+        for l in range(len(self.cfg.layers)):
+            kg.launch_hidden_reset(D[f"h_in{l}"], D[f"hid{l}"], D["reset"], threads=te, stream=st)
+        if self.mode != "onehot":
+            emb = self.P.d["Wy" if self.mode == "constrained" else "E"]
+            p = self.cfg.dropout_p_embed if train else 0.0
+            ke.launch_gather_rows(D["x0"], emb, D["X"], D["ctr"], self.key_emb, p, threads=te, stream=st)
+        for l in range(len(self.cfg.layers)):
+            self._layer_forward(bb, l, train)
+
+    def _loss(self, tb: _Bufs):
+
+        A, D, P, cfg = tb.a, tb.d, self.P, self.cfg
+        st = self._nb_stream
+        top = len(cfg.layers) - 1
+        ke.launch_gather_rows(D["WyY"], P.d["Wy"], D["Y"], D["ctr"], threads=self._t("elementwise"), stream=st)
+        kw = dict(loss=cfg.loss_code, act=self.act, act_a=self.act_a, bpreg=cfg.bpreg, mah=cfg.mask_accidental_hits,
+                  inv_batch=1.0 / cfg.batch_size, threads=self._t("row"), stream=st)
+        if self.scores == "plain":
+            self._mm(A[f"hid{top}"], A["WyY"].T, A["S"])
+            ks.launch_row_loss(D["dZ"], D["row_loss"], D["S"], P.d["By"], D["Y"], D["active"], self.logq, **kw)
+        else:
+            ks.launch_score_loss_fused(D["dZ"], D["row_loss"], D["S"], D[f"hid{top}"], P.d["Wy"], P.d["By"], D["Y"],
+                                       D["active"], self.logq, **kw)
+
+    def _backward(self, tb: _Bufs):
+
+        A, D, P, G, cfg = tb.a, tb.d, self.P, self.G, self.cfg
+        st, te, tc = self._nb_stream, self._t("elementwise"), self._t("column")
+        top = len(cfg.layers) - 1
+        self._mm(A["dZ"], A["WyY"], A[f"dout{top}"])
+        self._mm(A["dZ"].T, A[f"hid{top}"], A["gWy_out"])
+        ks.launch_col_sum(D["gBy"], D["dZ"], threads=tc, stream=st)
+        for l in reversed(range(len(cfg.layers))):
+            kg.launch_gru_bwd_cz(D[f"da{l}"], D[f"dc{l}"], D[f"drz{l}"], D[f"dout{l}"], D[f"h_in{l}"], D[f"z{l}"],
+                                 D[f"c{l}"], D["ctr"], self.keys[l], cfg.dropout_p_hidden, threads=te, stream=st)
+            self._mm(A[f"dc{l}"], P.a[f"Wh{l}"].T, A[f"drh{l}"])
+            kg.launch_gru_bwd_r(D[f"da{l}"], D[f"drz{l}"], D[f"drh{l}"], D[f"h_in{l}"], D[f"r{l}"], threads=te,
+                                stream=st)
+            self._mm(A[f"h_in{l}"].T, A[f"drz{l}"], G.a[f"Wrz{l}"])
+            self._mm(A[f"rh{l}"].T, A[f"dc{l}"], G.a[f"Wh{l}"])
+            ks.launch_col_sum(G.d[f"Bh{l}"], D[f"da{l}"], threads=tc, stream=st)
+            if l == 0 and self.mode == "onehot":
+                continue  # the rows da0 are the sparse gradient of Wx0 at X
+            x = A["x0"] if l == 0 else A[f"hid{l - 1}"]
+            self._mm(x.T, A[f"da{l}"], G.a[f"Wx{l}"])
+            if l > 0:
+                self._mm(A[f"da{l}"], P.a[f"Wx{l}"].T, A[f"dout{l - 1}"])
+            else:
+                self._mm(A["da0"], P.a["Wx0"].T, A["dx0"])
+                kg.launch_dropout_inplace(D["dx0"], D["ctr"], self.key_emb, cfg.dropout_p_embed, threads=te,
+                                          stream=st)
+
+    def _update(self, tb: _Bufs):
+
+        D, P, G, OA, OM, cfg = tb.d, self.P, self.G, self.OA, self.OM, self.cfg
+        st = self._nb_stream
+        sc = self.scratch.d
+        if cfg.grad_cap > 0:
+            ka.launch_grad_clip(sc["gscale"], D["partials"], self._clip_bufs, cfg.grad_cap,
+                                 threads=self._t("reduce"), stream=st)
+        lr, mu = cfg.learning_rate, cfg.momentum
+        ka.launch_adagrad_dense(P.d["flat"], G.d["flat"], OA.d["flat"], OM.d["flat"], sc["gscale"], lr, mu,
+                                threads=self._t("elementwise"), stream=st)
+        sparse = [("Wy", D["Wy_ids"], D["gWy"]), ("By2", D["Y"], D["gBy2"])]
+        if self.mode == "embedding":
+            sparse.append(("E", D["X"], D["gE"]))
+        elif self.mode == "onehot":
+            sparse.append(("Wx0", D["X"], D["da0"]))
+        for name, ids, rows in sparse:
+            ka.launch_sparse_adagrad(P.d[name], OA.d[name], OM.d[name], ids, rows, sc["owner"], sc["count"],
+                                     sc["gscale"], lr, mu, threads=self._t("sparse"), stream=st)
+
+    def _step(self, tb: _Bufs):
+        """One whole training step, every input from device buffers and the device step counter."""
+
+        D, st = tb.d, self._nb_stream
+        kst.launch_step_begin(D["ids"], D["active"], D["reset"], D["inputs_s"], D["targets_s"], D["samples_s"],
+                              D["active_s"], D["reset_s"], D["ctr"], threads=self._t("elementwise"), stream=st)
+        self._forward(tb, train=True)
+        self._loss(tb)
+        self._backward(tb)
+        self._update(tb)
+        kst.launch_step_end(D["losses"], D["row_loss"], D["ctr"], threads=self._t("reduce"), stream=st)
+
+    # ================================================================================================ training
+    def train_chunk(self, inputs, targets, active, reset, samples, step0: int) -> np.ndarray:
+        """Steps over a schedule chunk: inputs/targets/active/reset [T, B], samples [T, S]. Losses [T] (float64).
+
+        The chunk is uploaded once; on a GPU the steps run as replays of captured CUDA graphs (the steps find
+        their row of the chunk through the device step counter), under the simulator eagerly.
+        """
+        inputs = np.asarray(inputs)
+        if inputs.ndim != 2 or inputs.shape[0] < 1 or inputs.shape[1] < 1:
+            raise ValueError(f"inputs must be [T, B] with T, B >= 1; got shape {inputs.shape}")
+        T, B = inputs.shape
+        for name, a in (("targets", targets), ("active", active), ("reset", reset)):
+            if np.shape(a) != (T, B):
+                raise ValueError(f"{name} must have shape {(T, B)} like inputs; got {np.shape(a)}")
+        samples = np.asarray(samples)
+        if samples.ndim != 2 or samples.shape[0] != T:
+            raise ValueError(f"samples must be [T, S] with T = {T}; got shape {samples.shape}")
+        S = samples.shape[1]
+        for name, a in (("inputs", inputs), ("targets", targets), ("samples", samples)):
+            a = np.asarray(a)
+            if a.size and (a.min() < 0 or a.max() >= self.n_items):
+                raise ValueError(f"{name} holds item ids outside [0, {self.n_items})")
+        tb = self._train_bufs(B, S, T)
+        A = tb.a
+        with self._on_stream():
+            self._put(A["inputs_s"][:T], inputs)
+            self._put(A["targets_s"][:T], targets)
+            self._put(A["samples_s"][:T], samples)
+            self._put(A["active_s"][:T], np.asarray(active, bool).view(np.uint8))
+            self._put(A["reset_s"][:T], np.asarray(reset, bool).view(np.uint8))
+            self._put(A["ctr"], np.array([0, step0], np.int64))
+            if self.sim or self.graph_steps == 0:
+                for _ in range(T):
+                    self._step(tb)
+            else:  # pragma: no cover - needs a GPU
+                self._run_graphs(tb, T)
+            losses = self._get(A["losses"][:T])
+        return losses.astype(np.float64)
+
+    def _run_graphs(self, tb, T):  # pragma: no cover - needs a GPU
+        """T steps as replays of graphs of 2^k captured steps (largest first); the very first step runs eagerly so
+        that every kernel is loaded and cuBLAS is set up before anything is captured."""
+        t = 0
+        if not self._warm:
+            self._step(tb)
+            self._warm = True
+            t = 1
+        size = 1 << (max(self.graph_steps, 1).bit_length() - 1)
+        while t < T:
+            while size > T - t:
+                size //= 2
+            self._graph(tb, size).launch(stream=self._stream)
+            t += size
+
+    def _graph(self, tb, size):  # pragma: no cover - needs a GPU
+        """The CUDA graph of ``size`` consecutive steps (captured once, then replayed; ``_graphs`` keeps it and the
+        memory pool of whatever cupy allocated while capturing, which the graph's nodes point into)."""
+        entry = self._graphs.get(size)
+        if entry is None:
+            import cupy
+
+            pool = cupy.cuda.MemoryPool()  # never shared: nothing else can reuse what the graph points into
+            mode = getattr(cupy.cuda.runtime, "streamCaptureModeRelaxed", None)  # allows allocations
+            with cupy.cuda.using_allocator(pool.malloc):
+                self._stream.begin_capture(mode=mode)
+                try:
+                    for _ in range(size):
+                        self._step(tb)
+                finally:
+                    graph = self._stream.end_capture()
+            entry = self._graphs[size] = (graph, pool)
+        return entry[0]
+
+    def train_step(self, X, Y, active, reset, step: int) -> float:
+        X = np.asarray(X)
+        Y = np.asarray(Y)
+        B = X.shape[0]
+        if Y.ndim != 1 or Y.shape[0] < B:
+            raise ValueError(f"Y must be [O] with O >= B = {B}; got shape {Y.shape}")
+        losses = self.train_chunk(X[None], Y[None, :B], np.asarray(active)[None], np.asarray(reset)[None],
+                                  Y[None, B:], step)
+        return float(losses[0])
+
+    def reset_hidden(self) -> None:
+        self._pending_hidden = None
+        if self._tb is not None:
+            with self._on_stream():
+                for l in range(len(self.cfg.layers)):
+                    self._tb.a[f"hid{l}"].fill(0)
+
+    # ================================================================================================ state exchange
+    def get_params(self) -> dict:
+        with self._on_stream():
+            flat = self._get(self.P.a["flat"])
+            out = {}
+            for s in self.specs:
+                if s.sparse:
+                    out[s.name] = self._get(self.P.a[s.name])
+                else:
+                    off, n, shape = self._offsets[s.name]
+                    out[s.name] = flat[off:off + n].reshape(shape).copy()
+        return out
+
+    def get_opt_state(self) -> dict:
+        res = {}
+        with self._on_stream():
+            for key, bufs in (("acc", self.OA), ("mom", self.OM)):
+                flat = self._get(bufs.a["flat"])
+                d = {}
+                for s in self.specs:
+                    if s.sparse:
+                        d[s.name] = self._get(bufs.a[s.name])
+                    else:
+                        off, n, shape = self._offsets[s.name]
+                        d[s.name] = flat[off:off + n].reshape(shape).copy()
+                res[key] = d
+        return res
+
+    def set_opt_state(self, state: dict) -> None:
+        with self._on_stream():
+            for key, bufs in (("acc", self.OA), ("mom", self.OM)):
+                for name, v in state[key].items():
+                    if name not in bufs.a:
+                        raise ValueError(f"opt state {key!r} has unknown parameter {name!r}")
+                    self._put(bufs.a[name], v)
+
+    def get_hidden(self) -> list:
+        if self._tb is None:
+            return [np.array(h, copy=True) for h in (self._pending_hidden or [])]
+        with self._on_stream():
+            return [self._get(self._tb.a[f"hid{l}"]) for l in range(len(self.cfg.layers))]
+
+    def set_hidden(self, H: list) -> None:
+        H = [np.asarray(h, np.float32) for h in H]
+        if len(H) != len(self.cfg.layers):
+            raise ValueError(f"set_hidden needs one array per layer ({len(self.cfg.layers)}); got {len(H)}")
+        if self._tb is not None and self._tb.B == H[0].shape[0]:
+            with self._on_stream():
+                for l, h in enumerate(H):
+                    self._put(self._tb.a[f"hid{l}"], h)
+        else:
+            self._pending_hidden = H
+
+    # ================================================================================================ evaluation
+    def reset_eval(self, batch_size: int) -> None:
+        eb = self._eb
+        if eb is None or eb.B != batch_size:
+            eb = self._eb = _Bufs(self)
+            eb.B = int(batch_size)
+            with self._on_stream():
+                eb.new("X", (batch_size,), np.int32)
+                eb.new("targets", (batch_size,), np.int32)
+                eb.new("reset", (batch_size,), np.uint8)
+                self._layer_bufs(eb, batch_size, backward=False)
+                eb.new("S", (batch_size, self.n_items), np.float32)
+                eb.new("n_gt", (batch_size,), np.int64)
+                eb.new("n_eq", (batch_size,), np.int64)
+        else:
+            with self._on_stream():
+                for l in range(len(self.cfg.layers)):
+                    eb.a[f"hid{l}"].fill(0)
+
+    def eval_step(self, X, targets, reset, active, candidates=None):
+
+        eb = self._eb
+        if eb is None:
+            raise RuntimeError("call reset_eval(batch_size) before eval_step")
+        if np.shape(X) != (eb.B,):
+            raise ValueError(f"X must have shape ({eb.B},) (the reset_eval batch size); got {np.shape(X)}")
+        A, D = eb.a, eb.d
+        top = len(self.cfg.layers) - 1
+        with self._on_stream():
+            self._put(A["X"], X)
+            self._put(A["targets"], targets)
+            self._put(A["reset"], np.asarray(reset, bool).view(np.uint8))
+            self._forward(eb, train=False)
+            self._mm(A[f"hid{top}"], self.P.a["Wy"].T, A["S"])
+            cand = None
+            if candidates is not None:
+                if self._cand[0] is not candidates:
+                    arr = self.xp.asarray(np.ascontiguousarray(candidates, np.int32))
+                    self._cand = (candidates, arr, self._view(arr))
+                cand = self._cand[2]
+            kev.launch_rank_counts(D["n_gt"], D["n_eq"], D["S"], self.P.d["By"], D["targets"], self.act, self.act_a,
+                                   cand, threads=self._t("row"), stream=self._nb_stream)
+            return self._get(A["n_gt"]), self._get(A["n_eq"])
+
+    def close(self) -> None:
+        self._graphs.clear()
+        if self._stream is not None:  # pragma: no cover - needs a GPU
+            self._stream.synchronize()
+        self._tb = self._eb = None

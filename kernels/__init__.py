@@ -1,0 +1,15 @@
+"""numba.cuda kernels of GRU4Rec v2, one module per family (installed as ``gru4rec_kernels.kernels``).
+
+    gru           GRU gates forward / backward (fused elementwise around the GEMMs), hidden reset, dropout
+    scores_loss   sampled scores + the five losses + dZ (plain: after a GEMM, default; fused), bias col sums
+    adagrad       dense Adagrad over the flat buffer, sparse row Adagrad with duplicate coalescing, clipping
+    embedding     row gathers (with input dropout) and atomic scatter-adds
+    evaluate      all-item rank counts after the score GEMM
+    step          the device step counter that lets one CUDA graph replay over a chunk of the schedule
+    common        device functions (Philox, activations, block reductions), block-size defaults, checks
+
+Each family module exposes ``KERNELS = {name: (python function, [signature, ...])}`` and one ``launch_*``
+function per kernel. Importing this package imports nothing; the modules import ``numba.cuda`` but compile
+nothing until a kernel is first launched (``common.get_kernel``).
+"""
+FAMILIES = ("gru", "scores_loss", "adagrad", "embedding", "evaluate", "step")

@@ -1,0 +1,445 @@
+"""Every kernel of kernels/, every version, against gru4rec_kernels.reference at awkward small sizes.
+
+Runs in Numba's CUDA simulator here (tests/conftest.py switches it on where no GPU is usable) with tiny blocks
+(2-8 threads, so barriers and the shared-memory tree reductions run with several threads); on a machine with a
+GPU the same tests run on the device, and the ``cupy`` variants (marked ``gpu``) pass CuPy arrays.
+
+Tolerance (flash-attention style): the kernel's max error against a float64 run of the reference must be at
+most MULT times the float32 reference's own error, plus a tiny floor relative to the values' scale.
+Sizes: B = 1 and 3 rows (row 1 inactive), H = 7, N = 97 items, S = 5 samples, duplicate ids among targets and
+samples, a sample equal to a target (accidental hit).
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from gru4rec_kernels import reference as ref
+from gru4rec_kernels.config import LOSSES, TrainConfig
+from gru4rec_kernels.reference import StepInputs
+from gru4rec_kernels.rng import dropout_key, dropout_mask_np
+
+from gru4rec_kernels.kernels import adagrad as kad
+from gru4rec_kernels.kernels import embedding as kemb
+from gru4rec_kernels.kernels import evaluate as kev
+from gru4rec_kernels.kernels import gru as kgru
+from gru4rec_kernels.kernels import scores_loss as ksl
+from gru4rec_kernels.kernels import step as kstep
+from gru4rec_kernels.kernels.common import INT32_MAX, NORM_BLOCKS, SIM
+
+MULT = 4.0
+FLOOR = 2e-7
+N, H, S = 97, 7, 5
+ACTS = ("linear", "tanh", "relu", "elu-0.5", "leaky-0.1")
+T = 4  # threads per block in most tests
+
+
+# ============================================================================================ naive references
+def naive_gru_forward(xw_rows, Bh, h, Wrz, Wh, mask, dtype):
+    """reference.gru_layer_forward from the input projection rows (x Wx or Wx0[X]) in ``dtype``."""
+    c = lambda a: None if a is None else np.asarray(a, dtype)
+    return ref.gru_layer_forward(c(xw_rows) + c(Bh), c(h), c(Wrz), c(Wh), c(mask))
+
+
+def naive_gru_backward(dout, r, z, c, h, Wrz, Wh, mask, dtype):
+    cv = lambda a: None if a is None else np.asarray(a, dtype)
+    lc = ref.LayerCache(None, cv(h), cv(r), cv(z), cv(c), cv(mask), None)
+    da, _, _ = ref.gru_layer_backward(cv(dout), lc, cv(Wrz), cv(Wh))
+    return da
+
+
+def naive_scores_loss(h, Wy, By, Y, active, col_logq, cfg, dtype):
+    """(step loss, dZ) of reference.forward's score part + reference.loss_and_grad in ``dtype``."""
+    h, Wy, By = (np.asarray(a, dtype) for a in (h, Wy, By))
+    Z = h @ Wy[Y].T + By[Y]
+    if col_logq is not None:
+        Z = Z - np.asarray(col_logq, dtype)
+    step = StepInputs(X=np.zeros(len(active), np.int64), Y=np.asarray(Y, np.int64), active=np.asarray(active, bool),
+                      reset=np.zeros(len(active), bool))
+    return ref.loss_and_grad(Z, cfg, step)
+
+
+def naive_adagrad_sparse(p, ids, rows, acc, mom, lr, mu, dtype):
+    p, rows, acc, mom = (np.array(a, dtype) for a in (p, rows, acc, mom))
+    ref.adagrad_sparse(p, np.asarray(ids, np.int64), rows, acc, mom, lr, mu)
+    return p, acc, mom
+
+
+def naive_adagrad_dense(p, g, acc, mom, lr, mu, dtype):
+    p, g, acc, mom = (np.array(a, dtype) for a in (p, g, acc, mom))
+    ref.adagrad_dense(p, g, acc, mom, lr, mu)
+    return p, acc, mom
+
+
+# ============================================================================================ helpers
+def assert_close(name, got, ref32, ref64, mult=MULT, floor=FLOOR):
+    got, ref32, ref64 = (np.asarray(a, np.float64) for a in (got, ref32, ref64))
+    assert got.shape == ref64.shape, f"{name}: shape {got.shape} != {ref64.shape}"
+    err_k = np.abs(got - ref64).max(initial=0.0)
+    err_r = np.abs(ref32 - ref64).max(initial=0.0)
+    scale = max(1.0, np.abs(ref64).max(initial=0.0))
+    bound = mult * err_r + floor * scale
+    if not err_k <= bound:
+        bad = np.argwhere(np.abs(got - ref64) > bound)[:5]
+        rows = [(tuple(i), got[tuple(i)], ref64[tuple(i)]) for i in bad]
+        pytest.fail(f"{name}: kernel error {err_k:.3g} > {mult} x float32 reference error {err_r:.3g} + floor "
+                    f"({bound:.3g}); first mismatches (index, kernel, float64 ref): {rows}")
+
+
+@pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request):
+    """Array module the kernels are handed: numpy (simulator, or host arrays on a GPU), cupy (GPU only)."""
+    if request.param == "numpy":
+        return np
+    import cupy
+    return cupy
+
+
+def dev(xp, a, dtype=None):
+    """A fresh C-contiguous copy on the array module (never the caller's array)."""
+    return xp.array(a, dtype=dtype, order="C", copy=True)
+
+
+def host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+def ctr_of(xp, step, t=0):
+    return dev(xp, np.array([t, step], np.int64))
+
+
+def scores_problem(B, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    h = (rng.normal(0, 1, (B, H)) * scale).astype(np.float32)
+    Wy = rng.normal(0, 0.6, (N, H)).astype(np.float32)
+    By = rng.normal(0, 0.3, N).astype(np.float32)
+    targets = rng.integers(0, N, B)
+    if B > 1:
+        targets[-1] = targets[0]  # duplicate target
+    samples = rng.integers(0, N, S)
+    samples[0] = targets[0]  # accidental hit
+    samples[2] = samples[1]  # duplicate sample
+    Y = np.concatenate([targets, samples]).astype(np.int32)
+    active = np.ones(B, np.uint8)
+    if B > 2:
+        active[1] = 0
+    logq_t = (0.7 * np.log(rng.uniform(0.01, 1, N))).astype(np.float32)
+    logq_s = (0.5 * np.log(rng.uniform(0.01, 1, N))).astype(np.float32)
+    return h, Wy, By, Y, active, logq_t, logq_s
+
+
+# ============================================================================================ dropout / Philox
+@pytest.mark.parametrize("layer,step,rows,cols,p", [(0, 0, 3, 7, 0.3), (-1, 12345, 1, 5, 0.5), (2, 7, 4, 9, 0.0)])
+def test_dropout_masks_equal_rng(xp, layer, step, rows, cols, p):
+    seed = 42
+    a = dev(xp, np.ones((rows, cols), np.float32))
+    kgru.launch_dropout_inplace(a, ctr_of(xp, step), dropout_key(seed, layer), p, threads=T)
+    want = dropout_mask_np(seed, layer, step, rows, cols, p)
+    np.testing.assert_array_equal(host(a), want)
+
+
+def test_gather_rows_with_dropout_equals_mask(xp):
+    rng = np.random.default_rng(1)
+    table = rng.normal(size=(N, H)).astype(np.float32)
+    ids = np.array([5, 96, 5, 0], np.int32)
+    out = dev(xp, np.zeros((4, H), np.float32))
+    kemb.launch_gather_rows(out, dev(xp, table), dev(xp, ids), ctr_of(xp, 3), dropout_key(9, -1), 0.4, threads=T)
+    np.testing.assert_array_equal(host(out), table[ids] * dropout_mask_np(9, -1, 3, 4, H, 0.4))
+    kemb.launch_gather_rows(out, dev(xp, table), dev(xp, ids), ctr_of(xp, 3), threads=3)
+    np.testing.assert_array_equal(host(out), table[ids])
+
+
+def test_scatter_add_rows_sums_duplicates(xp):
+    rng = np.random.default_rng(2)
+    table = rng.normal(size=(N, H)).astype(np.float32)
+    ids = np.array([3, 7, 3, 3, 96], np.int32)
+    rows = rng.normal(size=(5, H)).astype(np.float32)
+    t = dev(xp, table)
+    kemb.launch_scatter_add_rows(t, dev(xp, ids), dev(xp, rows), threads=T)
+    want64 = table.astype(np.float64)
+    np.add.at(want64, ids, rows.astype(np.float64))
+    want32 = table.copy()
+    np.add.at(want32, ids, rows)
+    assert_close("scatter_add_rows", host(t), want32, want64)
+
+
+# ============================================================================================ GRU
+@pytest.mark.parametrize("B,gather,p", [(1, False, 0.0), (3, False, 0.3), (3, True, 0.25), (1, True, 0.0)])
+def test_gru_forward_backward(xp, B, gather, p):
+    rng = np.random.default_rng(B * 10 + gather)
+    seed, layer, step = 7, 1, 5
+    key = dropout_key(seed, layer)
+    X = rng.integers(0, N, B).astype(np.int32)
+    if B > 1:
+        X[-1] = X[0]
+    xw_src = rng.normal(0, 0.7, (N if gather else B, 3 * H)).astype(np.float32)
+    Bh = rng.normal(0, 0.1, 3 * H).astype(np.float32)
+    h = rng.uniform(-0.8, 0.8, (B, H)).astype(np.float32)
+    Wrz = rng.normal(0, 0.5, (H, 2 * H)).astype(np.float32)
+    Wh = rng.normal(0, 0.5, (H, H)).astype(np.float32)
+    mask = dropout_mask_np(seed, layer, step, B, H, p) if p > 0 else None
+    rows = xw_src[X] if gather else xw_src
+    d = lambda a, dt=np.float32: dev(xp, a, dt)
+    z0 = lambda *shape: d(np.zeros(shape, np.float32))
+    ctr = ctr_of(xp, step)
+    # ---- forward
+    r, z, rh, c, out = z0(B, H), z0(B, H), z0(B, H), z0(B, H), z0(B, H)
+    hU = d(h @ Wrz)
+    kgru.launch_gru_fwd_rz(r, z, rh, d(xw_src), d(X, np.int32), gather, d(Bh), hU, d(h), threads=T)
+    rhU = d(host(rh) @ Wh)
+    kgru.launch_gru_fwd_out(c, out, d(xw_src), d(X, np.int32), gather, d(Bh), rhU, d(h), z, ctr, key, p, threads=T)
+    ref64 = naive_gru_forward(rows, Bh, h, Wrz, Wh, mask, np.float64)
+    ref32 = naive_gru_forward(rows, Bh, h, Wrz, Wh, mask, np.float32)
+    for name, got, i in (("r", r, 0), ("z", z, 1), ("c", c, 2), ("out", out, 3)):
+        assert_close(f"gru forward {name}", host(got), ref32[i], ref64[i])
+    assert_close("gru forward r*h", host(rh), ref32[0] * h, ref64[0] * h)
+    # ---- backward (from the float32 forward state)
+    dout = rng.normal(0, 1, (B, H)).astype(np.float32)
+    rr, zz, cc = host(r), host(z), host(c)
+    da, dc, drz, drh = z0(B, 3 * H), z0(B, H), z0(B, 2 * H), z0(B, H)
+    kgru.launch_gru_bwd_cz(da, dc, drz, d(dout), d(h), z, c, ctr, key, p, threads=T)
+    drh = d(host(dc) @ Wh.T)
+    kgru.launch_gru_bwd_r(da, drz, drh, d(h), r, threads=T)
+    da64 = naive_gru_backward(dout, rr, zz, cc, h, Wrz, Wh, mask, np.float64)
+    da32 = naive_gru_backward(dout, rr, zz, cc, h, Wrz, Wh, mask, np.float32)
+    assert_close("gru backward da", host(da), da32, da64)
+    np.testing.assert_array_equal(host(dc), host(da)[:, :H])
+    np.testing.assert_array_equal(host(drz), host(da)[:, H:])
+
+
+def test_hidden_reset(xp):
+    rng = np.random.default_rng(3)
+    hid = rng.normal(size=(3, H)).astype(np.float32)
+    reset = np.array([1, 0, 1], np.uint8)
+    h_in = dev(xp, np.full((3, H), 9.0, np.float32))
+    kgru.launch_hidden_reset(h_in, dev(xp, hid), dev(xp, reset), threads=T)
+    np.testing.assert_array_equal(host(h_in), np.where(reset[:, None] == 1, 0, hid))
+
+
+# ============================================================================================ scores + loss
+SL_CASES = [(loss, act, version, 3, False, False) for loss, act, version
+            in itertools.product(LOSSES, ACTS, ("plain", "fused"))]
+SL_CASES += [(loss, "linear", "plain", 1, False, False) for loss in LOSSES]
+SL_CASES += [("cross-entropy", act, version, B, True, mah) for act, version, B, mah
+             in [("linear", "plain", 3, False), ("tanh", "fused", 3, True), ("elu-0.5", "plain", 1, True)]]
+SL_CASES += [(loss, "linear", "fused", 3, False, True) for loss in LOSSES if loss != "cross-entropy"]
+
+
+@pytest.mark.parametrize("loss,act,version,B,logq,mah", SL_CASES)
+def test_scores_loss(xp, loss, act, version, B, logq, mah):
+    h, Wy, By, Y, active, logq_t, logq_s = scores_problem(B, seed=LOSSES.index(loss) + 7 * B)
+    cfg = TrainConfig(loss=loss, final_act=act, bpreg=0.5, logq=0.5 if logq else 0.0, batch_size=B + 1,
+                      mask_accidental_hits=mah, layers=[H])
+    col_logq = np.concatenate([logq_t[Y[:B]], logq_s[Y[B:]]]) if logq else None
+    L64, dZ64 = naive_scores_loss(h, Wy, By, Y, active, col_logq, cfg, np.float64)
+    L32, dZ32 = naive_scores_loss(h, Wy, By, Y, active, col_logq, cfg, np.float32)
+    O = Y.shape[0]
+    code, a = cfg.final_act_code
+    dZ, rl, Sm = (dev(xp, np.zeros(s, np.float32)) for s in ((B, O), (B,), (B, O)))
+    lq = (dev(xp, logq_t), dev(xp, logq_s)) if logq else None
+    kw = dict(loss=cfg.loss_code, act=code, act_a=a, bpreg=cfg.bpreg, mah=mah, inv_batch=1.0 / cfg.batch_size,
+              threads=T if B > 1 else 8)
+    if version == "plain":
+        Sm = dev(xp, h @ Wy[Y].T)
+        ksl.launch_row_loss(dZ, rl, Sm, dev(xp, By), dev(xp, Y), dev(xp, active), lq, **kw)
+    else:
+        ksl.launch_score_loss_fused(dZ, rl, Sm, dev(xp, h), dev(xp, Wy), dev(xp, By), dev(xp, Y), dev(xp, active),
+                                    lq, **kw)
+        assert_close("fused scores", host(Sm), h @ Wy[Y].T, h.astype(np.float64) @ Wy[Y].T.astype(np.float64))
+    assert_close(f"{loss}/{act} dZ", host(dZ), dZ32, dZ64)
+    assert_close(f"{loss}/{act} loss", host(rl).sum(dtype=np.float64), L32, L64)
+    assert np.all(host(rl)[active == 0] == 0) and np.all(host(dZ)[active == 0] == 0)
+
+
+def test_col_sum(xp):
+    a = np.random.default_rng(4).normal(size=(3, 11)).astype(np.float32)
+    out = dev(xp, np.zeros(11, np.float32))
+    ksl.launch_col_sum(out, dev(xp, a), threads=T)
+    np.testing.assert_array_equal(host(out), a.sum(axis=0))  # same (row) order as numpy
+
+
+# ============================================================================================ Adagrad
+@pytest.mark.parametrize("mu,gs", [(0.0, 1.0), (0.9, 0.5)])
+def test_adagrad_dense(xp, mu, gs):
+    rng = np.random.default_rng(5)
+    P = 23
+    p, g = rng.normal(size=P).astype(np.float32), rng.normal(size=P).astype(np.float32)
+    acc, mom = rng.uniform(0, 2, P).astype(np.float32), rng.normal(0, 0.1, P).astype(np.float32)
+    dp, dacc, dmom = dev(xp, p), dev(xp, acc), dev(xp, mom)
+    kad.launch_adagrad_dense(dp, dev(xp, g), dacc, dmom, dev(xp, np.array([gs], np.float32)), 0.05, mu, threads=T)
+    gg = g * np.float32(gs)
+    r64 = naive_adagrad_dense(p, gg, acc, mom, 0.05, mu, np.float64)
+    r32 = naive_adagrad_dense(p, gg, acc, mom, 0.05, mu, np.float32)
+    for name, got, i in (("p", dp, 0), ("acc", dacc, 1), ("mom", dmom, 2)):
+        assert_close(f"adagrad_dense {name}", host(got), r32[i], r64[i])
+
+
+@pytest.mark.parametrize("D,mu,threads", [(7, 0.0, 4), (1, 0.9, 2), (7, 0.5, 8)])
+def test_sparse_adagrad_coalesces_duplicates(xp, D, mu, threads):
+    rng = np.random.default_rng(D)
+    ids = np.array([4, 90, 4, 0, 96, 4, 90, 13], np.int32)  # 4 three times, 90 twice
+    p = rng.normal(size=(N, D)).astype(np.float32)
+    acc = rng.uniform(0, 1, (N, D)).astype(np.float32)
+    mom = rng.normal(0, 0.1, (N, D)).astype(np.float32)
+    rows = rng.normal(size=(len(ids), D)).astype(np.float32)
+    rows[3] = 0  # a touched row with a zero gradient still moves with momentum
+    owner = dev(xp, np.full(N, INT32_MAX, np.int32))
+    count = dev(xp, np.zeros(N, np.int32))
+    results = []
+    for _ in range(2):  # twice: deterministic, and the scratch is restored for the next call
+        dp, dacc, dmom = dev(xp, p), dev(xp, acc), dev(xp, mom)
+        kad.launch_sparse_adagrad(dp, dacc, dmom, dev(xp, ids), dev(xp, rows), owner, count,
+                                  dev(xp, np.ones(1, np.float32)), 0.1, mu, threads=threads)
+        results.append([host(a) for a in (dp, dacc, dmom)])
+        assert np.all(host(owner) == INT32_MAX) and np.all(host(count) == 0)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    r64 = naive_adagrad_sparse(p, ids, rows, acc, mom, 0.1, mu, np.float64)
+    r32 = naive_adagrad_sparse(p, ids, rows, acc, mom, 0.1, mu, np.float32)
+    for name, got, i in zip(("p", "acc", "mom"), results[0], range(3)):
+        assert_close(f"sparse adagrad {name}", got, r32[i], r64[i])
+    if SIM:  # the reference sums duplicates in slot order too (np.add.at): bitwise equal in float32 (a GPU may
+        for got, want in zip(results[0], r32):  # contract acc + g*g into an FMA: one rounding fewer)
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("cap", [0.5, 1e6])
+def test_clip_scale(xp, cap):
+    rng = np.random.default_rng(6)
+    dense = rng.normal(size=37).astype(np.float32)
+    rows = rng.normal(size=(5, 3)).astype(np.float32)
+    g = ref.Grads(dense={"a": dense.astype(np.float64)}, sparse={"b": (np.arange(5), rows.astype(np.float64))})
+    ref.clip_grads(g, cap)
+    want = g.dense["a"][0] / dense[0]
+    scale = dev(xp, np.zeros(1, np.float32))
+    partials = dev(xp, np.zeros(2 * NORM_BLOCKS, np.float32))
+    kad.launch_grad_clip(scale, partials, [dev(xp, dense), dev(xp, rows.reshape(-1))], cap, threads=T)
+    assert abs(float(host(scale)[0]) - want) <= 1e-6 * want
+
+
+# ============================================================================================ evaluation
+@pytest.mark.parametrize("act,cand,B", [("linear", False, 3), ("relu", False, 1), ("tanh", True, 3),
+                                        ("leaky-0.1", True, 1), ("elu-0.5", False, 3)])
+def test_rank_counts(xp, act, cand, B):
+    rng = np.random.default_rng(8)
+    h = rng.normal(0, 1, (B, H)).astype(np.float32)
+    Wy = rng.normal(0, 0.3, (N, H)).astype(np.float32)
+    By = rng.normal(0, 0.1, N).astype(np.float32)
+    targets = rng.integers(0, N, B).astype(np.int32)
+    Wy[10], By[10] = Wy[targets[0]], By[targets[0]]  # an exact tie with row 0's target
+    Wy[20:30] = -5.0  # relu: a block of zero scores
+    cfg = TrainConfig(final_act=act, layers=[H])
+    code, a = cfg.final_act_code
+    S_ = h @ Wy.T
+    scores = ref.final_act(S_ + By, code, a)
+    cands = np.array([targets[0], 10, 3, 50, 96, 20, 21], np.int32) if cand else None
+    if cand:
+        t = scores[np.arange(B), targets][:, None]
+        sc = scores[:, cands]
+        want_gt, want_eq = (sc > t).sum(1), np.maximum((sc == t).sum(1), 1)
+    else:
+        want_gt, want_eq = ref.rank_counts(scores, targets)
+    gt, eq = dev(xp, np.zeros(B, np.int64)), dev(xp, np.zeros(B, np.int64))
+    kev.launch_rank_counts(gt, eq, dev(xp, S_), dev(xp, By), dev(xp, targets), code, a,
+                           None if cands is None else dev(xp, cands), threads=T)
+    np.testing.assert_array_equal(host(gt), want_gt)
+    np.testing.assert_array_equal(host(eq), want_eq)
+
+
+# ============================================================================================ step counter
+def test_step_begin_end(xp):
+    rng = np.random.default_rng(9)
+    Tn, B = 3, 2
+    inputs = rng.integers(0, N, (Tn, B)).astype(np.int32)
+    targets = rng.integers(0, N, (Tn, B)).astype(np.int32)
+    samples = rng.integers(0, N, (Tn, S)).astype(np.int32)
+    act_s = (rng.random((Tn, B)) < 0.5).astype(np.uint8)
+    rst_s = (rng.random((Tn, B)) < 0.5).astype(np.uint8)
+    ids, active, reset = dev(xp, np.zeros(2 * B + S, np.int32)), dev(xp, np.zeros(B, np.uint8)), dev(
+        xp, np.zeros(B, np.uint8))
+    ctr = ctr_of(xp, 100, t=1)
+    losses = dev(xp, np.zeros(Tn, np.float32))
+    kstep.launch_step_begin(ids, active, reset, *(dev(xp, a) for a in (inputs, targets, samples, act_s, rst_s)), ctr,
+                            threads=T)
+    np.testing.assert_array_equal(host(ids), np.concatenate([targets[1], samples[1], inputs[1]]))
+    np.testing.assert_array_equal(host(active), act_s[1])
+    np.testing.assert_array_equal(host(reset), rst_s[1])
+    rl = np.array([0.25, 0.5, 0.125], np.float32)
+    kstep.launch_step_end(losses, dev(xp, rl), ctr, threads=2)
+    assert host(losses)[1] == 0.875 and list(host(ctr)) == [2, 101]
+
+
+# ============================================================================================ launcher checks
+def _ok_row_loss_args(B=3):
+    h, Wy, By, Y, active, logq_t, logq_s = scores_problem(B)
+    O = len(Y)
+    return dict(dZ=np.zeros((B, O), np.float32), row_loss_=np.zeros(B, np.float32), S=np.zeros((B, O), np.float32),
+                By=By, Y=Y, active=active)
+
+
+@pytest.mark.parametrize("arg,bad,msg", [
+    ("dZ", lambda a: a.astype(np.float64), "dZ"),
+    ("S", lambda a: np.asfortranarray(np.zeros((a.shape[0], a.shape[1] + 1), np.float32))[:, 1:], "S"),
+    ("Y", lambda a: a.astype(np.int64), "Y"),
+    ("Y", lambda a: a[:-1], "Y"),
+    ("active", lambda a: a.astype(bool), "active"),
+    ("row_loss_", lambda a: np.zeros(len(a) + 1, np.float32), "row_loss"),
+])
+def test_row_loss_launcher_rejects(arg, bad, msg):
+    kw = _ok_row_loss_args()
+    kw[arg] = bad(kw[arg])
+    with pytest.raises(ValueError, match=msg):
+        ksl.launch_row_loss(kw["dZ"], kw["row_loss_"], kw["S"], kw["By"], kw["Y"], kw["active"], loss=0, threads=T)
+
+
+def test_launchers_reject_bad_arguments():
+    f32 = lambda *s: np.zeros(s, np.float32)
+    B = 3
+    with pytest.raises(ValueError, match="hU"):
+        kgru.launch_gru_fwd_rz(f32(B, H), f32(B, H), f32(B, H), f32(B, 3 * H), np.zeros(B, np.int32), False,
+                               f32(3 * H), f32(B, H), f32(B, H))
+    with pytest.raises(ValueError, match="xw"):
+        kgru.launch_gru_fwd_rz(f32(B, H), f32(B, H), f32(B, H), f32(B, 3 * H)[:, ::1].T.copy(), np.zeros(B, np.int32),
+                               False, f32(3 * H), f32(B, 2 * H), f32(B, H))
+    with pytest.raises(ValueError, match="ids"):
+        kgru.launch_gru_fwd_out(f32(B, H), f32(B, H), f32(N, 3 * H), np.zeros(B, np.int64), True, f32(3 * H),
+                                f32(B, H), f32(B, H), f32(B, H), np.zeros(2, np.int64), 1, 0.0)
+    with pytest.raises(ValueError, match="ctr"):
+        kgru.launch_dropout_inplace(f32(B, H), np.zeros(2, np.int32), 1, 0.5)
+    with pytest.raises(ValueError, match="p must"):
+        kgru.launch_dropout_inplace(f32(B, H), np.zeros(2, np.int64), 1, 1.0)
+    with pytest.raises(ValueError, match="da"):
+        kgru.launch_gru_bwd_r(f32(B, 2 * H), f32(B, 2 * H), f32(B, H), f32(B, H), f32(B, H))
+    with pytest.raises(ValueError, match="table"):
+        kemb.launch_gather_rows(f32(B, H), f32(N, H + 1), np.zeros(B, np.int32), np.zeros(2, np.int64))
+    with pytest.raises(ValueError, match="rows"):
+        kemb.launch_scatter_add_rows(f32(N, H), np.zeros(B, np.int32), f32(B, H + 1))
+    with pytest.raises(ValueError, match="mom"):
+        kad.launch_adagrad_dense(f32(5), f32(5), f32(5), f32(4), np.ones(1, np.float32), 0.1, 0.0)
+    with pytest.raises(ValueError, match="owner"):
+        kad.launch_sparse_adagrad(f32(N, H), f32(N, H), f32(N, H), np.zeros(B, np.int32), f32(B, H),
+                                  np.zeros(N, np.int64), np.zeros(N, np.int32), np.ones(1, np.float32), 0.1, 0.0)
+    owner, count = np.full(N, INT32_MAX, np.int32), np.zeros(N, np.int32)
+    with pytest.raises(ValueError, match="rows"):  # checked before anything runs: the scratch stays clean
+        kad.launch_sparse_adagrad(f32(N, H), f32(N, H), f32(N, H), np.arange(B, dtype=np.int32), f32(B, H - 1),
+                                  owner, count, np.ones(1, np.float32), 0.1, 0.0)
+    assert np.all(owner == INT32_MAX) and np.all(count == 0)
+    with pytest.raises(ValueError, match="lr"):
+        kad.launch_adagrad_dense(f32(5), f32(5), f32(5), f32(5), np.ones(1, np.float32), 0.0, 0.0)
+    with pytest.raises(ValueError, match="threads"):
+        ksl.launch_col_sum(f32(4), f32(2, 4), threads=0)
+    with pytest.raises(ValueError, match="threads"):
+        kev.launch_rank_counts(np.zeros(B, np.int64), np.zeros(B, np.int64), f32(B, N), f32(N),
+                               np.zeros(B, np.int32), threads=6)
+    with pytest.raises(ValueError, match="targets"):
+        kev.launch_rank_counts(np.zeros(B, np.int64), np.zeros(B, np.int64), f32(B, N), f32(N),
+                               np.zeros(B + 1, np.int32))
+    with pytest.raises(ValueError, match="loss"):
+        ksl.launch_row_loss(f32(B, 8), f32(B), f32(B, 8), f32(N), np.zeros(8, np.int32), np.ones(B, np.uint8),
+                            loss=7)
+    with pytest.raises(ValueError, match="samples"):
+        kstep.launch_step_begin(np.zeros(2 * B + S, np.int32), np.zeros(B, np.uint8), np.zeros(B, np.uint8),
+                                np.zeros((2, B), np.int32), np.zeros((2, B), np.int32), np.zeros((3, S), np.int32),
+                                np.zeros((2, B), np.uint8), np.zeros((2, B), np.uint8), np.zeros(2, np.int64))
