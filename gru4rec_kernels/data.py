@@ -107,11 +107,97 @@ def _datetime_seconds(s: pd.Series) -> np.ndarray:
     return (ns // 1_000_000_000).astype(np.float64) + (ns % 1_000_000_000) / 1e9
 
 
+def _release_arrow_memory() -> None:
+    """Hand the memory Arrow's allocator keeps cached back to the OS (it would stay in the resident set)."""
+    try:
+        import pyarrow as pa
+        pa.default_memory_pool().release_unused()
+    except Exception:  # pragma: no cover - old pyarrow without release_unused
+        pass
+
+
 def _columns_error(missing: list[str], have: list[Any], where: str) -> ValueError:
     hint = ""
     if len(have) == 1 and isinstance(have[0], str) and ("\t" in have[0] or "," in have[0] or ";" in have[0]):
         hint = " (only one column was found: is the separator right?)"
     return ValueError(f"{where}: missing column(s) {missing}; the columns are {list(have)}{hint}")
+
+
+# ---------------------------------------------------------------------------------------------------- building
+_CHUNK = 1 << 18  # events per block in the chunked passes (bounds the temporaries to a few MB)
+
+
+def _chunks(n: int, size: int | None = None):
+    size = _CHUNK if size is None else size
+    for a in range(0, n, size):
+        yield a, min(a + size, n)
+
+
+def _item_map(its: np.ndarray):
+    """(sorted unique ids int64, f: id chunk -> int32 index chunk) without a full-size temporary.
+
+    Dense ids (span <= n/2): a bitmap and a lookup table; otherwise a hash set (pandas) and a hash lookup."""
+    n = its.size
+    lo, hi = int(its.min()), int(its.max())
+    span = hi - lo + 1
+    if span <= max(n // 2, 1 << 16):
+        present = np.zeros(span, dtype=np.bool_)
+        for a, b in _chunks(n):
+            present[its[a:b] - lo] = True
+        item_ids = np.flatnonzero(present).astype(np.int64)
+        item_ids += lo
+        lut = np.cumsum(present, dtype=np.int32)
+        lut -= 1
+        del present
+        return item_ids, lambda x: lut[x - lo]
+    item_ids = np.sort(pd.unique(its)).astype(np.int64, copy=False)
+    index = pd.Index(item_ids)
+    return item_ids, lambda x: index.get_indexer(x).astype(np.int32)
+
+
+def _group_by_session(sess: np.ndarray, t: np.ndarray):
+    """Events grouped by session id (ascending), by time within a session, stable (equal times keep the input
+    order). Returns (order, starts): ``order[j]`` is the input row of grouped position j, or None when the
+    input rows are already grouped by session and time-ordered within (sessions in any order: ``starts`` then
+    lists them in input order); ``starts`` is the first position of every session.
+
+    Three paths, all equal to the stable sort by (session, time): (1) rows already grouped by session and
+    time-ordered within (the GRU4Rec file format): no event permutation at all; (2) rows in time order (a raw
+    log): one stable sort by session; (3) otherwise a lexsort by (session, time)."""
+    n = sess.size
+    bounds: list[np.ndarray] | None = [np.zeros(1, dtype=np.int64)]
+    n_runs = 1
+    time_sorted = True  # t non-decreasing over all rows
+    runs_sorted = True  # t non-decreasing within every run of equal session ids
+    for a, b in _chunks(n - 1):
+        new = sess[a + 1:b + 1] != sess[a:b]
+        back = t[a + 1:b + 1] < t[a:b]
+        if back.any():
+            time_sorted = False
+            if (back & ~new).any():
+                runs_sorted = False
+                break
+        if bounds is not None:
+            nz = np.flatnonzero(new)
+            n_runs += nz.size
+            if n_runs > n // 2 + 1:  # runs of ~1 row: not a grouped file; don't hold an n-size list
+                bounds = None
+            else:
+                bounds.append(nz.astype(np.int64) + (a + 1))
+    if runs_sorted and bounds is not None:
+        starts = np.concatenate(bounds)
+        del bounds
+        run_ids = np.sort(sess[starts])
+        if not np.any(run_ids[1:] == run_ids[:-1]):  # every session in one run: path (1)
+            return None, starts
+        del run_ids, starts
+    bounds = None
+    order = np.argsort(sess, kind="stable") if time_sorted else np.lexsort((t, sess))
+    parts = [np.zeros(1, dtype=np.int64)]
+    for a, b in _chunks(n - 1):
+        s = sess[order[a:b + 1]]
+        parts.append(np.flatnonzero(s[1:] != s[:-1]).astype(np.int64) + (a + 1))
+    return order, np.concatenate(parts)
 
 
 # ---------------------------------------------------------------------------------------------------- SessionData
@@ -252,46 +338,104 @@ class SessionData:
             if missing:
                 raise _columns_error(missing, names, path)
         try:
-            df = pd.read_parquet(path, columns=need)
+            table = pq.read_table(path, columns=list(dict.fromkeys(need)))
         except Exception as e:
             raise ValueError(f"cannot read {path} as parquet: {e}") from None
-        if len(df) == 0:
+        if table.num_rows == 0:
             raise ValueError(f"{path}: the click log is empty (no rows)")
+        # Column by column, each converted to its final numpy form and its Arrow buffers dropped at once: the
+        # peak is the Arrow table plus one column (pd.read_parquet would hold the table and a whole DataFrame).
+        n = table.num_rows
+        conv = {session_key: _to_int_ids, item_key: _to_int_ids}
+        if time_key is not None:
+            conv[time_key] = _to_times
+        out: dict[str, np.ndarray] = {}
         try:
-            return cls.from_pandas(df, session_key, item_key, time_key, min_session_length=min_session_length)
+            for key in need:
+                if key in out:
+                    continue
+                i = table.schema.get_field_index(key)
+                col = table.column(i)
+                table = table.remove_column(i)
+                series = col.to_pandas()
+                del col
+                out[key] = conv[key](series, key)
+                del series
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+        finally:
+            del table
+            _release_arrow_memory()
+        t = out[time_key] if time_key is not None else np.arange(n, dtype=np.float64)
+        try:
+            return cls._build(out[session_key], out[item_key], t, min_session_length)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+        finally:  # the columns may live in Arrow's memory (zero-copy conversion): give it back once they go
+            out.clear()
+            del t
+            _release_arrow_memory()
 
     @classmethod
     def _build(cls, sess: np.ndarray, its: np.ndarray, t: np.ndarray, min_session_length: int) -> "SessionData":
+        """Group by session (time-ordered within, stable), order sessions by (first time, id), map the items.
+
+        Memory: besides the inputs and the outputs (items int32 + times float64 = 12 bytes/event), at most one
+        event permutation (int32 below 2**31 events; none when the rows are already grouped and time-ordered),
+        a few per-session and per-item arrays and O(_CHUNK) temporaries; no per-event Python objects and no
+        full-size copies of the inputs."""
         if sess.size == 0:
             raise ValueError("the click log is empty (no rows)")
         if int(min_session_length) < 1:
             raise ValueError(f"min_session_length must be >= 1; got {min_session_length!r}")
-        uniq_s, sinv = np.unique(sess, return_inverse=True)
-        # Group by session, time-ordered within; lexsort is stable so equal times keep the input order.
-        order = np.lexsort((t, sinv))
-        sinv_o = sinv[order]
-        counts = np.bincount(sinv_o, minlength=uniq_s.size)
-        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-        first_t = t[order][starts]
-        # uniq_s is sorted, so a stable sort on the first time breaks ties by session id.
-        sess_order = np.argsort(first_t, kind="stable")
-        rank = np.empty_like(sess_order)
-        rank[sess_order] = np.arange(sess_order.size)
-        order = order[np.argsort(rank[sinv_o], kind="stable")]
-        lengths = counts[sess_order]
-        session_ids = uniq_s[sess_order]
-        item_ids, items = np.unique(its[order], return_inverse=True)
+        n = sess.size
+        item_ids, to_index = _item_map(its)
         if item_ids.size >= 2 ** 31:
             raise ValueError(f"too many distinct items ({item_ids.size}); at most 2**31-1 are supported")
-        times = t[order]
+        # order: grouped position -> input row (None: the input is already grouped and time-ordered);
+        # starts: first grouped position of every session.
+        order, starts = _group_by_session(sess, t)
+        if order is not None and n < 2 ** 31:
+            order = order.astype(np.int32)  # 4 bytes/event less to hold through the output pass
+        lengths = np.empty(starts.size, dtype=np.int64)
+        lengths[:-1] = starts[1:] - starts[:-1]
+        lengths[-1] = n - starts[-1]
         if lengths.max() < 2:
             raise ValueError(f"no session has 2 or more events ({lengths.size} one-event sessions): one-event "
                              f"sessions give no training pair (and nothing to evaluate)")
+        first = starts if order is None else order[starts]
+        # sessions by first time (events are time-ordered within a session), ties by session id
+        sess_order = np.lexsort((sess[first], t[first]))
+        session_ids = sess[first[sess_order]]
+        del first
         offsets = np.zeros(lengths.size + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        data = cls(item_ids, items.astype(np.int32), offsets, session_ids, times)
+        np.cumsum(lengths[sess_order], out=offsets[1:])
+        del lengths
+        src = None  # per output session: grouped position - output position (None: the same order)
+        if not np.array_equal(sess_order, np.arange(sess_order.size)):
+            src = starts[sess_order]
+            src -= offsets[:-1]
+        del starts, sess_order
+        items = np.empty(n, dtype=np.int32)
+        times = np.empty(n, dtype=np.float64)
+        n_sess = session_ids.size
+        k0 = 0
+        while k0 < n_sess:  # blocks of whole sessions, about _CHUNK events each
+            e0 = int(offsets[k0])
+            k1 = max(int(np.searchsorted(offsets, e0 + _CHUNK, side="right")) - 1, k0 + 1)
+            e1 = int(offsets[k1])
+            if src is None:
+                ev = slice(e0, e1)
+            else:
+                ev = np.repeat(src[k0:k1], np.diff(offsets[k0:k1 + 1]))
+                ev += np.arange(e0, e1)
+            if order is not None:
+                ev = order[ev]
+            items[e0:e1] = to_index(its[ev])
+            times[e0:e1] = t[ev]
+            k0 = k1
+        del order, src, to_index
+        data = cls(item_ids, items, offsets, session_ids, times)
         if min_session_length > 1:
             data, _ = data.filter_min_length(min_session_length)
         return data
