@@ -8,8 +8,10 @@ from .data import SessionData
 from .evaluate import evaluate
 from .model import Model, ModelFileError, UnknownItemError
 from .trainer import Trainer, TrainingDivergedError
+from .baselines import POP, SPOP, ItemKNN
+from .serving import SessionRecommender
 
 __version__ = "0.1.0"
 
 __all__ = ["TrainConfig", "SessionData", "Trainer", "TrainingDivergedError", "Model", "ModelFileError",
-           "UnknownItemError", "evaluate", "__version__"]
+           "UnknownItemError", "evaluate", "SessionRecommender", "POP", "SPOP", "ItemKNN", "__version__"]

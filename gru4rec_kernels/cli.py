@@ -120,15 +120,162 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate
     from .model import Model
+    from .report import fit_baselines, format_table, results_json
+    if args.baselines and not args.train:
+        raise ValueError("--baselines needs --train (the training click log the baselines are fitted on)")
     model = Model.load(args.model)
     test = _load_data(args.test, args)
-    res = evaluate(model, test, cutoffs=tuple(args.cutoffs), mode=args.mode, backend=args.backend)
+    cutoffs = tuple(args.cutoffs)
+    res = evaluate(model, test, cutoffs=cutoffs, mode=args.mode, backend=args.backend)
     _print_metrics("GRU4Rec", res)
+    results = {"GRU4Rec": res}
+    if args.baselines:
+        train = _load_data(args.train, args)
+        base = fit_baselines(train, test, cutoffs, mode=args.mode)
+        for name, r in base.items():
+            _print_metrics(name, r)
+        results.update(base)
     print(f"dropped: {res['unknown_events']} test events with unknown items, "
           f"{res['dropped_sessions']} sessions left shorter than 2")
+    print()
+    print(format_table(results, title=f"{args.test} ({args.mode} ranks)"))
     if args.json:
+        out = results_json({"GRU4Rec": res})["GRU4Rec"]
+        if args.baselines:
+            out["baselines"] = results_json({k: v for k, v in results.items() if k != "GRU4Rec"})
         with open(args.json, "w") as f:
-            json.dump(res, f, indent=1, default=float)
+            json.dump(out, f, indent=1, default=float)
+    return 0
+
+
+def _parse_id_tokens(line: str, where: str) -> list:
+    import re
+    toks = [t for t in re.split(r"[,\s]+", line.strip()) if t]
+    out = []
+    for t in toks:
+        try:
+            out.append(int(t))
+        except ValueError:
+            raise ValueError(f"{where}: {t!r} is not an integer item id") from None
+    return out
+
+
+def _read_sessions(path: str, args) -> tuple[list, list]:
+    """(labels, sessions) from a file: one session per line (ids separated by spaces or commas), or a click log
+    with a header naming the session and item columns (sessions by their first event time, events by time)."""
+    import os
+    import re
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    import gzip
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        lines = f.read().splitlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    header = [t for t in re.split(r"[,;\t ]+", first.strip()) if t]
+    if args.session_key in header and args.item_key in header:
+        import pandas as pd
+        sep = args.sep or ("\t" if "\t" in first else ("," if "," in first else r"\s+"))
+        df = pd.read_csv(path, sep=sep, engine="python" if sep == r"\s+" else "c")
+        tk = None if str(args.time_key).lower() == "none" or args.time_key not in df.columns else args.time_key
+        if tk is not None:
+            df = df.sort_values(tk, kind="stable")
+        labels, sessions = [], []
+        for sid, grp in df.groupby(args.session_key, sort=False):
+            labels.append(sid.item() if hasattr(sid, "item") else sid)
+            sessions.append(grp[args.item_key].tolist())
+        return labels, sessions
+    labels, sessions = [], []
+    for i, ln in enumerate(lines, 1):
+        if not ln.strip():
+            continue
+        labels.append(i)
+        sessions.append(_parse_id_tokens(ln, f"{path}, line {i}"))
+    if not sessions:
+        raise ValueError(f"{path}: no session found (one session per line: item ids separated by spaces or commas)")
+    return labels, sessions
+
+
+def cmd_recommend(args) -> int:
+    from .model import Model
+    from .recommend import recommend_batch, recommend_one
+    model = Model.load(args.model)
+    if (args.session is None) == (args.sessions is None):
+        raise ValueError("give exactly one of --session ID [ID ...] or --sessions FILE")
+    if args.session is not None:
+        items = _parse_id_tokens(" ".join(args.session), "--session")
+        ids, scores = recommend_one(model, items, k=args.k, exclude=items if args.exclude_seen else None)
+        if args.json:
+            print(json.dumps({"session": items, "items": ids.tolist(), "scores": [float(s) for s in scores]}))
+        else:
+            print("rank\titem_id\tscore")
+            for r, (i, s) in enumerate(zip(ids, scores), 1):
+                print(f"{r}\t{i}\t{s:.6g}")
+        return 0
+    labels, sessions = _read_sessions(args.sessions, args)
+    ids, scores = recommend_batch(model, sessions, k=args.k, exclude=sessions if args.exclude_seen else None)
+    if args.json:
+        out = []
+        for lab, row_i, row_s in zip(labels, ids, scores):
+            keep = row_i >= 0
+            out.append({"session": lab, "items": row_i[keep].tolist(), "scores": [float(v) for v in row_s[keep]]})
+        print(json.dumps(out))
+    else:
+        for lab, row_i, row_s in zip(labels, ids, scores):
+            print(f"{lab}\t" + " ".join(f"{i}:{s:.6g}" for i, s in zip(row_i, row_s) if i >= 0))
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .model import atomic_write_bytes
+    from .tune import load_search_space, tune
+    space = load_search_space(args.space)
+    base = config_from_args(args)
+    if args.train:
+        train = _load_data(args.train, args)
+    else:
+        print("no --train given: using the built-in SYNTHETIC click log (gru4rec_kernels.synthetic)")
+        train, _ = _default_data()
+    valid = _load_data(args.valid, args) if args.valid else None
+    res = tune(train, space, valid=valid, base_config=base, metric=args.metric, n_trials=args.n_trials,
+               timeout=args.timeout, backend=args.backend, seed=args.tune_seed, valid_days=args.valid_days)
+    for t in res.trials:
+        val = "pruned" if t["value"] is None else f"{args.metric}={t['value']:.5f}"
+        print(f"trial {t['number']}: {val}  {json.dumps(t['params'])}")
+    print(f"best {args.metric}={res.best_value:.5f}: {res.best_config.to_json()}")
+    text = json.dumps(res.best_config.to_dict(), indent=1, sort_keys=True) + "\n"
+    atomic_write_bytes(args.out, [text.encode()])
+    print(f"wrote the best config to {args.out} (use: gru4rec train --config {args.out})")
+    if args.trials_json:
+        with open(args.trials_json, "w") as f:
+            json.dump(res.to_dict(), f, indent=1, default=float)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import format_table, load_history, plot_history
+    if not args.history and not args.results:
+        raise ValueError("give --history FILE (with --out PNG) and/or --results FILE")
+    if args.results:
+        with open(args.results) as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{args.results}: not valid JSON ({e})") from None
+        if not isinstance(data, dict) or "recall" not in data:
+            raise ValueError(f"{args.results}: expected the JSON written by `gru4rec evaluate --json`")
+        results = {"GRU4Rec": data}
+        results.update(data.get("baselines", {}))
+        print(format_table(results))
+    if args.history:
+        hist = load_history(args.history)
+        if not args.out:
+            raise ValueError("--history needs --out FILE.png")
+        last = hist[-1]
+        print(f"{len(hist)} epochs; last: " + "  ".join(f"{k}={v:.4f}" for k, v in last.items()
+                                                       if k == "loss" or k.startswith(("recall@", "mrr@"))))
+        plot_history(hist, args.out, title=args.title)
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -166,9 +313,48 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"])
     e.add_argument("--cutoffs", type=int, nargs="+", default=[1, 5, 10, 20])
     e.add_argument("--mode", default="standard", choices=["standard", "conservative", "median"])
-    e.add_argument("--json", help="write the metrics as JSON here")
+    e.add_argument("--json", help="write the metrics as JSON here (baselines under the key 'baselines')")
+    e.add_argument("--train", help="training click log: the baselines are fitted on it (with --baselines)")
+    e.add_argument("--baselines", action="store_true",
+                   help="also evaluate POP, S-POP and item-kNN fitted on --train, with the same protocol")
     _add_data_options(e)
     e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("recommend", help="top-k next items for sessions from a saved model")
+    r.add_argument("--model", required=True)
+    r.add_argument("--session", nargs="+", metavar="ID", help="one session: item ids, oldest first")
+    r.add_argument("--sessions", metavar="FILE",
+                   help="one session per line (ids separated by spaces or commas), or a click log with a header "
+                        "naming the session and item columns")
+    r.add_argument("-k", "--k", type=int, default=20, help="how many items (default 20)")
+    r.add_argument("--exclude-seen", action="store_true", help="never recommend an item already in the session")
+    r.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _add_data_options(r)
+    r.set_defaults(func=cmd_recommend)
+
+    tu = sub.add_parser("tune", help="hyperparameter search with Optuna (optional extra 'tune')")
+    tu.add_argument("--train", help="training click log; default: built-in synthetic data")
+    tu.add_argument("--valid", help="validation click log; default: the last --valid-days of --train split off")
+    tu.add_argument("--space", required=True, help="search space: a JSON file (or a JSON object string)")
+    tu.add_argument("--out", required=True, help="write the best config here as JSON (for train --config)")
+    tu.add_argument("--n-trials", type=int, default=20)
+    tu.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    tu.add_argument("--metric", default="mrr@20", help="mrr@K or recall@K on the validation set (default mrr@20)")
+    tu.add_argument("--valid-days", type=float, default=1.0)
+    tu.add_argument("--tune-seed", type=int, default=0, help="seed of the TPE sampler (--seed is the model's)")
+    tu.add_argument("--config", help="JSON file of base TrainConfig fields (options below override it)")
+    tu.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"])
+    tu.add_argument("--trials-json", help="write every trial (params, value) as JSON here")
+    _add_data_options(tu)
+    _config_options(tu)
+    tu.set_defaults(func=cmd_tune)
+
+    rp = sub.add_parser("report", help="training curves (PNG) and the metrics table")
+    rp.add_argument("--history", help="`train --json` output, or a .safetensors model (its stored history)")
+    rp.add_argument("--out", help="PNG file for the loss and recall@k / mrr@k curves")
+    rp.add_argument("--title", default=None)
+    rp.add_argument("--results", help="`evaluate --json` output: print its table (model and baselines)")
+    rp.set_defaults(func=cmd_report)
 
     pp = sub.add_parser("preprocess", help="official GRU4Rec preprocessing of a raw YooChoose/RSC15 click file")
     pp.add_argument("input", help="yoochoose-clicks.dat (SessionId,Timestamp,ItemId,Category; no header)")

@@ -83,5 +83,9 @@ def init_params(cfg: TrainConfig, n_items: int, dtype=np.float32, seed: int | No
         for c0, c1 in s.blocks:
             rows = p.shape[0]
             scale = np.sqrt(6.0 / (rows + (c1 - c0)))
-            p[:, c0:c1] = rng.uniform(-scale, scale, size=(rows, c1 - c0)).astype(dtype)
+            # blocks of rows, so a 10^6-item matrix never exists in float64
+            step = max(1, (1 << 20) // max(c1 - c0, 1))
+            for r0 in range(0, rows, step):
+                r1 = min(rows, r0 + step)
+                p[r0:r1, c0:c1] = rng.uniform(-scale, scale, size=(r1 - r0, c1 - c0))
     return flat, params

@@ -100,6 +100,9 @@ class Trainer:
             ps = sampler.probabilities() if sampler is not None else p0
             logq_s = cfg.logq * np.log(np.maximum(ps, 1e-30))
         be = backend_class(self.backend_name)(cfg, train.n_items, params, logq_t, logq_s)
+        del params  # the backend holds its own copy
+        if state is not None:
+            del state["params"]
         history: list[dict] = []
         step, first_epoch, sched, partial = 0, 1, None, None
         self.last_checkpoint = None
@@ -126,6 +129,7 @@ class Trainer:
                 partial=partial_ or {}, history=history, fingerprint=fingerprint, keep=keep_checkpoints)
 
         step_box = [step]
+        model = None
         try:
             for epoch in range(first_epoch, cfg.n_epochs + 1):
                 rec = self._epoch(be, train, sampler, epoch, step_box, sched, partial,
@@ -146,11 +150,14 @@ class Trainer:
                                                       if k.startswith(("recall@", "mrr@"))))
                 if every is not None:
                     save_checkpoint(epoch, None, None)
+            if model is None:  # resumed after the last epoch: nothing left to train
+                model = Model(cfg, train.item_ids, be.get_params(), history=history, item_support=support)
         finally:
             be.close()
             if sampler is not None:
                 sampler.close()
-        return Model(cfg, train.item_ids, be.get_params(), history=history, item_support=support)
+        model.history = history
+        return model
 
     @staticmethod
     def _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep):
@@ -204,8 +211,8 @@ class Trainer:
                         f"loss became {losses[bad]} at epoch {epoch}, step {chunk.step0 + bad} of the epoch "
                         f"(global step {step_box[0] + bad}); last good checkpoint: {self.last_checkpoint}. "
                         "Lower learning_rate or set grad_cap.")
-                # step losses are sums over rows / batch_size: back to a per-event mean
-                loss_sum += float(losses.sum()) * cfg.batch_size
+                for x in losses.tolist():  # step by step: the sum must not depend on how steps were chunked
+                    loss_sum += x
                 n_events += int(chunk.n_events)
                 n_steps += T
                 step_box[0] += T
@@ -213,7 +220,7 @@ class Trainer:
                 dt = max(time.perf_counter() - t0, 1e-9)
                 if bar is not None:
                     bar.update(T)
-                    bar.set_postfix(loss=f"{loss_sum / max(n_events, 1):.4f}", mb_s=f"{n_steps / dt:.0f}",
+                    bar.set_postfix(loss=f"{loss_sum * cfg.batch_size / max(n_events, 1):.4f}", mb_s=f"{n_steps / dt:.0f}",
                                     ev_s=f"{n_events / dt:.0f}", refresh=False)
                 if save is not None and since_ckpt >= every and not sched.done:
                     save(epoch, sched, {"loss_sum": loss_sum, "n_events": n_events, "n_steps": n_steps,
@@ -223,7 +230,8 @@ class Trainer:
             if bar is not None:
                 bar.close()
         dt = seconds_before + max(time.perf_counter() - t0, 1e-9)
-        return {"epoch": epoch, "loss": loss_sum / max(n_events, 1), "steps": n_steps, "events": n_events,
+        # step losses are sums over rows / batch_size: back to a per-event mean
+        return {"epoch": epoch, "loss": loss_sum * cfg.batch_size / max(n_events, 1), "steps": n_steps, "events": n_events,
                 "seconds": dt, "mb_per_s": n_steps / dt, "events_per_s": n_events / dt}
 
     @staticmethod
