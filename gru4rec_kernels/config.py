@@ -11,32 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
-FINAL_ACTS = ("linear", "tanh", "relu", "elu-<a>", "leaky-<a>")
-
-# Final activations are encoded as (kind, parameter) so that kernels can take two scalars.
-ACT_LINEAR, ACT_TANH, ACT_RELU, ACT_ELU, ACT_LEAKY = 0, 1, 2, 3, 4
-LOSS_CODES = {name: i for i, name in enumerate(LOSSES)}
-
-
-def parse_final_act(value: str) -> tuple[int, float]:
-    """'linear' | 'tanh' | 'relu' | 'elu-<a>' | 'leaky-<a>'  ->  (code, a)."""
-    if not isinstance(value, str):
-        raise ValueError(f"final_act must be a string, one of {FINAL_ACTS}; got {value!r}")
-    v = value.strip().lower()
-    fixed = {"linear": ACT_LINEAR, "tanh": ACT_TANH, "relu": ACT_RELU}
-    if v in fixed:
-        return fixed[v], 0.0
-    for prefix, code in (("elu-", ACT_ELU), ("leaky-", ACT_LEAKY)):
-        if v.startswith(prefix):
-            try:
-                a = float(v[len(prefix):])
-            except ValueError:
-                break
-            if not math.isfinite(a) or a < 0:
-                break
-            return code, a
-    raise ValueError(f"final_act must be one of {FINAL_ACTS} with a >= 0 (e.g. 'elu-0.5'); got {value!r}")
+from .codes import (  # noqa: F401  (re-exported: config is where users look for them)
+    ACT_ELU, ACT_LEAKY, ACT_LINEAR, ACT_RELU, ACT_TANH, FINAL_ACTS, LOSS_CODES, LOSSES, MODE_CODES, parse_final_act,
+)
 
 
 @dataclass
@@ -137,6 +114,11 @@ class TrainConfig:
     @property
     def loss_code(self) -> int:
         return LOSS_CODES[self.loss]
+
+    @property
+    def input_mode_code(self) -> int:
+        """codes.MODE_CONSTRAINED | MODE_EMBEDDING | MODE_ONEHOT."""
+        return MODE_CODES[self.input_mode]
 
     @property
     def input_mode(self) -> str:

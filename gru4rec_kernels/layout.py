@@ -30,6 +30,19 @@ class ParamSpec:
     blocks: tuple[tuple[int, int], ...]
 
 
+def embed_width(cfg: TrainConfig) -> int:
+    """Width of the first layer's gathered input rows: H_L (constrained), E (embedding), 0 (one-hot: no rows
+    are gathered, the first layer's input weights are indexed by item). The one place this rule lives."""
+    return {"constrained": cfg.layers[-1], "embedding": cfg.embedding, "onehot": 0}[cfg.input_mode]
+
+
+def input_width(cfg: TrainConfig, n_items: int, layer: int = 0) -> int:
+    """Rows of Wx{layer}: the first layer's input width (N in one-hot mode), else the layer below's width."""
+    if layer > 0:
+        return cfg.layers[layer - 1]
+    return n_items if cfg.input_mode == "onehot" else embed_width(cfg)
+
+
 def param_specs(cfg: TrainConfig, n_items: int) -> list[ParamSpec]:
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1; got {n_items}")
@@ -39,10 +52,7 @@ def param_specs(cfg: TrainConfig, n_items: int) -> list[ParamSpec]:
     if mode == "embedding":
         specs.append(ParamSpec("E", (n_items, cfg.embedding), True, ((0, cfg.embedding),)))
     for l, h in enumerate(L):
-        if l == 0:
-            in_dim = {"constrained": L[-1], "embedding": cfg.embedding, "onehot": n_items}[mode]
-        else:
-            in_dim = L[l - 1]
+        in_dim = input_width(cfg, n_items, l)
         gates3 = ((0, h), (h, 2 * h), (2 * h, 3 * h))
         specs.append(ParamSpec(f"Wx{l}", (in_dim, 3 * h), mode == "onehot" and l == 0, gates3))
         specs.append(ParamSpec(f"Wrz{l}", (h, 2 * h), False, ((0, h), (h, 2 * h))))
