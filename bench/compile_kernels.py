@@ -46,7 +46,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KERNELS_DIR = REPO / "kernels"
+KERNELS_DIR = REPO / "gru4rec_kernels" / "kernels"
 DEFAULT_OUT = REPO / "bench" / "results" / "kernels.json"
 ARCHS = ("sm_80", "sm_90")
 # The families DESIGN.md section 5 names; the compile test requires each of them.

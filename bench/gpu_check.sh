@@ -19,10 +19,10 @@ if ! "$PY" -c "import cupy, sys; sys.exit(0 if cupy.cuda.runtime.getDeviceCount(
 fi
 unset NUMBA_ENABLE_CUDASIM
 export PYTHONUNBUFFERED=1
-# Run from a copy of this tree laid out as installed (kernels/ becomes gru4rec_kernels/kernels), so nothing in the
-# interpreter's site-packages changes and no network is needed.
+# Run from a copy of this tree on PYTHONPATH, so nothing in the interpreter's site-packages changes and no
+# network is needed.
 WORK=$(mktemp -d)
-cp -r . "$WORK/tree" && rm -rf "$WORK/tree/gru4rec_kernels/kernels" && mv "$WORK/tree/kernels" "$WORK/tree/gru4rec_kernels/kernels"
+cp -r . "$WORK/tree"
 # Some numba-cuda releases register np.row_stack, which NumPy 2.4+ removed: alias it so numba.cuda imports.
 mkdir -p "$WORK/site" && printf 'import numpy\nif not hasattr(numpy, "row_stack"):\n    numpy.row_stack = numpy.vstack\n' > "$WORK/site/sitecustomize.py"
 export PYTHONPATH="$WORK/tree:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"

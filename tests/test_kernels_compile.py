@@ -87,7 +87,7 @@ def test_every_kernel_compiles_for_every_arch(compiled):
     want = naive_expected_records(_kernel_inventory(records), ck.ARCHS)
     assert got == want, f"missing (module, kernel, signature, arch): {sorted(want - got)}"
     for m in ck.FAMILIES:
-        if (REPO / "kernels" / f"{m}.py").is_file():
+        if (REPO / "gru4rec_kernels" / "kernels" / f"{m}.py").is_file():
             assert any(r["module"] == m for r in records), f"kernels/{m}.py produced no compiled kernel"
     assert all(r["registers"] > 0 for r in records)
     assert proc.returncode in (0, 4), f"exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
