@@ -20,12 +20,12 @@ no neighbour it still returns its top-k by score, zeros ranked by id). Scores ar
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 
 from .evaluate import evaluate_scorer
-from .recommend import as_item_array, check_k, topk_from_scores
+from .itemmap import ItemMap
+from .recommend import check_k, topk_from_scores
 
 __all__ = ["POP", "SPOP", "ItemKNN"]
 
@@ -76,31 +76,10 @@ class _Baseline:
 
     # ------------------------------------------------------------------ public surface
     def _index(self, ids, on_unknown: str, what: str) -> np.ndarray:
-        from .model import UnknownItemError
-        if on_unknown not in ("warn", "ignore", "raise"):
-            raise ValueError(f"on_unknown must be 'warn', 'ignore' or 'raise'; got {on_unknown!r}")
-        a = as_item_array(ids, what)
-        if a.size == 0:
-            return a
-        pos = np.minimum(np.searchsorted(self.item_ids, a), self.item_ids.size - 1)
-        known = self.item_ids[pos] == a
-        if not known.all():
-            unknown = a[~known]
-            if on_unknown == "raise":
-                raise UnknownItemError(f"item id(s) unknown to {type(self).__name__}: {unknown[:10].tolist()}")
-            if on_unknown == "warn":
-                warnings.warn(f"skipping {unknown.size} item id(s) unknown to {type(self).__name__}: "
-                              f"{unknown[:10].tolist()}", stacklevel=3)
-        return pos[known]
+        return ItemMap(self.item_ids, type(self).__name__).index(ids, on_unknown, what, stacklevel=4)[0]
 
     def _index_set(self, ids, what: str):
-        if ids is None:
-            return None
-        a = as_item_array(ids, what)
-        if a.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.item_ids, a), self.item_ids.size - 1)
-        return np.unique(pos[self.item_ids[pos] == a])
+        return ItemMap(self.item_ids, type(self).__name__).index_set(ids, what)
 
     def recommend(self, session_items, k: int = 20, exclude=None, candidates=None, on_unknown: str = "warn"):
         """Top-k next items for a session of original ids: (item_ids int64 [k'], scores float64 [k']), best first."""

@@ -13,12 +13,12 @@ import json
 import os
 import struct
 import tempfile
-import warnings
 import zlib
 
 import numpy as np
 
 from .config import TrainConfig
+from .itemmap import ItemMap, UnknownItemError  # noqa: F401  (UnknownItemError: re-exported)
 from .layout import param_specs
 
 FORMAT_NAME = "gru4rec-kernels"
@@ -30,10 +30,6 @@ _DTYPE_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 class ModelFileError(ValueError):
     """A model file that is not a valid gru4rec-kernels safetensors file; the message says what is wrong."""
-
-
-class UnknownItemError(KeyError):
-    """An item id that the model has never seen (raised only when asked to: on_unknown='raise')."""
 
 
 def atomic_write_bytes(path: str, data_chunks) -> None:
@@ -172,11 +168,7 @@ class Model:
 
     def __init__(self, cfg: TrainConfig, item_ids, params: dict, history=None, item_support=None):
         self.cfg = cfg
-        self.item_ids = np.asarray(item_ids, dtype=np.int64)
-        if self.item_ids.ndim != 1 or self.item_ids.size == 0:
-            raise ValueError("item_ids must be a non-empty 1-D array")
-        if self.item_ids.size > 1 and not np.all(self.item_ids[1:] > self.item_ids[:-1]):
-            raise ValueError("item_ids must be sorted and unique")
+        self.item_map = ItemMap(item_ids)
         self.params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
         self.history = list(history or [])
         self.item_support = (np.zeros(self.n_items) if item_support is None
@@ -184,8 +176,13 @@ class Model:
         self._check_params()
 
     @property
+    def item_ids(self) -> np.ndarray:
+        """The original item ids, sorted; an item's index is its position here."""
+        return self.item_map.ids
+
+    @property
     def n_items(self) -> int:
-        return int(self.item_ids.size)
+        return len(self.item_map)
 
     def _check_params(self, error=ValueError) -> None:
         specs = param_specs(self.cfg, self.n_items)
@@ -283,32 +280,7 @@ class Model:
     def item_index(self, ids, on_unknown: str = "warn"):
         """Original ids -> item indices; unknown ids are dropped with a warning ('warn'), silently ('ignore')
         or raise UnknownItemError ('raise'). Returns (indices int64, known mask)."""
-        if on_unknown not in ("warn", "ignore", "raise"):
-            raise ValueError(f"on_unknown must be 'warn', 'ignore' or 'raise'; got {on_unknown!r}")
-        ids = np.asarray(ids)
-        if ids.ndim != 1:
-            raise ValueError(f"session items must be a 1-D sequence of item ids; got shape {ids.shape}")
-        if ids.size and ids.dtype.kind not in "iu":
-            try:
-                as_int = ids.astype(np.int64)
-            except (ValueError, TypeError):
-                raise ValueError(f"item ids must be integers; got {ids.dtype} values such as {ids[:3].tolist()}") \
-                    from None
-            if ids.dtype.kind == "f" and not np.all(as_int == ids):
-                raise ValueError(f"item ids must be integers; got non-integer values {ids[as_int != ids][:3]}")
-            ids = as_int
-        ids = ids.astype(np.int64, copy=False)
-        pos = np.searchsorted(self.item_ids, ids)
-        pos_c = np.minimum(pos, self.n_items - 1)
-        known = self.item_ids[pos_c] == ids
-        if not known.all():
-            unknown = ids[~known]
-            if on_unknown == "raise":
-                raise UnknownItemError(f"item id(s) unknown to the model: {unknown[:10].tolist()}")
-            if on_unknown == "warn":
-                warnings.warn(f"skipping {unknown.size} item id(s) unknown to the model: {unknown[:10].tolist()}",
-                              stacklevel=3)
-        return pos_c[known], known
+        return self.item_map.index(ids, on_unknown, stacklevel=4)
 
     # ------------------------------------------------------------------ inference
     def hidden_state(self, session_idx) -> list:

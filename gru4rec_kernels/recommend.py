@@ -51,7 +51,6 @@ references to ``model.params`` (no copies), so in-place parameter edits are seen
 """
 from __future__ import annotations
 
-import math
 import numbers
 import threading
 import weakref
@@ -59,6 +58,8 @@ import weakref
 import numba
 import numpy as np
 from numba import njit, prange
+
+from .itemmap import as_item_array
 
 __all__ = ["recommend_one", "recommend_batch", "continue_sequence", "topk_from_scores", "as_item_array",
            "check_k"]
@@ -429,47 +430,6 @@ def check_k(k) -> int:
     return int(k)
 
 
-def as_item_array(x, what: str = "session_items") -> np.ndarray:
-    """A flat sequence of integer item ids -> int64 array; anything else is a ValueError that says what."""
-    if isinstance(x, (str, bytes)) or isinstance(x, dict) or isinstance(x, (set, frozenset)):
-        raise ValueError(f"{what} must be a sequence of integer item ids (list / tuple / 1-D array); "
-                         f"got {type(x).__name__}")
-    if np.isscalar(x) or x is None:
-        raise ValueError(f"{what} must be a sequence of integer item ids (list / tuple / 1-D array); got {x!r}")
-    try:
-        a = np.asarray(x)
-    except (ValueError, TypeError):
-        raise ValueError(f"{what} must be a flat sequence of integer item ids; got a nested sequence of uneven "
-                         f"shape") from None
-    if a.ndim != 1:
-        raise ValueError(f"{what} must be a flat (1-D) sequence of integer item ids; got shape {a.shape}")
-    if a.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    kind = a.dtype.kind
-    if kind in "iu":
-        if kind == "u" and a.dtype.itemsize == 8 and a.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"{what}: item ids must fit in int64")
-        return a.astype(np.int64, copy=False)
-    if kind == "b":
-        raise ValueError(f"{what} must hold integer item ids; got booleans")
-    if kind == "f":
-        bad = ~np.isfinite(a) | (a != np.floor(a))
-        if bad.any():
-            raise ValueError(f"{what} must hold integer item ids; got non-integer value {a[bad][0]!r}")
-        return a.astype(np.int64)
-    if kind == "O":
-        out = np.empty(a.size, dtype=np.int64)
-        for j, v in enumerate(a):
-            if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-                out[j] = int(v)
-            elif isinstance(v, float) and math.isfinite(v) and v == int(v):
-                out[j] = int(v)
-            else:
-                raise ValueError(f"{what} must be a flat sequence of integer item ids; element {j} is {v!r}")
-        return out
-    raise ValueError(f"{what} must hold integer item ids; got {a.dtype} values such as {a[:3].tolist()}")
-
-
 def _is_nested(x) -> bool:
     if isinstance(x, np.ndarray):
         return x.ndim == 2 or (x.dtype == object and x.size > 0 and not np.isscalar(x.flat[0]))
@@ -487,6 +447,7 @@ class _Engine:
         P = model.params
         self.model_ref = weakref.ref(model)
         self.params_src = dict(P)
+        self.item_map = model.item_map
         self.item_ids = model.item_ids
         self.n_items = model.n_items
         self.layers = list(cfg.layers)
@@ -516,40 +477,15 @@ class _Engine:
 
     # ------------------------------------------------------------------ ids
     def to_index(self, ids, on_unknown: str, what: str = "session_items") -> np.ndarray:
-        model = self.model_ref()
-        a = as_item_array(ids, what)
-        if a.size == 0:
-            if on_unknown not in ("warn", "ignore", "raise"):
-                raise ValueError(f"on_unknown must be 'warn', 'ignore' or 'raise'; got {on_unknown!r}")
-            return a
-        idx, _ = model.item_index(a, on_unknown=on_unknown)
-        return idx
+        return self.item_map.index(ids, on_unknown, what, stacklevel=4)[0]
 
     def index_set(self, ids, what: str) -> np.ndarray | None:
         """exclude / candidates -> sorted unique item indices; unknown ids are ignored."""
-        if ids is None:
-            return None
-        a = as_item_array(ids, what)
-        if a.size == 0:
-            return self._empty
-        pos = np.searchsorted(self.item_ids, a)
-        np.minimum(pos, self.n_items - 1, out=pos)
-        return np.unique(pos[self.item_ids[pos] == a])
+        return self.item_map.index_set(ids, what)
 
     def scalar_index(self, item) -> int:
         """One original id -> index, or -1 if unknown. ValueError if it is not an integer."""
-        if isinstance(item, bool) or not isinstance(item, (numbers.Integral, np.integer)):
-            if isinstance(item, (float, np.floating)) and math.isfinite(item) and item == int(item):
-                item = int(item)
-            else:
-                raise ValueError(f"item id must be an integer; got {item!r}")
-        item = int(item)
-        if not -(2 ** 63) <= item < 2 ** 63:
-            return -1
-        p = int(np.searchsorted(self.item_ids, item))
-        if p < self.n_items and self.item_ids[p] == item:
-            return p
-        return -1
+        return self.item_map.scalar_index(item)
 
     # ------------------------------------------------------------------ GRU
     def _work(self) -> np.ndarray:
