@@ -183,7 +183,7 @@ def _gru_replay(items, state, mode, emb, Wx, Wrz, Wh, Bh, work):
 
     mode: 0 one-hot (layer-0 pre-activation is the row Wx[0][item]), 1 constrained (x = Wy[item]), 2 separate
     embedding (x = E[item]); ``emb`` is Wx0, Wy or E accordingly. Wx, Wrz, Wh, Bh: tuples over layers.
-    work: float32 scratch of at least 6 * max(H). Same equations as reference.gru_layer_forward, one row.
+    work: float32 scratch of at least 6 * max(H). Same equations as reference.gru_fwd, one row.
     """
     L = len(Wrz)
     for t in range(items.shape[0]):

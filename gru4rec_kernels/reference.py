@@ -121,7 +121,7 @@ class ForwardCache:
 
 
 # --------------------------------------------------------------------------------------------- forward
-def gru_layer_forward(a, h, Wrz, Wh, mask):
+def gru_fwd(a, h, Wrz, Wh, mask):
     """One GRU step given the input pre-activations a = x Wx + Bh [B, 3H] (blocks [h | r | z])."""
     H = h.shape[1]
     rz = sigmoid(a[:, H:] + h @ Wrz)
@@ -154,7 +154,7 @@ def forward(params, cfg: TrainConfig, H: list, step: StepInputs):
         else:
             x = y
             a = x @ Wx + Bh
-        r, z, c, out = gru_layer_forward(a, H[l], Wrz, Wh, masks[l])
+        r, z, c, out = gru_fwd(a, H[l], Wrz, Wh, masks[l])
         cache.layers.append(LayerCache(x, H[l], r, z, c, masks[l], out))
         y = out
     Wy_Y = params["Wy"][Y]
@@ -166,7 +166,7 @@ def forward(params, cfg: TrainConfig, H: list, step: StepInputs):
 
 
 # --------------------------------------------------------------------------------------------- losses
-def row_losses(R, neg, loss: str, bpreg: float):
+def row_loss(R, neg, loss: str, bpreg: float):
     """Per-row loss [B] and dL_i/dR_i [B, O] of every loss, written out by hand (paper eqs. (13), (14)).
 
     R [B, O] final-activation scores, neg [B, O] negatives mask. Target of row i is column i.
@@ -237,7 +237,7 @@ def loss_and_grad(Z, cfg: TrainConfig, step: StepInputs):
     code, a = cfg.final_act_code
     R = final_act(Z, code, a)
     neg = negative_mask(step.Y, step.active, B, cfg.mask_accidental_hits)
-    L, dR = row_losses(R, neg, cfg.loss, cfg.bpreg)
+    L, dR = row_loss(R, neg, cfg.loss, cfg.bpreg)
     w = step.active.astype(Z.dtype) / cfg.batch_size
     loss = float((L * w).sum())
     dZ = dR * w[:, None] * final_act_grad(Z, R, code, a)
@@ -253,7 +253,7 @@ class Grads:
     sparse: dict = field(default_factory=dict)  # name -> (ids [K], rows [K, ...])
 
 
-def gru_layer_backward(dout, lc: LayerCache, Wrz, Wh):
+def gru_bwd(dout, lc: LayerCache, Wrz, Wh):
     """Gradients of one layer given dLoss/d(out). Returns da [B, 3H] (w.r.t. x Wx + Bh), dWrz, dWh."""
     H = lc.h.shape[1]
     dhn = dout * lc.mask if lc.mask is not None else dout
@@ -276,7 +276,7 @@ def backward(params, cfg: TrainConfig, cache: ForwardCache, dZ, step: StepInputs
     g.sparse["By"] = [(step.Y, dZ.sum(axis=0))]
     for l in reversed(range(len(cfg.layers))):
         lc = cache.layers[l]
-        da, dWrz, dWh = gru_layer_backward(dy, lc, params[f"Wrz{l}"], params[f"Wh{l}"])
+        da, dWrz, dWh = gru_bwd(dy, lc, params[f"Wrz{l}"], params[f"Wh{l}"])
         g.dense[f"Wrz{l}"] = dWrz
         g.dense[f"Wh{l}"] = dWh
         g.dense[f"Bh{l}"] = da.sum(axis=0)
@@ -329,7 +329,7 @@ def coalesce(ids, rows):
     return uniq, out
 
 
-def adagrad_sparse(p, ids, rows, acc, mom, lr: float, momentum: float):
+def sparse_adagrad(p, ids, rows, acc, mom, lr: float, momentum: float):
     """Adagrad with momentum on the touched rows only, after summing the gradients of duplicate ids."""
     u, gsum = coalesce(ids, rows)
     a = acc[u] + gsum * gsum
@@ -349,7 +349,7 @@ def apply_grads(params, opt, cfg: TrainConfig, g: Grads) -> None:
     for k, v in g.dense.items():
         adagrad_dense(params[k], v, opt["acc"][k], opt["mom"][k], cfg.learning_rate, cfg.momentum)
     for k, (ids, rows) in g.sparse.items():
-        adagrad_sparse(params[k], ids, rows, opt["acc"][k], opt["mom"][k], cfg.learning_rate, cfg.momentum)
+        sparse_adagrad(params[k], ids, rows, opt["acc"][k], opt["mom"][k], cfg.learning_rate, cfg.momentum)
 
 
 def zeros_like_params(params):
@@ -383,7 +383,7 @@ def hidden_step(params, cfg: TrainConfig, H: list, X):
                 a = emb[step.X] @ Wx + Bh
         else:
             a = y @ Wx + Bh
-        _, _, _, y = gru_layer_forward(a, H[l], Wrz, Wh, None)
+        _, _, _, y = gru_fwd(a, H[l], Wrz, Wh, None)
         out.append(y)
     return out
 

@@ -38,15 +38,15 @@ T = 4  # threads per block in most tests
 
 # ============================================================================================ naive references
 def naive_gru_forward(xw_rows, Bh, h, Wrz, Wh, mask, dtype):
-    """reference.gru_layer_forward from the input projection rows (x Wx or Wx0[X]) in ``dtype``."""
+    """reference.gru_fwd from the input projection rows (x Wx or Wx0[X]) in ``dtype``."""
     c = lambda a: None if a is None else np.asarray(a, dtype)
-    return ref.gru_layer_forward(c(xw_rows) + c(Bh), c(h), c(Wrz), c(Wh), c(mask))
+    return ref.gru_fwd(c(xw_rows) + c(Bh), c(h), c(Wrz), c(Wh), c(mask))
 
 
 def naive_gru_backward(dout, r, z, c, h, Wrz, Wh, mask, dtype):
     cv = lambda a: None if a is None else np.asarray(a, dtype)
     lc = ref.LayerCache(None, cv(h), cv(r), cv(z), cv(c), cv(mask), None)
-    da, _, _ = ref.gru_layer_backward(cv(dout), lc, cv(Wrz), cv(Wh))
+    da, _, _ = ref.gru_bwd(cv(dout), lc, cv(Wrz), cv(Wh))
     return da
 
 
@@ -63,7 +63,7 @@ def naive_scores_loss(h, Wy, By, Y, active, col_logq, cfg, dtype):
 
 def naive_adagrad_sparse(p, ids, rows, acc, mom, lr, mu, dtype):
     p, rows, acc, mom = (np.array(a, dtype) for a in (p, rows, acc, mom))
-    ref.adagrad_sparse(p, np.asarray(ids, np.int64), rows, acc, mom, lr, mu)
+    ref.sparse_adagrad(p, np.asarray(ids, np.int64), rows, acc, mom, lr, mu)
     return p, acc, mom
 
 

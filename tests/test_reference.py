@@ -106,7 +106,7 @@ def test_sparse_adagrad_sums_duplicate_ids():
     acc, mom = np.zeros_like(p), np.zeros_like(p)
     ids = np.array([1, 1, 3])
     rows = np.array([[1.0, 2.0], [3.0, 4.0], [1.0, 1.0]])
-    ref.adagrad_sparse(p, ids, rows, acc, mom, lr=0.1, momentum=0.0)
+    ref.sparse_adagrad(p, ids, rows, acc, mom, lr=0.1, momentum=0.0)
     np.testing.assert_allclose(acc[1], [16.0, 36.0])
     np.testing.assert_allclose(p[1], -0.1 * np.array([4.0, 6.0]) / np.sqrt(np.array([16.0, 36.0]) + 1e-6))
     assert np.all(p[[0, 2]] == 0)

@@ -117,7 +117,7 @@ class TorchGRU4Rec:
         c = torch.tanh(a[:, :H] + (r * h) @ self.Wh)
         return (1 - z) * h + z * c
 
-    def row_losses(self, R, Y, active):
+    def row_loss(self, R, Y, active):
         """Per-row loss [B] (the target of row i is column i; negatives are the other valid columns)."""
         cfg = self.cfg
         B, O = R.shape
@@ -143,7 +143,7 @@ class TorchGRU4Rec:
         hn = self.gru(x, h)
         Z = hn @ F.embedding(Y, self.Wy, sparse=True).T + F.embedding(Y, self.By, sparse=True).T
         R = final_activation(Z, cfg.final_act)
-        loss = (self.row_losses(R, Y, active) * active).sum() / cfg.batch_size
+        loss = (self.row_loss(R, Y, active) * active).sum() / cfg.batch_size
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

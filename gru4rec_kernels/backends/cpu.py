@@ -9,16 +9,16 @@ inputs, Y [O] = [targets | samples].
 Kernels (the readable twin of each is the named reference function):
 
     _microkernel / _gemm / _gemm_batch   GEMM tiles in LLVM IR (below)                   every product
-    _gemm_nt                          dot-product form, for dc U_h^T and da Wx^T          gru_layer_backward
+    _gemm_nt                          dot-product form, for dc U_h^T and da Wx^T          gru_bwd
     _embed_input / _onehot_input      x0 = emb[X] * keep mask (Philox, drawn in place)    forward
-    _gates_rz / _gates_out            r, z, r h ; c, h' = ((1-z) h + z c) * keep mask     gru_layer_forward
+    _gates_rz / _gates_out            r, z, r h ; c, h' = ((1-z) h + z c) * keep mask     gru_fwd
     _scores                           Wy[Y] gathered, Z = h Wy[Y]^T                       forward
-    _loss_rows                        per row: + By[Y] - col_logq, R = f(Z), loss, dZ     loss_and_grad, row_losses
+    _loss_rows                        per row: + By[Y] - col_logq, R = f(Z), loss, dZ     loss_and_grad, row_loss
     _score_grads                      Wy / By slots = dZ^T h, colsum dZ; dh = dZ Wy[Y]    backward
-    _bwd_gates_a / _bwd_gates_b       dc, dz ; dr                                         gru_layer_backward
+    _bwd_gates_a / _bwd_gates_b       dc, dz ; dr                                         gru_bwd
     _sumsq / _scale                   global-norm clipping                                clip_grads
     _adagrad_dense                    one pass over the flat dense buffer                 adagrad_dense
-    _link_ids / _adagrad_rows         duplicate coalescing, row-wise Adagrad (Wy and By)  adagrad_sparse
+    _link_ids / _adagrad_rows         duplicate coalescing, row-wise Adagrad (Wy and By)  sparse_adagrad
     _rank_counts                      item tiles scored against all rows, then counted    score_all, rank_counts
 
 ``_train_chunk`` (plain ``@njit``) runs T whole steps per call (the Python side is entered once per chunk of
@@ -800,7 +800,7 @@ def _ce_row(r, d, i, B, active, Y, mask_hits, w):
 
 @njit(cache=True, error_model="numpy")
 def _ranking_row(R, dZ, i, B, active, Y, mask_hits, loss, bpreg):
-    """bpr-max, top1-max, bpr, top1 for row i (reference.row_losses, written out per row; R = R[i], dZ = dZ[i]):
+    """bpr-max, top1-max, bpr, top1 for row i (reference.row_loss, written out per row; R = R[i], dZ = dZ[i]):
     returns loss_i and leaves dR_i (unweighted) in dZ."""
     O = R.shape[0]
     rt = np.float64(R[i])
@@ -1018,7 +1018,7 @@ def _adagrad_row(P, acc, mom, u, G, q, nlr, mu, eps):
 
 @njit(parallel=True, fastmath=_FM_OPT, cache=True, error_model="numpy")
 def _adagrad_rows(P, acc, mom, slots, ids, first, nxt, nu, gsum, lr, mu, Pb, accb, momb, bslots, n_bslots):
-    """Sparse Adagrad (reference.adagrad_sparse) on the rows of 2-D P, and on the 1-D bias Pb for the slots
+    """Sparse Adagrad (reference.sparse_adagrad) on the rows of 2-D P, and on the 1-D bias Pb for the slots
     k < n_bslots: the q-th distinct id u = ids[first[q]] gets the sum of its chain of slot rows (added serially
     in slot order, as np.add.at) and, if one of them is a bias slot, the sum of those bias slots; then the
     acc / mom / P (Pb) updates. An id with a single slot reads the slot directly. The rows are random: the id 4
@@ -1125,7 +1125,7 @@ def _forward(flat, Wy, Sx, hid, ws, lay, ip, fp, keys, X, B, step, dropout, jobs
 
 @njit(cache=True, error_model="numpy")
 def _backward_layers(flat, gflat, hid, ws, lay, ip, fp, B, dropout, jobs):
-    """Gradients of the GRU layers, top to bottom (reference.gru_layer_backward), given the top layer's dout.
+    """Gradients of the GRU layers, top to bottom (reference.gru_bwd), given the top layer's dout.
     Dense gradients go to gflat; returns nothing (the input gradient is left in ws at I_ODX0, or in the layer-0
     da buffer for one-hot input)."""
     mode = ip[I_MODE]

@@ -7,7 +7,7 @@ section 3; as the official IndexedAdagradM), with g = grad * gscale[0] (gradient
 
     acc += g^2;   upd = -lr g / sqrt(acc + 1e-6);   mom = mu mom + upd;   p += mom     (p += upd when mu = 0)
 
-They must match ``reference.adagrad_dense`` and ``reference.adagrad_sparse`` (with ``reference.coalesce``);
+They must match ``reference.adagrad_dense`` and ``reference.sparse_adagrad`` (with ``reference.coalesce``);
 ``sumsq_partial`` + ``clip_scale`` are ``reference.clip_grads``'s global norm and factor.
 
 Sparse rows, duplicates: the same id may fill several slots (a target twice, a target also sampled, an input

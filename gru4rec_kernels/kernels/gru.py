@@ -3,14 +3,14 @@
 Shape letters: B rows (session-parallel slots), H units of the layer, N items. Gate blocks are stacked
 [h | r | z] (DESIGN.md section 3; ``gru4rec_kernels.layout``). Per layer the backend runs
 
-    forward                                        must match reference.gru_layer_forward (+ forward's gather)
+    forward                                        must match reference.gru_fwd (+ forward's gather)
         xw  = x Wx                    [B, 3H]  GEMM (one-hot first layer: no GEMM, xw = Wx0 and row = X[b])
         hU  = h U_rz                  [B, 2H]  GEMM
         gru_fwd_rz:   r  = sigmoid(xw[row, H:2H] + b_r + hU[:, :H])
                       z  = sigmoid(xw[row, 2H:] + b_z + hU[:, H:]),   rh = r * h
         rhU = rh U_h                  [B, H]   GEMM
         gru_fwd_out:  c  = tanh(xw[row, :H] + b_h + rhU),   out = ((1 - z) h + z c) * mask
-    backward                                       must match reference.gru_layer_backward
+    backward                                       must match reference.gru_bwd
         gru_bwd_cz:   dhn = dout * mask,  dc = dhn z (1 - c^2),  dz = dhn (c - h) z (1 - z)
                       da[:, :H] = dc, da[:, 2H:] = dz   (and the contiguous copies dc, drz[:, H:] for the GEMMs)
         drh = dc U_h^T                [B, H]   GEMM

@@ -14,7 +14,7 @@ Y [O] = [targets (B) | samples (S)]; column i of row i is row i's target. Equati
     (s = softmax of R_i over the negatives only; j ranges over the negatives of row i)
     row_loss[i] = active[i] L_i / batch_size,   dZ[i, j] = active[i] dL_i/dR_ij f'(Z_ij) / batch_size
 
-They must match ``reference.forward`` (the score part), ``reference.negative_mask``, ``reference.row_losses`` and
+They must match ``reference.forward`` (the score part), ``reference.negative_mask``, ``reference.row_loss`` and
 ``reference.loss_and_grad`` (dZ, and the step loss = sum of row_loss). ``col_sum`` is ``dZ.sum(axis=0)`` (dBy,
 the rows of the sparse By gradient in column order) and ``da.sum(axis=0)`` (dBh of kernels/gru.py).
 
