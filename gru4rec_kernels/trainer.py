@@ -22,6 +22,17 @@ from .sampling import SampleStore
 log = logging.getLogger("gru4rec_kernels")
 
 
+# A step loss beyond LOSS_LIMIT, or a parameter beyond PARAM_LIMIT, is divergence even while finite: the
+# initial weights are below 1 in magnitude and a sane model's scores stay far below float32 exp's range
+# (about 88), so values this large only come from an exploding run.
+LOSS_LIMIT = 1e6
+PARAM_LIMIT = 1e4
+# Adagrad moves each weight by about learning_rate per step whatever the gradient's size, so clipping the
+# gradient (grad_cap) does not bound the update; only a smaller learning rate does.
+DIVERGENCE_ADVICE = ("Lower learning_rate (try 10x smaller): Adagrad's step is about learning_rate per weight "
+                     "whatever the gradient's size, so grad_cap does not bound it.")
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss or a parameter became NaN/Inf; the message names the epoch, the step and the last checkpoint."""
 
@@ -54,7 +65,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ fit
     def fit(self, train, valid=None, eval_cutoffs=(5, 10, 20), eval_batch_size: int = 512,
-            checkpoint_dir=None, checkpoint_every=None, keep_checkpoints: int = 3, resume=None) -> Model:
+            checkpoint_dir=None, checkpoint_every=None, keep_checkpoints: int = 3, resume=None,
+            patience: int | None = None, metric: str | None = None) -> Model:
         """Train on ``train`` (a SessionData); evaluate on ``valid`` after every epoch when given.
 
         Returns the trained Model; ``model.history`` has one dict per epoch (epoch, loss, mb_per_s, events_per_s,
@@ -65,6 +77,12 @@ class Trainer:
         checkpoint_every : an int (every that many steps) or "epoch" (default when checkpoint_dir is given).
         resume : a checkpoint file, or a directory (its newest checkpoint), to continue from. The run then
             continues exactly where the checkpoint was taken (bit-exact on the cpu backend at a fixed thread count).
+            The resumed config must equal the checkpoint's except ``n_epochs``, which may grow (train longer).
+        patience : early stopping (needs ``valid``): stop after this many epochs without a better ``metric``
+            on ``valid``; the returned model has the best epoch's parameters (``model.best_epoch``).
+        metric : the validation metric that early stopping and ``best_epoch`` follow: "recall@k", "mrr@k" or
+            "ndcg@k" with k one of ``eval_cutoffs`` (higher is better); default "mrr@20" (mrr at the largest
+            cutoff when 20 is not one).
         """
         from . import checkpoint as ckpt
         from .data import SessionData
@@ -74,14 +92,16 @@ class Trainer:
         if not np.any(np.diff(train.offsets) >= 2):
             raise ValueError("train has no session with 2 or more events: nothing to learn from")
         every = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, keep_checkpoints)
+        eval_cutoffs, metric = check_early_stopping(valid, eval_cutoffs, patience, metric)
         cfg = self.cfg
         support = train.item_support()
         fingerprint = ckpt.data_fingerprint(train)
         state = None
         if resume is not None:
             state = ckpt.load(resume)
-            if state["cfg"] != cfg:
-                diff = {k: (v, getattr(cfg, k)) for k, v in state["cfg"].to_dict().items() if getattr(cfg, k) != v}
+            if state["cfg"].replace(n_epochs=cfg.n_epochs) != cfg:
+                diff = {k: (v, getattr(cfg, k)) for k, v in state["cfg"].to_dict().items()
+                        if getattr(cfg, k) != v and k != "n_epochs"}
                 raise ckpt.CheckpointError(f"checkpoint {state['path']!r} was written with another config "
                                            f"(field: (checkpoint, now)): {diff}")
             if state["fingerprint"] != fingerprint:
@@ -130,6 +150,7 @@ class Trainer:
 
         step_box = [step]
         model = None
+        best = {"value": -np.inf, "epoch": None, "params": None, "since": 0}
         try:
             for epoch in range(first_epoch, cfg.n_epochs + 1):
                 rec = self._epoch(be, train, sampler, epoch, step_box, sched, partial,
@@ -142,21 +163,34 @@ class Trainer:
                     res = evaluate(model, valid, cutoffs=eval_cutoffs, batch_size=eval_batch_size,
                                    backend=self.backend_name)
                     for k in eval_cutoffs:
-                        rec[f"recall@{k}"] = res["recall"][k]
-                        rec[f"mrr@{k}"] = res["mrr"][k]
+                        for name in ("recall", "mrr", "ndcg"):
+                            rec[f"{name}@{k}"] = res[name][k]
                 history.append(rec)
                 log.info("epoch %d: loss %.4f  %.0f mb/s  %.0f events/s%s", epoch, rec["loss"], rec["mb_per_s"],
                          rec["events_per_s"], "".join(f"  {k} {v:.4f}" for k, v in rec.items()
                                                       if k.startswith(("recall@", "mrr@"))))
                 if every is not None:
                     save_checkpoint(epoch, None, None)
+                if valid is not None:
+                    if rec[metric] > best["value"]:
+                        best.update(value=rec[metric], epoch=epoch, since=0,
+                                    params=model.params if patience is not None else None)
+                    else:
+                        best["since"] += 1
+                    if patience is not None and best["since"] >= patience:
+                        log.info("early stopping after epoch %d: no better %s for %d epochs (best %.4f at epoch %d)",
+                                 epoch, metric, patience, best["value"], best["epoch"])
+                        break
             if model is None:  # resumed after the last epoch: nothing left to train
                 model = Model(cfg, train.item_ids, be.get_params(), history=history, item_support=support)
+            if best["params"] is not None and best["epoch"] != history[-1]["epoch"]:
+                model = Model(cfg, train.item_ids, best["params"], history=history, item_support=support)
         finally:
             be.close()
             if sampler is not None:
                 sampler.close()
         model.history = history
+        model.best_epoch = best["epoch"]
         return model
 
     @staticmethod
@@ -205,12 +239,13 @@ class Trainer:
                 else:
                     samples = np.zeros((T, 0), dtype=np.int32)
                 losses = be.train_chunk(chunk.inputs, chunk.targets, chunk.active, chunk.reset, samples, step_box[0])
-                if not np.all(np.isfinite(losses)):
-                    bad = int(np.flatnonzero(~np.isfinite(losses))[0])
+                diverged = ~np.isfinite(losses) | (np.abs(losses) > LOSS_LIMIT)
+                if diverged.any():
+                    bad = int(np.flatnonzero(diverged)[0])
                     raise TrainingDivergedError(
                         f"loss became {losses[bad]} at epoch {epoch}, step {chunk.step0 + bad} of the epoch "
                         f"(global step {step_box[0] + bad}); last good checkpoint: {self.last_checkpoint}. "
-                        "Lower learning_rate or set grad_cap.")
+                        f"{DIVERGENCE_ADVICE}")
                 for x in losses.tolist():  # step by step: the sum must not depend on how steps were chunked
                     loss_sum += x
                 n_events += int(chunk.n_events)
@@ -222,9 +257,10 @@ class Trainer:
                     bar.update(T)
                     bar.set_postfix(loss=f"{loss_sum * cfg.batch_size / max(n_events, 1):.4f}", mb_s=f"{n_steps / dt:.0f}",
                                     ev_s=f"{n_events / dt:.0f}", refresh=False)
-                if save is not None and since_ckpt >= every and not sched.done:
-                    save(epoch, sched, {"loss_sum": loss_sum, "n_events": n_events, "n_steps": n_steps,
-                                        "seconds": seconds_before + dt})
+                if save is not None and since_ckpt >= every:
+                    if not sched.done:  # the epoch-end checkpoint is written by fit
+                        save(epoch, sched, {"loss_sum": loss_sum, "n_events": n_events, "n_steps": n_steps,
+                                            "seconds": seconds_before + dt})
                     since_ckpt = 0
         finally:
             if bar is not None:
@@ -242,6 +278,24 @@ class Trainer:
                                             f"(global step {step}); last good checkpoint: "
                                             f"{getattr(self, 'last_checkpoint', None)}. Lower learning_rate or "
                                             "set grad_cap.")
+
+
+def check_early_stopping(valid, eval_cutoffs, patience, metric):
+    """Validate the early-stopping arguments before any step: (cutoffs as a tuple, metric)."""
+    from .evaluate import _check_cutoffs
+    eval_cutoffs = _check_cutoffs(eval_cutoffs)
+    if patience is not None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be a positive int (epochs without improvement); got {patience!r}")
+        if valid is None:
+            raise ValueError("patience (early stopping) needs valid data: fit(train, valid=..., patience=...)")
+    if metric is None:
+        metric = "mrr@20" if 20 in eval_cutoffs else f"mrr@{max(eval_cutoffs)}"
+    name, _, k = str(metric).partition("@")
+    if name not in ("recall", "mrr", "ndcg") or not k.isdigit() or int(k) not in eval_cutoffs:
+        raise ValueError(f"metric must be 'recall@k', 'mrr@k' or 'ndcg@k' with k in eval_cutoffs {eval_cutoffs}; "
+                         f"got {metric!r}")
+    return eval_cutoffs, f"{name}@{int(k)}"
 
 
 def fit(train, config: TrainConfig | None = None, backend: str = "auto", **kw) -> Model:

@@ -1,0 +1,84 @@
+"""Trainer edges: checkpoints at the epoch's last step, finite divergence, early stopping, longer resumes."""
+import numpy as np
+import pytest
+
+import gru4rec_kernels as g
+from gru4rec_kernels.synthetic import generate_clicks
+
+
+@pytest.fixture(scope="module")
+def data():
+    df = generate_clicks(n_items=80, n_sessions=200, seed=1)
+    sessions = df["SessionId"].unique()
+    return (g.SessionData.from_pandas(df[df["SessionId"].isin(sessions[:160])]),
+            g.SessionData.from_pandas(df[df["SessionId"].isin(sessions[160:])]))
+
+
+def cfg(**kw):
+    base = dict(layers=[8], n_sample=8, batch_size=8, n_epochs=2, sample_store_size=1000)
+    base.update(kw)
+    return g.TrainConfig(**base)
+
+
+def steps_per_epoch(train, c):
+    from gru4rec_kernels.batching import EpochSchedule
+    return EpochSchedule(train.offsets, train.items, c.batch_size).n_steps_total
+
+
+@pytest.mark.parametrize("every", ["one", "epoch_steps"])
+def test_checkpoint_every_dividing_the_epoch(tmp_path, data, every):
+    train, _ = data
+    c = cfg()
+    n = 1 if every == "one" else steps_per_epoch(train, c)
+    tr = g.Trainer(c, backend="numpy", show_progress=False)
+    m = tr.fit(train, checkpoint_dir=tmp_path, checkpoint_every=n)
+    assert len(m.history) == 2
+    # resuming from the final checkpoint with the same value finishes cleanly too
+    m2 = g.Trainer(c, backend="numpy", show_progress=False).fit(train, checkpoint_dir=tmp_path, checkpoint_every=n,
+                                                                resume=tmp_path)
+    assert len(m2.history) == 2
+
+
+def test_resume_may_raise_n_epochs(tmp_path, data):
+    train, _ = data
+    g.Trainer(cfg(n_epochs=1), backend="numpy", show_progress=False).fit(train, checkpoint_dir=tmp_path)
+    more = g.Trainer(cfg(n_epochs=2), backend="numpy", show_progress=False).fit(train, resume=tmp_path)
+    full = g.Trainer(cfg(n_epochs=2), backend="numpy", show_progress=False).fit(train)
+    assert [h["epoch"] for h in more.history] == [1, 2]
+    np.testing.assert_allclose(more.history[-1]["loss"], full.history[-1]["loss"], rtol=1e-6)
+    with pytest.raises(Exception, match="another config"):
+        g.Trainer(cfg(n_epochs=3, layers=[9]), backend="numpy", show_progress=False).fit(train, resume=tmp_path)
+
+
+@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max"])
+def test_finite_divergence_is_detected(data, loss):
+    train, _ = data
+    c = cfg(loss=loss, learning_rate=1e30, n_epochs=1, grad_cap=1.0 if loss == "bpr-max" else 0.0)
+    with pytest.raises(g.TrainingDivergedError, match="Lower learning_rate"):
+        g.Trainer(c, backend="numpy", show_progress=False).fit(train)
+
+
+def test_early_stopping_keeps_the_best_epoch(data):
+    train, valid = data
+    c = cfg(n_epochs=6, learning_rate=0.3)
+    m = g.Trainer(c, backend="numpy", show_progress=False).fit(train, valid=valid, eval_cutoffs=(5, 20),
+                                                               patience=1, metric="ndcg@20")
+    vals = [h["ndcg@20"] for h in m.history]
+    best = int(np.argmax(vals))
+    assert m.best_epoch == m.history[best]["epoch"]
+    assert len(vals) == 6 or len(vals) == best + 2  # stopped one epoch after the best
+    res = g.evaluate(m, valid, cutoffs=(20,), backend="numpy")
+    assert res["ndcg"][20] == pytest.approx(vals[best], rel=1e-6)
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(patience=0), "patience must be a positive int"),
+    (dict(patience=2, valid=None), "needs valid data"),
+    (dict(metric="mrr@7"), "metric must be"),
+    (dict(metric="auc@20"), "metric must be"),
+])
+def test_early_stopping_argument_errors(data, kw, msg):
+    train, valid = data
+    kw = {"valid": valid, **kw}
+    with pytest.raises(ValueError, match=msg):
+        g.Trainer(cfg(), backend="numpy", show_progress=False).fit(train, **kw)
