@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 
 from .config import TrainConfig
@@ -66,12 +67,59 @@ def _parse_bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
+def _input_file(path: str, what: str) -> str:
+    """A file the command reads: exists and is a regular file (checked before any work)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what}: no such file: {path}")
+    if os.path.isdir(path):
+        raise ValueError(f"{what}: {path} is a directory, not a file")
+    return path
+
+
+def _output_file(path: str | None, what: str) -> None:
+    """A file the command will write: checked before any work, so a bad path never costs a training run."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{what}: {path} is a directory; give a file name")
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise ValueError(f"{what}: {path} exists and is not a regular file")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{what}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{what}: {path} is not writable")
+
+
+def _output_dir(path: str | None, what: str) -> None:
+    if path is None:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{what}: {path} exists and is not a directory")
+    parent = os.path.dirname(os.path.abspath(path))
+    probe = path if os.path.isdir(path) else parent
+    if not os.path.isdir(probe) or not os.access(probe, os.W_OK):
+        raise ValueError(f"{what}: cannot create or write {path}")
+
+
+def _check_cutoffs(cutoffs) -> tuple:
+    if not cutoffs or any(k < 1 for k in cutoffs):
+        raise ValueError(f"--cutoffs must be positive ints; got {cutoffs}")
+    return tuple(cutoffs)
+
+
 def config_from_args(args) -> TrainConfig:
+    """--config (JSON), then --param-file and --params (official GRU4Rec forms), then explicit options."""
+    from .official import parse_param_string, read_param_file
     d = {}
     if getattr(args, "config", None):
-        with open(args.config) as f:
-            text = f.read()
+        with open(_input_file(args.config, "--config")) as f:
+            text = f.read(1 << 20)
         d = TrainConfig.from_json(text).to_dict()
+    if getattr(args, "param_file", None):
+        d.update(read_param_file(_input_file(args.param_file, "--param-file")))
+    if getattr(args, "params", None):
+        d.update(parse_param_string(args.params))
     for f in dataclasses.fields(TrainConfig):
         v = getattr(args, f.name, None)
         if v is not None:
@@ -88,33 +136,71 @@ def _print_metrics(name: str, res: dict) -> None:
 # ------------------------------------------------------------------------------------------------ commands
 def cmd_train(args) -> int:
     from .evaluate import evaluate
-    from .trainer import Trainer
+    from .trainer import Trainer, check_early_stopping
     cfg = config_from_args(args)
+    cutoffs = _check_cutoffs(args.cutoffs)
+    _output_file(args.save, "--save")
+    _output_file(args.json, "--json")
+    _output_dir(args.checkpoint_dir, "--checkpoint-dir")
+    if args.checkpoint_every is not None and not args.checkpoint_dir:
+        raise ValueError("--checkpoint-every needs --checkpoint-dir")
+    if args.resume is not None and not os.path.exists(args.resume):
+        raise FileNotFoundError(f"--resume: no such checkpoint file or folder: {args.resume}")
+    for path in [args.train, args.valid, *(args.test or [])]:
+        if path:
+            _input_file(path, "data file")
     if args.train:
         train = _load_data(args.train, args)
-        test = _load_data(args.test, args) if args.test else None
+        tests = {p: _load_data(p, args) for p in args.test or []}
     else:
         print("no --train given: using the built-in SYNTHETIC click log (gru4rec_kernels.synthetic)")
         train, test = _default_data()
+        tests = {"synthetic test": test}
     valid = _load_data(args.valid, args) if args.valid else None
+    eval_cutoffs, metric = check_early_stopping(valid, cutoffs, args.patience, args.metric)
+    every = args.checkpoint_every
+    if every is not None and every != "epoch":
+        try:
+            every = int(every)
+        except ValueError:
+            raise ValueError(f"--checkpoint-every must be 'epoch' or a number of steps; got {every!r}") from None
     print(f"train: {train}  config: {cfg.to_json()}")
-    model = Trainer(cfg, backend=args.backend, show_progress=not args.no_progress).fit(train, valid=valid)
+    model = Trainer(cfg, backend=args.backend, show_progress=not args.no_progress).fit(
+        train, valid=valid, eval_cutoffs=eval_cutoffs, patience=args.patience, metric=metric,
+        checkpoint_dir=args.checkpoint_dir, checkpoint_every=every, resume=args.resume)
     for rec in model.history:
         print(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  {rec['mb_per_s']:.0f} mb/s  "
-              f"{rec['events_per_s']:.0f} events/s")
+              f"{rec['events_per_s']:.0f} events/s" + "".join(f"  {k} {v:.4f}" for k, v in rec.items()
+                                                                if k.startswith(("recall@", "mrr@", "ndcg@"))))
+    if model.best_epoch is not None and valid is not None:
+        print(f"best epoch by {metric} on --valid: {model.best_epoch}")
     if args.save:
         model.save(args.save)
         print(f"saved {args.save}")
-    if test is not None:
-        res = evaluate(model, test, cutoffs=tuple(args.cutoffs), mode=args.mode, backend=args.backend)
-        _print_metrics("GRU4Rec", res)
+    results = {}
+    for name, test in tests.items():
+        res = evaluate(model, test, cutoffs=cutoffs, mode=args.mode, backend=args.backend)
+        _print_metrics(f"GRU4Rec [{name}]" if len(tests) > 1 else "GRU4Rec", res)
+        results[name] = res
         if not args.train:
             from .baselines import POP
-            _print_metrics("POP", POP().fit(train).evaluate(test, cutoffs=tuple(args.cutoffs), mode=args.mode))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"history": model.history, "test": res}, f, indent=1, default=float)
+            _print_metrics("POP", POP().fit(train).evaluate(test, cutoffs=cutoffs, mode=args.mode))
+    if args.json:
+        out = {"history": model.history, "best_epoch": model.best_epoch}
+        if len(results) == 1:
+            out["test"] = next(iter(results.values()))
+        elif results:
+            out["tests"] = results
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1, default=_json_default)
     return 0
+
+
+def _json_default(x):
+    import numpy as np
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return float(x)
 
 
 def cmd_evaluate(args) -> int:
@@ -123,28 +209,34 @@ def cmd_evaluate(args) -> int:
     from .report import fit_baselines, format_table, results_json
     if args.baselines and not args.train:
         raise ValueError("--baselines needs --train (the training click log the baselines are fitted on)")
+    cutoffs = _check_cutoffs(args.cutoffs)
+    _output_file(args.json, "--json")
+    for path in [args.model, *args.test, *([args.train] if args.train else [])]:
+        _input_file(path, "input file")
     model = Model.load(args.model)
-    test = _load_data(args.test, args)
-    cutoffs = tuple(args.cutoffs)
-    res = evaluate(model, test, cutoffs=cutoffs, mode=args.mode, backend=args.backend)
-    _print_metrics("GRU4Rec", res)
-    results = {"GRU4Rec": res}
-    if args.baselines:
-        train = _load_data(args.train, args)
-        base = fit_baselines(train, test, cutoffs, mode=args.mode)
-        for name, r in base.items():
-            _print_metrics(name, r)
-        results.update(base)
-    print(f"dropped: {res['unknown_events']} test events with unknown items, "
-          f"{res['dropped_sessions']} sessions left shorter than 2")
-    print()
-    print(format_table(results, title=f"{args.test} ({args.mode} ranks)"))
-    if args.json:
+    train = _load_data(args.train, args) if args.baselines else None
+    outs = {}
+    for path in args.test:
+        test = _load_data(path, args)
+        res = evaluate(model, test, cutoffs=cutoffs, mode=args.mode, backend=args.backend)
+        _print_metrics("GRU4Rec", res)
+        results = {"GRU4Rec": res}
+        if train is not None:
+            base = fit_baselines(train, test, cutoffs, mode=args.mode)
+            for name, r in base.items():
+                _print_metrics(name, r)
+            results.update(base)
+        print(f"dropped: {res['unknown_events']} test events with unknown items, "
+              f"{res['dropped_sessions']} sessions left shorter than 2")
+        print()
+        print(format_table(results, title=f"{path} ({args.mode} ranks)"))
         out = results_json({"GRU4Rec": res})["GRU4Rec"]
-        if args.baselines:
+        if train is not None:
             out["baselines"] = results_json({k: v for k, v in results.items() if k != "GRU4Rec"})
+        outs[path] = out
+    if args.json:
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=1, default=float)
+            json.dump(next(iter(outs.values())) if len(outs) == 1 else outs, f, indent=1, default=float)
     return 0
 
 
@@ -154,19 +246,20 @@ def _parse_id_tokens(line: str, where: str) -> list:
     out = []
     for t in toks:
         try:
-            out.append(int(t))
+            v = int(t)
         except ValueError:
             raise ValueError(f"{where}: {t!r} is not an integer item id") from None
+        if not -(2 ** 63) <= v < 2 ** 63:
+            raise ValueError(f"{where}: item id {t} is out of the 64-bit integer range")
+        out.append(v)
     return out
 
 
 def _read_sessions(path: str, args) -> tuple[list, list]:
     """(labels, sessions) from a file: one session per line (ids separated by spaces or commas), or a click log
     with a header naming the session and item columns (sessions by their first event time, events by time)."""
-    import os
     import re
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
+    _input_file(path, "--sessions")
     import gzip
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rt") as f:
@@ -199,7 +292,9 @@ def _read_sessions(path: str, args) -> tuple[list, list]:
 def cmd_recommend(args) -> int:
     from .model import Model
     from .recommend import recommend_batch, recommend_one
-    model = Model.load(args.model)
+    if (args.session is None) == (args.sessions is None):
+        raise ValueError("give exactly one of --session ID [ID ...] or --sessions FILE")
+    model = Model.load(_input_file(args.model, "--model"))
     if (args.session is None) == (args.sessions is None):
         raise ValueError("give exactly one of --session ID [ID ...] or --sessions FILE")
     if args.session is not None:
@@ -228,8 +323,10 @@ def cmd_recommend(args) -> int:
 
 def cmd_tune(args) -> int:
     from .model import atomic_write_bytes
-    from .tune import load_search_space, tune
-    space = load_search_space(args.space)
+    from .tune import tune
+    _output_file(args.out, "--out")
+    _output_file(args.trials_json, "--trials-json")
+    space = _load_space(args.space)
     base = config_from_args(args)
     if args.train:
         train = _load_data(args.train, args)
@@ -252,23 +349,41 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def _load_space(spec: str):
+    """A search space: this library's JSON object (file or string), or the official JSON-lines file."""
+    from .official import read_param_space
+    from .tune import load_search_space
+    text = spec
+    if not spec.lstrip().startswith("{"):
+        with open(_input_file(spec, "--space")) as f:
+            text = f.read(1 << 20)
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1 and all(ln.lstrip().startswith("{") and ln.rstrip().endswith("}") for ln in lines):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError:  # one JSON object per line: the official format
+            return load_search_space(read_param_space(text))
+    return load_search_space(text)
+
+
 def cmd_report(args) -> int:
     from .report import format_table, load_history, plot_history
     if not args.history and not args.results:
         raise ValueError("give --history FILE (with --out PNG) and/or --results FILE")
+    _output_file(args.out, "--out")
     if args.results:
-        with open(args.results) as f:
+        with open(_input_file(args.results, "--results")) as f:
             try:
                 data = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{args.results}: not valid JSON ({e})") from None
-        if not isinstance(data, dict) or "recall" not in data:
+        if not isinstance(data, dict) or not isinstance(data.get("recall"), dict):
             raise ValueError(f"{args.results}: expected the JSON written by `gru4rec evaluate --json`")
         results = {"GRU4Rec": data}
         results.update(data.get("baselines", {}))
         print(format_table(results))
     if args.history:
-        hist = load_history(args.history)
+        hist = load_history(_input_file(args.history, "--history"))
         if not args.out:
             raise ValueError("--history needs --out FILE.png")
         last = hist[-1]
@@ -280,10 +395,21 @@ def cmd_report(args) -> int:
 
 
 def cmd_preprocess(args) -> int:
+    import math
+    _input_file(args.input, "input")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out: {args.out} exists and is not a directory")
+    if not math.isfinite(args.test_days) or not 0 < args.test_days <= 365:
+        raise ValueError(f"--test-days must be a number of days in (0, 365]; got {args.test_days}")
+    if args.min_item_support < 1:
+        raise ValueError(f"--min-item-support must be >= 1; got {args.min_item_support}")
     from .data import preprocess_rsc15
     counts = preprocess_rsc15(args.input, args.out, min_item_support=args.min_item_support,
                               test_days=args.test_days)
     print(json.dumps(counts, indent=1, default=str))
+    empty = [k for k, v in counts.items() if isinstance(v, dict) and not v.get("events", 1)]
+    if empty:
+        raise ValueError(f"the split left {empty} empty: check --test-days against the data's time span")
     return 0
 
 
@@ -294,8 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (and evaluate it on --test)")
     t.add_argument("--train", help="training click log (csv/tsv/parquet); default: built-in synthetic data")
-    t.add_argument("--test", help="test click log, evaluated after training")
+    t.add_argument("--test", nargs="+", help="test click log(s), each evaluated after training")
     t.add_argument("--valid", help="validation click log, evaluated after every epoch")
+    t.add_argument("--patience", type=int, default=None,
+                   help="early stopping: stop after this many epochs without a better --metric on --valid; "
+                        "the best epoch's model is kept")
+    t.add_argument("--metric", default=None, help="validation metric for early stopping (default mrr@20)")
+    t.add_argument("--checkpoint-dir", help="write checkpoints here (atomic; the last 3 kept)")
+    t.add_argument("--checkpoint-every", default=None, help="'epoch' (default) or a number of steps")
+    t.add_argument("--resume", help="continue from this checkpoint (file, or folder: its newest); n_epochs may grow")
+    t.add_argument("--params", help="official GRU4Rec parameter string, e.g. 'loss=bpr-max,layers=224,elu_param=1'")
+    t.add_argument("--param-file", help="official GRU4Rec parameter file (paramfiles/*.py; read, never run)")
     t.add_argument("--save", help="write the model to this .safetensors file")
     t.add_argument("--config", help="JSON file of TrainConfig fields (command-line options override it)")
     t.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"])
@@ -309,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a saved model on a test click log")
     e.add_argument("--model", required=True)
-    e.add_argument("--test", required=True)
+    e.add_argument("--test", required=True, nargs="+", help="test click log(s)")
     e.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"])
     e.add_argument("--cutoffs", type=int, nargs="+", default=[1, 5, 10, 20])
     e.add_argument("--mode", default="standard", choices=["standard", "conservative", "median"])
@@ -335,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     tu = sub.add_parser("tune", help="hyperparameter search with Optuna (optional extra 'tune')")
     tu.add_argument("--train", help="training click log; default: built-in synthetic data")
     tu.add_argument("--valid", help="validation click log; default: the last --valid-days of --train split off")
-    tu.add_argument("--space", required=True, help="search space: a JSON file (or a JSON object string)")
+    tu.add_argument("--space", required=True,
+                    help="search space: a JSON file or object string, or an official JSON-lines parameter space")
+    tu.add_argument("--params", help="official GRU4Rec parameter string for the base config")
+    tu.add_argument("--param-file", help="official GRU4Rec parameter file for the base config")
     tu.add_argument("--out", required=True, help="write the best config here as JSON (for train --config)")
     tu.add_argument("--n-trials", type=int, default=20)
     tu.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
@@ -372,7 +510,7 @@ def main(argv=None) -> int:
                         stream=sys.stderr)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
+    except (ValueError, OSError, RuntimeError, KeyError, OverflowError, TypeError) as e:
         print(f"gru4rec {args.command}: error: {e}", file=sys.stderr)
         return 2
 
