@@ -48,6 +48,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        object.__setattr__(self, "_validated", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A field set after construction is validated like one given to the constructor, so a config can never
+        # hold a value that the checks would have refused.
+        if self.__dict__.get("_validated") and name in self.__dataclass_fields__:
+            value = getattr(dataclasses.replace(self, **{name: value}), name)
+        object.__setattr__(self, name, value)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:

@@ -8,6 +8,7 @@ the dropout masks (rng.dropout_mask_np), so a run is reproducible whatever the b
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -92,6 +93,7 @@ class Trainer:
         if not np.any(np.diff(train.offsets) >= 2):
             raise ValueError("train has no session with 2 or more events: nothing to learn from")
         every = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, keep_checkpoints)
+        check_memory(self.cfg, train.n_items)
         eval_cutoffs, metric = check_early_stopping(valid, eval_cutoffs, patience, metric)
         cfg = self.cfg
         support = train.item_support()
@@ -278,6 +280,31 @@ class Trainer:
                                             f"(global step {step}); last good checkpoint: "
                                             f"{getattr(self, 'last_checkpoint', None)}. Lower learning_rate or "
                                             "set grad_cap.")
+
+
+def training_bytes(cfg: TrainConfig, n_items: int) -> int:
+    """A lower bound of the memory training needs: parameters with their Adagrad accumulator, momentum and
+    gradient buffers (float32), and the step's [B, B + n_sample] score, probability and gradient matrices."""
+    from .layout import param_specs
+    n_params = sum(int(np.prod(s.shape, dtype=np.float64)) for s in param_specs(cfg, n_items))
+    cols = cfg.batch_size + cfg.n_sample
+    return int(4 * (4 * n_params + 3 * cfg.batch_size * cols + 6 * cfg.batch_size * sum(cfg.layers)))
+
+
+def physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(cfg: TrainConfig, n_items: int) -> None:
+    """A clear error, before any allocation, when the config cannot fit in this machine's memory."""
+    need, have = training_bytes(cfg, n_items), physical_memory()
+    if have is not None and need > have:
+        raise ValueError(f"training this config on {n_items:,} items needs at least {need / 2**30:,.1f} GiB "
+                         f"(layers={cfg.layers}, batch_size={cfg.batch_size}, n_sample={cfg.n_sample}); this "
+                         f"machine has {have / 2**30:,.1f} GiB")
 
 
 def check_early_stopping(valid, eval_cutoffs, patience, metric):

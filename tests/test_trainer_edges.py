@@ -82,3 +82,21 @@ def test_early_stopping_argument_errors(data, kw, msg):
     kw = {"valid": valid, **kw}
     with pytest.raises(ValueError, match=msg):
         g.Trainer(cfg(), backend="numpy", show_progress=False).fit(train, **kw)
+
+
+@pytest.mark.parametrize("kw,msg", [(dict(batch_size=10**12), "needs at least"), (dict(layers=[10**9]), "needs at least")])
+def test_huge_configs_get_a_memory_error_that_says_how_much(data, kw, msg):
+    train, _ = data
+    with pytest.raises(ValueError, match=msg):
+        g.Trainer(cfg(**kw), backend="numpy", show_progress=False).fit(train)
+
+
+def test_config_fields_are_validated_when_set():
+    c = g.TrainConfig()
+    with pytest.raises(ValueError, match="layers"):
+        c.layers = [0]
+    with pytest.raises(ValueError, match="loss"):
+        c.loss = "mse"
+    assert c.layers == [100] and c.loss == "cross-entropy"
+    c.learning_rate = 0.1
+    assert c.learning_rate == 0.1
