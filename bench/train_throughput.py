@@ -54,7 +54,7 @@ def measure(backend: str, data, cfg, steps: int, warmup: int = 20, chunk: int = 
             if c is None:
                 break
             T = c.inputs.shape[0]
-            samples = np.stack([sampler.next() for _ in range(T)])
+            samples = sampler.next_many(T)
             t0 = time.perf_counter()
             out = be.train_chunk(c.inputs, c.targets, c.active, c.reset, samples, step)
             dt = time.perf_counter() - t0

@@ -1,17 +1,20 @@
-"""Negative sampling with P(i) ∝ support_i^alpha through a store of pre-drawn ids (GRU4Rec's sample store).
+"""Negative sampling with P(i) ∝ support_i^alpha: GRU4Rec's sample store, computed where it is consumed.
 
 Element ``i`` of refill ``r`` is ``searchsorted(cdf, uniform53(*philox2x32(i, r, key)), side="right")`` with
-``key = (seed ^ STREAM_SAMPLES) & MASK32``: a pure function of (seed, r, i), so the store is the same whatever
-the thread count, whether it was filled on the worker thread or synchronously, and after a resume.
+``key = (seed ^ STREAM_SAMPLES) & MASK32``: a pure function of (seed, r, i). The official code draws a store of
+``store_size`` ids at a time and hands out ``n_sample`` of them per step; since every element is a pure function
+of its position, this store is virtual: each step's ids are computed when that step is taken, on the training
+thread, with the Numba-parallel kernel between the training step's own parallel regions. The ids are the ones
+a materialised store would hold (tests/test_sampling.py checks this), no memory is held for the store, and no
+worker thread competes with the training step for cores (which cost the fit 20-45% on 2 cores when refills ran
+on a background thread).
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import math
 import numbers
 from typing import Any
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -52,6 +55,19 @@ def _fill_parallel(cdf, key, refill, out):
 def _fill_serial(cdf, key, refill, out):
     for i in range(out.size):
         out[i] = _draw_one(cdf, key, refill, i)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def _fill_rows(cdf, key, refills, starts, out):
+    """out[t, j] = element starts[t] + j of refill refills[t] (the rows of several steps in one launch)."""
+    T, S = out.shape
+    n = T * S
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    for c in prange(n_chunks):
+        for k in range(c * _CHUNK, min(c * _CHUNK + _CHUNK, n)):
+            t = k // S
+            j = k - t * S
+            out[t, j] = _draw_one(cdf, key, refills[t], starts[t] + j)
 
 
 def sample_probabilities(support: np.ndarray, alpha: float) -> np.ndarray:
@@ -105,20 +121,16 @@ def _is_int(v: Any) -> bool:
 
 
 class SampleStore:
-    """A store of ``store_size`` item ids drawn with replacement from P(i) ∝ support_i^alpha.
+    """The stream of ``n_sample`` ids per step drawn with replacement from P(i) ∝ support_i^alpha.
 
-    ``next()`` hands out the next ``n_sample`` ids (a read-only view); when fewer than ``n_sample`` are left the
-    tail is skipped and the next refill is used. The next refill is computed on a worker thread while the
-    current one is consumed, so only the first fill is waited for. ``store_size=0``: every ``next()`` draws
-    ``n_sample`` fresh ids (refill number = call number).
-
-    ``background_parallel``: fill on the worker thread with the Numba-parallel kernel (True) or the serial one
-    (False); None picks parallel only under a thread-safe Numba threading layer (tbb / omp), since two threads
-    launching parallel kernels at once abort the process under 'workqueue'. Both give identical ids.
+    The ids are those of the official store of ``store_size`` pre-drawn ids: step after step, the next
+    ``n_sample`` elements of the current refill; when fewer than ``n_sample`` are left the tail is skipped and
+    the next refill starts. ``store_size=0``: every step draws fresh ids (refill number = step number).
+    ``next()`` gives one step's ids, ``next_many(T)`` the next T steps' as one [T, n_sample] array (one parallel
+    launch; what the trainer uses between chunks).
     """
 
-    def __init__(self, support: np.ndarray, alpha: float, store_size: int, n_sample: int, seed: int, *,
-                 background: bool = True, background_parallel: bool | None = None):
+    def __init__(self, support: np.ndarray, alpha: float, store_size: int, n_sample: int, seed: int):
         if not _is_int(store_size) or store_size < 0:
             raise ValueError(f"store_size must be an int >= 0; got {store_size!r}")
         if not _is_int(n_sample) or n_sample < 0:
@@ -136,19 +148,9 @@ class SampleStore:
         self.n_sample = int(n_sample)
         self.seed = int(seed)
         self._key = _key(seed)
-        self._background = bool(background)
-        self._bg_parallel = background_parallel
-        self._executor: cf.ThreadPoolExecutor | None = None
-        self._future: cf.Future | None = None
-        self._future_refill = -1
         self._refill = 0
         self._pos = 0
-        self._store: np.ndarray | None = None
-        if self.store_size and self.n_sample:
-            self._store = self._compute(0, parallel=True)
-            self._prefetch(1)
 
-    # ------------------------------------------------------------------ filling
     @property
     def n_items(self) -> int:
         return int(self._p.size)
@@ -157,54 +159,41 @@ class SampleStore:
         """float64 [n_items]: the exact P(i) (the logq correction uses it for the sample columns)."""
         return self._p.copy()
 
-    def _compute(self, refill: int, parallel: bool, n: int | None = None) -> np.ndarray:
-        out = np.empty(self.store_size if n is None else n, dtype=np.int32)
-        parallel = parallel and out.size > _CHUNK  # one chunk: skip the parallel launch (same ids either way)
-        (_fill_parallel if parallel else _fill_serial)(self._cdf, np.uint64(self._key), np.uint64(refill), out)
-        out.flags.writeable = False  # handed out as views: nobody may scribble on a shared store
-        return out
-
-    def _prefetch(self, refill: int) -> None:
-        if not self._background:
-            return
-        if self._executor is None:
-            self._executor = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="gru4rec-samples")
-        if self._bg_parallel is None:
-            try:
-                self._bg_parallel = numba.threading_layer() in ("tbb", "omp")
-            except ValueError:  # no parallel kernel has run yet: the layer is unknown, so stay safe
-                self._bg_parallel = False
-        self._future = self._executor.submit(self._compute, refill, bool(self._bg_parallel))
-        self._future_refill = refill
-
-    def _load(self, refill: int) -> None:
-        """Make refill ``refill`` current: from the worker if it was prefetched, else synchronously."""
-        if self._future is not None and self._future_refill == refill:
-            store = self._future.result()
-        else:
-            if self._future is not None:
-                self._future.result()  # let a stale prefetch finish before replacing it (keeps one worker job)
-            store = self._compute(refill, parallel=True)
-        self._future = None
-        self._store = store
-        self._refill = refill
-        self._prefetch(refill + 1)
-
     # ------------------------------------------------------------------ drawing
-    def next(self) -> np.ndarray:
-        """int32 [n_sample]: the next ids (a read-only view into the store when store_size > 0)."""
-        if self.n_sample == 0:
-            return np.empty(0, dtype=np.int32)
-        if self.store_size == 0:
-            out = self._compute(self._refill, parallel=True, n=self.n_sample)
-            self._refill += 1
-            return out
-        if self._pos + self.n_sample > self.store_size:
-            self._load(self._refill + 1)
-            self._pos = 0
-        out = self._store[self._pos:self._pos + self.n_sample]
-        self._pos += self.n_sample
+    def _positions(self, T: int) -> tuple[np.ndarray, np.ndarray]:
+        """(refill, first element) of the next T steps, advancing the stream."""
+        refills = np.empty(T, dtype=np.uint64)
+        starts = np.empty(T, dtype=np.uint64)
+        S, M = self.n_sample, self.store_size
+        for t in range(T):
+            if M == 0:
+                refills[t], starts[t] = self._refill, 0
+                self._refill += 1
+                continue
+            if self._pos + S > M:  # tail skip: the next refill starts
+                self._refill += 1
+                self._pos = 0
+            refills[t], starts[t] = self._refill, self._pos
+            self._pos += S
+        return refills, starts
+
+    def next_many(self, T: int) -> np.ndarray:
+        """int32 [T, n_sample]: the ids of the next T steps."""
+        if not _is_int(T) or T < 0:
+            raise ValueError(f"T must be an int >= 0; got {T!r}")
+        out = np.empty((T, self.n_sample), dtype=np.int32)
+        if T and self.n_sample:
+            refills, starts = self._positions(T)
+            if out.size > _CHUNK:
+                _fill_rows(self._cdf, np.uint64(self._key), refills, starts, out)
+            else:  # one chunk: skip the parallel launch (same ids either way)
+                for t in range(T):
+                    _fill_serial_from(self._cdf, np.uint64(self._key), refills[t], starts[t], out[t])
         return out
+
+    def next(self) -> np.ndarray:
+        """int32 [n_sample]: the next step's ids."""
+        return self.next_many(1)[0]
 
     __next__ = next
 
@@ -217,7 +206,7 @@ class SampleStore:
         return {"refill": int(self._refill), "pos": int(self._pos)}
 
     def set_state(self, state: dict[str, int]) -> None:
-        """Resume exactly where ``state()`` was taken (recomputes the current store from its refill number)."""
+        """Resume exactly where ``state()`` was taken."""
         try:
             refill, pos = int(state["refill"]), int(state["pos"])
         except (KeyError, TypeError, ValueError) as e:
@@ -225,20 +214,11 @@ class SampleStore:
         if refill < 0 or pos < 0 or (self.store_size and pos > self.store_size) or (not self.store_size and pos):
             raise ValueError(f"SampleStore state out of range: refill={refill}, pos={pos}, "
                              f"store_size={self.store_size}")
-        if self.store_size and self.n_sample:
-            if refill != self._refill or self._store is None:
-                self._load(refill)
-        else:
-            self._refill = refill
-        self._pos = pos
+        self._refill, self._pos = refill, pos
 
-    # ------------------------------------------------------------------ lifetime
+    # ------------------------------------------------------------------ lifetime (nothing to release)
     def close(self) -> None:
-        """Stop the worker thread (waits for a running prefetch)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-            self._future = None
+        """Kept so callers can treat the store as a resource; there is no thread or buffer to release."""
 
     def __enter__(self) -> "SampleStore":
         return self
@@ -246,7 +226,8 @@ class SampleStore:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        ex = getattr(self, "_executor", None)
-        if ex is not None:
-            ex.shutdown(wait=False, cancel_futures=True)
+
+@njit(nogil=True, cache=True)
+def _fill_serial_from(cdf, key, refill, start, out):
+    for j in range(out.size):
+        out[j] = _draw_one(cdf, key, refill, start + j)

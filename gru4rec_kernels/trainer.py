@@ -237,7 +237,7 @@ class Trainer:
                     break
                 T = chunk.inputs.shape[0]
                 if sampler is not None:
-                    samples = np.stack([sampler.next() for _ in range(T)])
+                    samples = sampler.next_many(T)
                 else:
                     samples = np.zeros((T, 0), dtype=np.int32)
                 losses = be.train_chunk(chunk.inputs, chunk.targets, chunk.active, chunk.reset, samples, step_box[0])

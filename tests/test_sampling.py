@@ -30,7 +30,7 @@ def test_probabilities():
 def test_store_is_the_counter_keyed_stream():
     sup = _support(1000, 1)
     seed = 123
-    s = SampleStore(sup, 0.5, 50_000, 100, seed, background=False)
+    s = SampleStore(sup, 0.5, 50_000, 100, seed)
     # by hand: element i of refill r = searchsorted(cdf, uniform53(philox(i, r, key)), right)
     key = (seed ^ STREAM_SAMPLES) & MASK32
     x0, x1 = philox2x32_np(np.arange(50_000, dtype=np.uint64), np.uint64(0), key)
@@ -47,7 +47,7 @@ def test_store_is_the_counter_keyed_stream():
 def test_chi_square_goodness_of_fit():
     sup = _support(60, 2)
     for alpha in (0.0, 0.5, 1.0):
-        s = SampleStore(sup, alpha, 300_000, 1000, seed=7, background=False)
+        s = SampleStore(sup, alpha, 300_000, 1000, seed=7)
         draws = np.concatenate([s.next() for _ in range(300)])
         counts = np.bincount(draws, minlength=sup.size)
         p = s.probabilities()
@@ -59,7 +59,7 @@ def test_chi_square_goodness_of_fit():
     top = int(np.argmax(sup))
     shares = []
     for alpha in (0.0, 0.5, 1.0):
-        d = SampleStore(sup, alpha, 100_000, 100_000, seed=1, background=False).next()
+        d = SampleStore(sup, alpha, 100_000, 100_000, seed=1).next()
         shares.append(np.mean(d == top))
     assert shares[0] < shares[1] < shares[2]
     np.testing.assert_allclose(shares, [sample_probabilities(sup, a)[top] for a in (0.0, 0.5, 1.0)], rtol=0.1)
@@ -67,32 +67,40 @@ def test_chi_square_goodness_of_fit():
 
 def test_independent_of_thread_count():
     sup = _support(5000, 3)
-    s = SampleStore(sup, 0.75, 200_000, 10, seed=9, background=False)
     before = numba.get_num_threads()
+    outs = []
     try:
-        outs = []
         for nt in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS), numba.config.NUMBA_NUM_THREADS}):
             numba.set_num_threads(nt)
-            outs.append(s._compute(3, parallel=True))
+            s = SampleStore(sup, 0.75, 200_000, 10_000, seed=9)
+            outs.append(s.next_many(20))  # 20 x 10,000 = the first full refill
     finally:
         numba.set_num_threads(before)
-    outs.append(s._compute(3, parallel=False))
     for o in outs[1:]:
         np.testing.assert_array_equal(outs[0], o)
-    np.testing.assert_array_equal(outs[0], draw_samples_np(sup, 0.75, 9, 3, 200_000))
+    np.testing.assert_array_equal(outs[0].ravel(), draw_samples_np(sup, 0.75, 9, 0, 200_000))
 
 
-@pytest.mark.parametrize("bg_parallel", [None, True, False])
-def test_background_equals_synchronous(bg_parallel):
+@pytest.mark.parametrize("T", [1, 3, 16])
+def test_next_many_equals_successive_next(T):
     sup = _support(300, 4)
-    with SampleStore(sup, 0.5, 1000, 64, seed=5, background=False) as sync, \
-            SampleStore(sup, 0.5, 1000, 64, seed=5, background=True, background_parallel=bg_parallel) as bg:
-        for _ in range(80):  # 15 draws per store of 1000 (the 40-id tail is skipped): ~5 refills
-            np.testing.assert_array_equal(sync.next(), bg.next())
-        assert sync.state() == bg.state() == {"refill": 5, "pos": 5 * 64}
+    one, many = SampleStore(sup, 0.5, 1000, 64, seed=5), SampleStore(sup, 0.5, 1000, 64, seed=5)
+    rows = [one.next() for _ in range(80)]  # 15 draws per store of 1000 (the 40-id tail is skipped): ~5 refills
+    got = np.concatenate([many.next_many(min(T, 80 - t)) for t in range(0, 80, T)])
+    np.testing.assert_array_equal(np.stack(rows), got)
+    assert one.state() == many.state() == {"refill": 5, "pos": 5 * 64}
 
 
-def test_tail_skip_and_read_only_views():
+def test_no_thread_and_no_store_memory():
+    import threading
+    n0 = threading.active_count()
+    s = SampleStore(_support(1000, 1), 0.5, 10_000_000, 2048, seed=1)
+    s.next_many(4)
+    assert threading.active_count() == n0  # nothing runs beside the training thread
+    assert sum(getattr(v, "nbytes", 0) for v in vars(s).values()) < 100_000  # no 40 MB store is held
+
+
+def test_tail_skip_and_fresh_rows():
     sup = _support(50, 5)
     s = SampleStore(sup, 0.5, 10, 4, seed=3)
     store0 = draw_samples_np(sup, 0.5, 3, 0, 10)
@@ -102,9 +110,9 @@ def test_tail_skip_and_read_only_views():
     np.testing.assert_array_equal(b, store0[4:8])
     np.testing.assert_array_equal(c, store1[0:4])  # store0[8:10] is skipped
     assert a.dtype == np.int32 and a.shape == (4,)
-    with pytest.raises(ValueError):
-        a[0] = 1
-    np.testing.assert_array_equal(a, store0[0:4])  # still valid after the refill
+    a[0] = -1  # each row is the caller's own array: writing to it changes no later draw
+    s.set_state({"refill": 0, "pos": 0})
+    np.testing.assert_array_equal(s.next(), store0[0:4])
     s.close()
 
 
@@ -147,8 +155,8 @@ def test_store_size_zero_draws_fresh():
 
 def test_seed_changes_stream():
     sup = _support(100, 8)
-    a = SampleStore(sup, 0.5, 500, 500, seed=1, background=False).next()
-    b = SampleStore(sup, 0.5, 500, 500, seed=2, background=False).next()
+    a = SampleStore(sup, 0.5, 500, 500, seed=1).next()
+    b = SampleStore(sup, 0.5, 500, 500, seed=2).next()
     assert not np.array_equal(a, b)
 
 
