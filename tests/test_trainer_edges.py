@@ -100,3 +100,12 @@ def test_config_fields_are_validated_when_set():
     assert c.layers == [100] and c.loss == "cross-entropy"
     c.learning_rate = 0.1
     assert c.learning_rate == 0.1
+
+
+def test_logq_follows_the_official_code():
+    """O - logq * log(cat(P0[targets], P0[samples] ** alpha)) with P0 the raw support (official PyTorch code)."""
+    from gru4rec_kernels.trainer import logq_columns
+    support = np.array([1.0, 4.0, 100.0])
+    t, s = logq_columns(g.TrainConfig(logq=0.7, sample_alpha=0.3), support)
+    np.testing.assert_allclose(t, 0.7 * np.log(support))
+    np.testing.assert_allclose(s, 0.7 * np.log(support ** 0.3))
