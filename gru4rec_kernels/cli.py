@@ -326,8 +326,8 @@ def cmd_tune(args) -> int:
     from .tune import tune
     _output_file(args.out, "--out")
     _output_file(args.trials_json, "--trials-json")
-    space = _load_space(args.space)
     base = config_from_args(args)
+    space = _load_space(args.space, base)
     if args.train:
         train = _load_data(args.train, args)
     else:
@@ -349,7 +349,7 @@ def cmd_tune(args) -> int:
     return 0
 
 
-def _load_space(spec: str):
+def _load_space(spec: str, base: TrainConfig):
     """A search space: this library's JSON object (file or string), or the official JSON-lines file."""
     from .official import read_param_space
     from .tune import load_search_space
@@ -362,8 +362,8 @@ def _load_space(spec: str):
         try:
             json.loads(text)
         except json.JSONDecodeError:  # one JSON object per line: the official format
-            return load_search_space(read_param_space(text))
-    return load_search_space(text)
+            return load_search_space(read_param_space(text), base)
+    return load_search_space(text, base)
 
 
 def cmd_report(args) -> int:

@@ -53,8 +53,8 @@ def parse_metric(metric: str) -> tuple[str, int]:
     raise ValueError(f"metric must be 'mrr@K' or 'recall@K' (e.g. 'mrr@20'); got {metric!r}")
 
 
-def load_search_space(spec) -> dict:
-    """A search space from a dict, a JSON string, or a path to a JSON file; validated."""
+def load_search_space(spec, base: TrainConfig | None = None) -> dict:
+    """A search space from a dict, a JSON string, or a path to a JSON file; validated against ``base``."""
     if isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
         if not text.lstrip().startswith("{"):
@@ -66,14 +66,21 @@ def load_search_space(spec) -> dict:
             spec = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"search space is not valid JSON: {e}") from None
-    return validate_search_space(spec)
+    return validate_search_space(spec, base)
 
 
 def _check_value(name: str, value, base: TrainConfig, what: str):
-    try:
-        base.replace(**{name: value})
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"search space field {name!r}: {what} {value!r} is not a valid value: {e}") from None
+    """A value is refused only when no context accepts it: the base config (with the space's fixed values) or
+    the default one. A value valid alone but not with the base's other fields (logq with a base loss of
+    bpr-max while the space also varies the loss) is left to the trial, which is pruned if the mix is invalid."""
+    err = None
+    for ctx in (base, TrainConfig()):
+        try:
+            ctx.replace(**{name: value})
+            return
+        except (ValueError, TypeError) as e:
+            err = err or e
+    raise ValueError(f"search space field {name!r}: {what} {value!r} is not a valid value: {err}") from None
 
 
 def validate_search_space(space, base: TrainConfig | None = None) -> dict:
@@ -81,6 +88,13 @@ def validate_search_space(space, base: TrainConfig | None = None) -> dict:
     if not isinstance(space, dict) or not space:
         raise ValueError("the search space must be a non-empty JSON object mapping TrainConfig fields to specs")
     base = base or TrainConfig()
+    fixed = {k: v for k, v in space.items() if not isinstance(v, dict) and k in _FIELDS}
+    fixed.update({k: v["value"] for k, v in space.items()
+                  if isinstance(v, dict) and v.get("type") == "fixed" and "value" in v and k in _FIELDS})
+    try:
+        base = base.replace(**fixed)
+    except (ValueError, TypeError):
+        pass  # the offending fixed value is named below, field by field
     out = {}
     for name, spec in space.items():
         if name not in _FIELDS:

@@ -73,3 +73,13 @@ def test_param_space():
     assert space["final_act"]["choices"] == ["elu-0.5", "elu-1", "linear"]
     from gru4rec_kernels.tune import validate_search_space
     validate_search_space(space)
+
+
+def test_space_is_checked_against_the_base_config():
+    from gru4rec_kernels.tune import validate_search_space
+    base = g.TrainConfig(constrained_embedding=False)
+    # embedding > 0 is invalid with the default (constrained) config, valid with this base
+    space = validate_search_space({"embedding": {"type": "categorical", "choices": [0, 64]}}, base)
+    assert space["embedding"]["choices"] == [0, 64]
+    with pytest.raises(ValueError, match="embedding"):
+        validate_search_space({"embedding": {"type": "categorical", "choices": [-1]}}, base)
