@@ -8,6 +8,16 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+
+# The public session datasets are optional: GRU4REC_DATA names their folder (default: ../shared/data beside the
+# repository, where the project's machines keep them). Tests that need one skip when it is absent.
+DATA_DIR = Path(os.environ.get("GRU4REC_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def dataset(*parts: str) -> Path:
+    """A path under the datasets folder (it may not exist: callers skip then)."""
+    return DATA_DIR.joinpath(*parts)
 
 
 def _real_gpu() -> bool:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import gru4rec_kernels as g
+from conftest import dataset
 from gru4rec_kernels.evaluate import evaluate, evaluate_scorer
 
 
@@ -199,7 +200,7 @@ def test_baselines_and_model_share_the_protocol():
 
 def test_real_data_baselines_in_the_expected_order():
     import os
-    d = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "rsc15_100k_sessionrec")
+    d = str(dataset("rsc15_100k_sessionrec"))
     if not os.path.isdir(d):
         pytest.skip("shared rsc15 sample not available")
     train = g.SessionData.from_csv(os.path.join(d, "yoochoose-clicks-100k_train_full.txt.gz"), sep="\t")

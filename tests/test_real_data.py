@@ -1,16 +1,17 @@
-"""Behaviour on real data from ../shared/data (skipped when it is absent): training lowers the loss and
+"""Behaviour on real data from the GRU4REC_DATA folder (skipped when it is absent): training lowers the loss and
 GRU4Rec beats popularity on recall@20 by a wide margin."""
 import os
 
 import pytest
 
 import gru4rec_kernels as g
+from conftest import dataset
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "rsc15_100k_sessionrec")
+DATA = str(dataset("rsc15_100k_sessionrec"))
 TRAIN = os.path.join(DATA, "yoochoose-clicks-100k_train_full.txt.gz")
 TEST = os.path.join(DATA, "yoochoose-clicks-100k_test.txt.gz")
 
-pytestmark = pytest.mark.skipif(not os.path.exists(TRAIN), reason="../shared/data/rsc15_100k_sessionrec is absent")
+pytestmark = pytest.mark.skipif(not os.path.exists(TRAIN), reason="rsc15_100k_sessionrec is absent (set GRU4REC_DATA)")
 
 
 def test_rsc15_100k_two_epochs_beat_popularity():
