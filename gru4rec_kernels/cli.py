@@ -227,7 +227,7 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .model import atomic_write_bytes
+    from .modelfile import atomic_write_bytes
     from .tune import load_search_space, tune
     space = load_search_space(args.space)
     base = config_from_args(args)
