@@ -280,7 +280,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_preprocess(args) -> int:
-    from .data import preprocess_rsc15
+    from .preprocess import preprocess_rsc15
     counts = preprocess_rsc15(args.input, args.out, min_item_support=args.min_item_support,
                               test_days=args.test_days)
     print(json.dumps(counts, indent=1, default=str))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import modelfile
 from .config import TrainConfig
 from .itemmap import ItemMap, UnknownItemError  # noqa: F401  (UnknownItemError: re-exported)
 from .layout import param_specs
 from .modelfile import FORMAT_NAME, FORMAT_VERSION, ModelFileError  # noqa: F401  (re-exported)
-from . import modelfile
 
 
 class Model:
