@@ -234,13 +234,12 @@ class Trainer:
         return {"epoch": epoch, "loss": loss_sum * cfg.batch_size / max(n_events, 1), "steps": n_steps, "events": n_events,
                 "seconds": dt, "mb_per_s": n_steps / dt, "events_per_s": n_events / dt}
 
-    @staticmethod
-    def _check_finite(model: Model, epoch: int, step: int) -> None:
+    def _check_finite(self, model: Model, epoch: int, step: int) -> None:
         for k, v in model.params.items():
             if not np.all(np.isfinite(v)):
                 raise TrainingDivergedError(f"parameter {k!r} became NaN/Inf by the end of epoch {epoch} "
                                             f"(global step {step}); last good checkpoint: "
-                                            f"{getattr(self, 'last_checkpoint', None)}. Lower learning_rate or "
+                                            f"{self.last_checkpoint}. Lower learning_rate or "
                                             "set grad_cap.")
 
 
