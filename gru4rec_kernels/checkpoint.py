@@ -1,6 +1,6 @@
 """Training checkpoints: everything needed to continue a run exactly, in one atomically written file.
 
-A checkpoint is a safetensors file (the model file's encoder/decoder, so the same validation applies) holding
+A checkpoint is a safetensors file (modelfile's encoder/decoder: the same checksums and checks) holding
 the parameters, the Adagrad accumulators (``acc.<name>``) and momenta (``mom.<name>``), the training hidden
 state (``hidden.<l>``), the schedule's slot state (``sched.<field>``) when taken mid-epoch, and in its
 metadata the config, the position (epoch, global step, epoch-partial loss sums), the sampler's (refill, pos),
@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from .config import TrainConfig
-from .model import ModelFileError, atomic_write_bytes, decode_safetensors, encode_safetensors
+from .modelfile import ModelFileError, atomic_write_bytes, decode_safetensors, encode_safetensors
 
 CKPT_FORMAT = "gru4rec-kernels-checkpoint"
 CKPT_VERSION = 1

@@ -322,7 +322,7 @@ def cmd_recommend(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from .model import atomic_write_bytes
+    from .modelfile import atomic_write_bytes
     from .tune import tune
     _output_file(args.out, "--out")
     _output_file(args.trials_json, "--trials-json")
@@ -403,7 +403,7 @@ def cmd_preprocess(args) -> int:
         raise ValueError(f"--test-days must be a number of days in (0, 365]; got {args.test_days}")
     if args.min_item_support < 1:
         raise ValueError(f"--min-item-support must be >= 1; got {args.min_item_support}")
-    from .data import preprocess_rsc15
+    from .preprocess import preprocess_rsc15
     counts = preprocess_rsc15(args.input, args.out, min_item_support=args.min_item_support,
                               test_days=args.test_days)
     print(json.dumps(counts, indent=1, default=str))

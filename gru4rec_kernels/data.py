@@ -1,4 +1,4 @@
-"""Click logs as flat arrays (``SessionData``) and the official GRU4Rec preprocessing protocol.
+"""Click logs as flat arrays (``SessionData``); reading them from csv / tsv / parquet / pandas.
 
 A log is ``SessionId, ItemId, Time`` rows. ``SessionData`` holds it as a handful of numpy arrays (no per-event
 Python objects, so 10^9 events fit in memory): the item map, every event's item index, per-session offsets.
@@ -8,16 +8,14 @@ equal times keep the input order); this is the order the session-parallel schedu
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["SessionData", "preprocess", "preprocess_rsc15", "split_by_time", "filter_support"]
+__all__ = ["SessionData"]
 
 _INT_RE = r"[+-]?\d+"
-_DAY = 86400.0
 
 
 # ---------------------------------------------------------------------------------------------------- column checks
@@ -29,13 +27,20 @@ def _check_no_nan(values: Any, col: str) -> None:
                          f"{int(np.argmax(na))}; drop or fill those rows first")
 
 
-def _to_int_ids(values: Any, col: str) -> np.ndarray:
-    """Ids -> int64. Accepts integers, floats that are exactly integer, strings of decimal integers."""
-    s = pd.Series(values, copy=False) if not isinstance(values, pd.Series) else values
+def _column_series(values: Any, col: str, requirement: str) -> pd.Series:
+    """The column as a Series (no copy), checked for missing values and booleans (which pandas counts as
+    numbers); ``requirement`` finishes the error message for booleans."""
+    s = values if isinstance(values, pd.Series) else pd.Series(values, copy=False)
     _check_no_nan(s, col)
+    if pd.api.types.is_bool_dtype(s.dtype):
+        raise ValueError(f"column {col!r} holds booleans; {requirement}")
+    return s
+
+
+def to_int_ids(values: Any, col: str) -> np.ndarray:
+    """Ids -> int64. Accepts integers, floats that are exactly integer, strings of decimal integers."""
+    s = _column_series(values, col, "ids must be integers")
     dt = s.dtype
-    if pd.api.types.is_bool_dtype(dt):
-        raise ValueError(f"column {col!r} holds booleans; ids must be integers")
     if pd.api.types.is_integer_dtype(dt):
         a = s.to_numpy()
         if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
@@ -63,13 +68,10 @@ def _to_int_ids(values: Any, col: str) -> np.ndarray:
     raise ValueError(f"column {col!r} has dtype {dt}; ids must be integers")
 
 
-def _to_times(values: Any, col: str) -> np.ndarray:
+def to_times(values: Any, col: str) -> np.ndarray:
     """Time column -> float64. Numbers are kept as they are; datetimes / ISO strings become epoch seconds (UTC)."""
-    s = pd.Series(values, copy=False) if not isinstance(values, pd.Series) else values
-    _check_no_nan(s, col)
+    s = _column_series(values, col, "time must be numeric or a date/time")
     dt = s.dtype
-    if pd.api.types.is_bool_dtype(dt):
-        raise ValueError(f"column {col!r} holds booleans; time must be numeric or a date/time")
     if pd.api.types.is_numeric_dtype(dt):
         a = s.to_numpy(dtype=np.float64)
     elif pd.api.types.is_datetime64_any_dtype(dt):
@@ -116,7 +118,7 @@ def _release_arrow_memory() -> None:
         pass
 
 
-def _columns_error(missing: list[str], have: list[Any], where: str) -> ValueError:
+def missing_columns_error(missing: list[str], have: list[Any], where: str) -> ValueError:
     hint = ""
     if len(have) == 1 and isinstance(have[0], str) and ("\t" in have[0] or "," in have[0] or ";" in have[0]):
         hint = " (only one column was found: is the separator right?)"
@@ -265,14 +267,14 @@ class SessionData:
     def from_arrays(cls, session_ids: Any, item_ids: Any, times: Any = None, *,
                     min_session_length: int = 1) -> "SessionData":
         """Build from three equally long 1-D arrays. ``times=None``: the array order is the time."""
-        sess = _to_int_ids(np.asarray(session_ids).ravel() if not isinstance(session_ids, pd.Series)
+        sess = to_int_ids(np.asarray(session_ids).ravel() if not isinstance(session_ids, pd.Series)
                            else session_ids, "SessionId")
-        its = _to_int_ids(np.asarray(item_ids).ravel() if not isinstance(item_ids, pd.Series)
+        its = to_int_ids(np.asarray(item_ids).ravel() if not isinstance(item_ids, pd.Series)
                           else item_ids, "ItemId")
         if times is None:
             t = np.arange(sess.size, dtype=np.float64)
         else:
-            t = _to_times(np.asarray(times).ravel() if not isinstance(times, pd.Series) else times, "Time")
+            t = to_times(np.asarray(times).ravel() if not isinstance(times, pd.Series) else times, "Time")
         if not (sess.size == its.size == t.size):
             raise ValueError(f"session_ids, item_ids and times must have the same length; got "
                              f"{sess.size}, {its.size}, {t.size}")
@@ -287,12 +289,12 @@ class SessionData:
         need = [session_key, item_key] + ([time_key] if time_key is not None else [])
         missing = [c for c in need if c not in df.columns]
         if missing:
-            raise _columns_error(missing, list(df.columns), "from_pandas")
+            raise missing_columns_error(missing, list(df.columns), "from_pandas")
         if len(df) == 0:
             raise ValueError("the click log is empty (no rows)")
-        sess = _to_int_ids(df[session_key], session_key)
-        its = _to_int_ids(df[item_key], item_key)
-        t = _to_times(df[time_key], time_key) if time_key is not None else np.arange(len(df), dtype=np.float64)
+        sess = to_int_ids(df[session_key], session_key)
+        its = to_int_ids(df[item_key], item_key)
+        t = to_times(df[time_key], time_key) if time_key is not None else np.arange(len(df), dtype=np.float64)
         return cls._build(sess, its, t, min_session_length)
 
     @classmethod
@@ -308,11 +310,11 @@ class SessionData:
         if sep is None:
             sep = _infer_sep(path)
         need = [session_key, item_key] + ([time_key] if time_key is not None else [])
-        header = _read_csv(path, sep=sep, nrows=0, **read_kwargs)
+        header = read_csv_checked(path, sep=sep, nrows=0, **read_kwargs)
         missing = [c for c in need if c not in header.columns]
         if missing:
-            raise _columns_error(missing, list(header.columns), f"{path}")
-        df = _read_csv(path, sep=sep, usecols=need, **read_kwargs)
+            raise missing_columns_error(missing, list(header.columns), f"{path}")
+        df = read_csv_checked(path, sep=sep, usecols=need, **read_kwargs)
         if len(df) == 0:
             raise ValueError(f"{path}: the click log is empty (no rows)")
         try:
@@ -336,7 +338,7 @@ class SessionData:
         if names is not None:
             missing = [c for c in need if c not in names]
             if missing:
-                raise _columns_error(missing, names, path)
+                raise missing_columns_error(missing, names, path)
         try:
             table = pq.read_table(path, columns=list(dict.fromkeys(need)))
         except Exception as e:
@@ -346,9 +348,9 @@ class SessionData:
         # Column by column, each converted to its final numpy form and its Arrow buffers dropped at once: the
         # peak is the Arrow table plus one column (pd.read_parquet would hold the table and a whole DataFrame).
         n = table.num_rows
-        conv = {session_key: _to_int_ids, item_key: _to_int_ids}
+        conv = {session_key: to_int_ids, item_key: to_int_ids}
         if time_key is not None:
-            conv[time_key] = _to_times
+            conv[time_key] = to_times
         out: dict[str, np.ndarray] = {}
         try:
             for key in need:
@@ -488,7 +490,7 @@ class SessionData:
         target = np.asarray(item_ids)
         if target.ndim != 1 or target.size == 0:
             raise ValueError("remap: item_ids must be a non-empty 1-D array of item ids")
-        target = _to_int_ids(target, "item_ids")
+        target = to_int_ids(target, "item_ids")
         if target.size > 1 and not np.all(target[1:] > target[:-1]):
             raise ValueError("remap: item_ids must be sorted and unique (as SessionData.item_ids / model.item_ids)")
         orig = self.item_ids[self.items]
@@ -521,7 +523,7 @@ def _infer_sep(path: str) -> str:
     return "\t" if p.endswith((".tsv", ".txt")) else ","
 
 
-def _read_csv(path: str, **kw: Any) -> pd.DataFrame:
+def read_csv_checked(path: str, **kw: Any) -> pd.DataFrame:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     if os.path.isdir(path):
@@ -533,127 +535,3 @@ def _read_csv(path: str, **kw: Any) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, ValueError) as e:
         raise ValueError(f"cannot read {path} as a {'tsv' if kw.get('sep') == chr(9) else 'csv'} file: {e}") \
             from None
-
-
-# ---------------------------------------------------------------------------------------------------- preprocessing
-def filter_support(df: pd.DataFrame, min_item_support: int = 5, min_session_length: int = 2,
-                   iterate: bool = True, session_key: str = "SessionId", item_key: str = "ItemId") -> pd.DataFrame:
-    """Drop short sessions, then rare items, then short sessions again (official GRU4Rec order).
-
-    ``iterate=True`` repeats until nothing changes (every item then has ``min_item_support`` events and every
-    session ``min_session_length``); ``iterate=False`` is the official script's single pass."""
-    while True:
-        n0 = len(df)
-        slen = df.groupby(session_key, sort=False)[session_key].transform("size")
-        df = df[slen.to_numpy() >= min_session_length]
-        isup = df.groupby(item_key, sort=False)[item_key].transform("size")
-        df = df[isup.to_numpy() >= min_item_support]
-        slen = df.groupby(session_key, sort=False)[session_key].transform("size")
-        df = df[slen.to_numpy() >= min_session_length]
-        if not iterate or len(df) == n0:
-            return df
-
-
-def split_by_time(df: pd.DataFrame, days: float = 1.0, min_session_length: int = 2,
-                  session_key: str = "SessionId", item_key: str = "ItemId",
-                  time_key: str = "Time") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Official GRU4Rec split: test = sessions whose LAST event is within ``days`` days of the log's last event.
-
-    Time is in seconds. Test events whose item is not in train are dropped, then test sessions shorter than
-    ``min_session_length``."""
-    tmax = df[time_key].max()
-    smax = df.groupby(session_key, sort=False)[time_key].transform("max").to_numpy()
-    is_test = smax >= tmax - days * _DAY
-    train, test = df[~is_test], df[is_test]
-    test = test[test[item_key].isin(pd.unique(train[item_key])).to_numpy()]
-    tlen = test.groupby(session_key, sort=False)[session_key].transform("size")
-    test = test[tlen.to_numpy() >= min_session_length]
-    return train, test
-
-
-def preprocess(df: pd.DataFrame, session_key: str = "SessionId", item_key: str = "ItemId",
-               time_key: str = "Time", min_item_support: int = 5, min_session_length: int = 2,
-               test_days: float = 1.0, iterate: bool = True) -> dict[str, pd.DataFrame]:
-    """The official GRU4Rec protocol on a click log (time in seconds; dates / ISO strings are parsed).
-
-    1. drop sessions shorter than ``min_session_length``, items with fewer than ``min_item_support`` events,
-       sessions shorter than ``min_session_length`` again (repeated until stable when ``iterate``);
-    2. test = sessions whose last event is in the last ``test_days`` days; train_full = the rest; test events
-       of items not in train_full dropped, then test sessions shorter than ``min_session_length``;
-    3. train_tr / train_valid: the same split of train_full.
-    Returns DataFrames with columns SessionId, ItemId, Time (float seconds), sorted by session then time.
-    The input is not modified.
-    """
-    missing = [c for c in (session_key, item_key, time_key) if c not in df.columns]
-    if missing:
-        raise _columns_error(missing, list(df.columns), "preprocess")
-    if len(df) == 0:
-        raise ValueError("the click log is empty (no rows)")
-    d = pd.DataFrame({"SessionId": _to_int_ids(df[session_key], session_key),
-                      "ItemId": _to_int_ids(df[item_key], item_key),
-                      "Time": _to_times(df[time_key], time_key)})
-    d = filter_support(d, min_item_support, min_session_length, iterate)
-    if len(d) == 0:
-        raise ValueError(f"nothing is left after dropping sessions shorter than {min_session_length} and items "
-                         f"with fewer than {min_item_support} events")
-    d = d.sort_values(["SessionId", "Time"], kind="stable").reset_index(drop=True)
-    train, test = split_by_time(d, test_days, min_session_length)
-    tr, valid = split_by_time(train, test_days, min_session_length)
-    return {"train_full": train.reset_index(drop=True), "test": test.reset_index(drop=True),
-            "train_tr": tr.reset_index(drop=True), "train_valid": valid.reset_index(drop=True)}
-
-
-def _counts(df: pd.DataFrame) -> dict[str, int]:
-    return {"events": int(len(df)), "sessions": int(df["SessionId"].nunique()), "items": int(df["ItemId"].nunique())}
-
-
-def write_splits(splits: dict[str, pd.DataFrame], out_dir: str | os.PathLike, suffix: str = ".tsv") -> dict[str, str]:
-    """Write every split as ``<name><suffix>`` (tab separated, header SessionId ItemId Time), atomically:
-    all files go to temporary names first and are renamed only when every one was written."""
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    tmps: dict[str, str] = {}
-    try:
-        for name, frame in splits.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-            tmps[name] = tmp
-            with os.fdopen(fd, "w", newline="") as f:
-                frame[["SessionId", "ItemId", "Time"]].to_csv(f, sep="\t", index=False)
-        paths = {}
-        for name, tmp in tmps.items():
-            paths[name] = os.path.join(out_dir, name + suffix)
-            os.replace(tmp, paths[name])
-        return paths
-    finally:
-        for tmp in tmps.values():
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-
-def preprocess_rsc15(clicks_path: str | os.PathLike, out_dir: str | os.PathLike, min_item_support: int = 5,
-                     min_session_length: int = 2, test_days: float = 1.0, iterate: bool = True) -> dict[str, Any]:
-    """Preprocess a raw YooChoose / RSC15 ``yoochoose-clicks.dat`` the official GRU4Rec way (see ``preprocess``).
-
-    The input is comma separated without header: SessionId, Timestamp (ISO, UTC), ItemId, Category. Writes
-    ``train_full.tsv``, ``test.tsv``, ``train_tr.tsv``, ``train_valid.tsv`` into ``out_dir`` (atomically) and
-    returns counts: ``raw`` / ``filtered`` / each split -> {events, sessions, items}, plus ``paths``.
-    """
-    clicks_path = os.fspath(clicks_path)
-    raw = _read_csv(clicks_path, sep=",", header=None, usecols=[0, 1, 2], names=["SessionId", "Time", "ItemId"],
-                    dtype={"Time": str})
-    if len(raw) == 0:
-        raise ValueError(f"{clicks_path}: the click log is empty (no rows)")
-    try:
-        d = pd.DataFrame({"SessionId": _to_int_ids(raw["SessionId"], "SessionId"),
-                          "ItemId": _to_int_ids(raw["ItemId"], "ItemId"),
-                          "Time": _to_times(raw["Time"], "Time")})
-        counts: dict[str, Any] = {"raw": _counts(d)}
-        splits = preprocess(d, min_item_support=min_item_support, min_session_length=min_session_length,
-                            test_days=test_days, iterate=iterate)
-    except ValueError as e:
-        raise ValueError(f"{clicks_path}: {e}") from None
-    counts["filtered"] = _counts(filter_support(d, min_item_support, min_session_length, iterate))
-    for name, frame in splits.items():
-        counts[name] = _counts(frame)
-    counts["paths"] = write_splits(splits, out_dir)
-    return counts

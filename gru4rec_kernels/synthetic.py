@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gru4rec_kernels.data import filter_support, split_by_time
+from gru4rec_kernels.preprocess import filter_support, split_by_time
 
 __all__ = ["generate_clicks", "default_split"]
 

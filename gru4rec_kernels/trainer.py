@@ -269,14 +269,14 @@ class Trainer:
         return {"epoch": epoch, "loss": loss_sum * cfg.batch_size / max(n_events, 1), "steps": n_steps, "events": n_events,
                 "seconds": dt, "mb_per_s": n_steps / dt, "events_per_s": n_events / dt}
 
-    @staticmethod
-    def _check_finite(model: Model, epoch: int, step: int) -> None:
+    def _check_finite(self, model: Model, epoch: int, step: int) -> None:
         for k, v in model.params.items():
-            if not np.all(np.isfinite(v)):
-                raise TrainingDivergedError(f"parameter {k!r} became NaN/Inf by the end of epoch {epoch} "
-                                            f"(global step {step}); last good checkpoint: "
-                                            f"{getattr(self, 'last_checkpoint', None)}. Lower learning_rate or "
-                                            "set grad_cap.")
+            bad = "NaN/Inf" if not np.all(np.isfinite(v)) else (
+                f"larger than {PARAM_LIMIT:g} in magnitude" if np.abs(v).max(initial=0.0) > PARAM_LIMIT else None)
+            if bad:
+                raise TrainingDivergedError(f"parameter {k!r} became {bad} by the end of epoch {epoch} "
+                                            f"(global step {step}); last good checkpoint: {self.last_checkpoint}. "
+                                            f"{DIVERGENCE_ADVICE}")
 
 
 def logq_columns(cfg: TrainConfig, support) -> tuple[np.ndarray, np.ndarray]:

@@ -172,7 +172,8 @@ def _suggest(trial, space: dict) -> dict:
 def split_validation(train, valid_days: float = 1.0):
     """(train_tr, valid) SessionData: sessions ending in the last ``valid_days`` days become the validation set
     (their items unknown to train_tr dropped, sessions shorter than 2 dropped), as the official split."""
-    from .data import SessionData, split_by_time
+    from .data import SessionData
+    from .preprocess import split_by_time
     df = train.to_pandas()
     tr, va = split_by_time(df, days=valid_days, min_session_length=2)
     if len(va) == 0 or len(tr) == 0:

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gru4rec_kernels.data import SessionData, filter_support, preprocess, preprocess_rsc15, split_by_time
+from gru4rec_kernels.data import SessionData
+from gru4rec_kernels.preprocess import filter_support, preprocess, preprocess_rsc15, split_by_time
 from gru4rec_kernels.synthetic import default_split, generate_clicks
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")

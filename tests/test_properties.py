@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 import gru4rec_kernels as g
 from gru4rec_kernels.batching import EpochSchedule
-from gru4rec_kernels.data import SessionData, preprocess
+from gru4rec_kernels.data import SessionData
+from gru4rec_kernels.preprocess import preprocess
 from gru4rec_kernels.layout import init_params
 
 ITEM_POOL = 6  # small: many duplicate items

@@ -1,0 +1,260 @@
+"""The model file (and the container checkpoints share): safetensors, plus the checks this project adds on top.
+
+The ``safetensors`` library writes and reads the tensors. On top of it: CRC32s of the header and of the tensor
+data stored in the header metadata (a flipped bit anywhere is a ``ModelFileError``, never a different model),
+a header size limit, the metadata read before any tensor, only the dtypes this project stores, and for model
+files the format name / version, the stored config, and every tensor's shape, dtype and finiteness checked
+against that config. Saving is atomic (temporary file in the same directory, fsync, rename, fsync of the
+directory).
+
+A model file holds every parameter under its layout name (``layout.param_specs``), ``item_ids`` (int64, the
+original ids, sorted) and ``item_support`` (float64, training event counts: the popularity fallback and logq);
+its metadata holds the format name and version, the config and the training history as JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zlib
+
+import numpy as np
+import safetensors
+import safetensors.numpy
+
+from .config import TrainConfig
+from .layout import param_specs
+
+FORMAT_NAME = "gru4rec-kernels"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit; a larger header is not ours
+_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+_DTYPE_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+_CRC_KEYS = ("payload_crc32", "header_crc32")
+
+
+class ModelFileError(ValueError):
+    """A model file that is not a valid gru4rec-kernels safetensors file; the message says what is wrong."""
+
+
+def atomic_write_bytes(path, data_chunks) -> None:
+    """Write to a temporary file in the same directory, fsync, rename over ``path``, fsync the directory."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise FileNotFoundError(f"directory {d!r} does not exist (writing {path!r})")
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in data_chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dfd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover - platforms without directory fsync
+        pass
+
+
+# ---------------------------------------------------------------------------------------------------- container
+def _header_crc(header: dict) -> str:
+    """CRC32 of the header (tensor entries and metadata) in canonical JSON, without the header_crc32 entry.
+
+    Canonical, so it does not depend on how the library formats the header; it covers every tensor's dtype,
+    shape and data offsets, so a corrupt header cannot silently move or reshape a tensor."""
+    meta = {k: v for k, v in header.get("__metadata__", {}).items() if k != "header_crc32"}
+    canon = json.dumps({**header, "__metadata__": meta}, sort_keys=True, separators=(",", ":"))
+    return f"{zlib.crc32(canon.encode()):08x}"
+
+
+def _split(buf) -> tuple[int, dict]:
+    """(data start, parsed header) of bytes the library just wrote."""
+    hlen = int.from_bytes(bytes(buf[:8]), "little")
+    return 8 + hlen, json.loads(bytes(buf[8:8 + hlen]))
+
+
+def encode_safetensors(tensors: dict, metadata: dict) -> list:
+    """Serialise with the safetensors library, with the header and payload CRC32s added to the metadata.
+
+    Returns two chunks, (size + header, tensor data), that joined are the file (a writer may stop between)."""
+    arrays = {}
+    for name, a in tensors.items():
+        a = np.ascontiguousarray(a)
+        if a.dtype not in _DTYPE_NAMES:
+            raise ValueError(f"tensor {name!r}: dtype {a.dtype} is not storable (use one of "
+                             f"{sorted(d.name for d in _DTYPE_NAMES)})")
+        arrays[name] = a
+    meta = {k: str(v) for k, v in metadata.items()}
+    clash = [k for k in _CRC_KEYS if k in meta]
+    if clash:
+        raise ValueError(f"metadata key(s) {clash} are reserved for the file's checksums")
+    # The library lays out the data from the tensors' names, dtypes and shapes only, so a draft written with
+    # placeholder checksums has the final layout: its data gives the payload CRC, its header the header CRC.
+    draft = safetensors.numpy.save(arrays, {**meta, "payload_crc32": "", "header_crc32": ""})
+    start, header = _split(draft)
+    meta["payload_crc32"] = f"{zlib.crc32(memoryview(draft)[start:]):08x}"
+    header["__metadata__"] = meta
+    meta["header_crc32"] = _header_crc(header)
+    del draft, header
+    final = memoryview(safetensors.numpy.save(arrays, meta))
+    start, header = _split(final)
+    if (_header_crc(header) != meta["header_crc32"]
+            or f"{zlib.crc32(final[start:]):08x}" != meta["payload_crc32"]):
+        raise RuntimeError("the safetensors library laid out the same tensors differently twice; "
+                           "the checksums would not match the file")
+    return [final[:start], final[start:]]
+
+
+def _data_extent(header: dict) -> int | None:
+    """Bytes of tensor data the header declares (the largest end offset); None if an entry is malformed."""
+    end = 0
+    for info in header.values():
+        offs = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
+            return None
+        end = max(end, offs[1])
+    return end
+
+
+def decode_safetensors(buf, what: str = "model file") -> tuple[dict, dict]:
+    """Check the header (size, JSON, CRC) and the payload CRC, then read the tensors with the safetensors
+    library. Returns (writable arrays by name, metadata). Every problem is a ModelFileError saying which."""
+    n = len(buf)
+    if n < 8:
+        raise ModelFileError(f"{what}: truncated ({n} bytes; a safetensors file starts with an 8-byte header size)")
+    hlen = int.from_bytes(bytes(buf[:8]), "little")
+    if hlen > min(MAX_HEADER_BYTES, n - 8):
+        raise ModelFileError(f"{what}: header declares {hlen} bytes but the file holds {n - 8} after the size field"
+                             " (truncated or not a safetensors file)")
+    # The library's byte-level reader does not return the metadata: the header is parsed here too.
+    try:
+        header = json.loads(bytes(buf[8:8 + hlen]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ModelFileError(f"{what}: header is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{what}: header is not a JSON object")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise ModelFileError(f"{what}: __metadata__ must map strings to strings")
+    if meta.get("header_crc32") is None or meta.get("payload_crc32") is None:
+        raise ModelFileError(f"{what}: no checksums in the metadata (not written by gru4rec-kernels)")
+    if _header_crc(header) != meta["header_crc32"]:
+        raise ModelFileError(f"{what}: header checksum mismatch (the file is corrupt)")
+    header.pop("__metadata__")
+    data = memoryview(buf)[8 + hlen:]
+    extent = _data_extent(header)
+    if extent is not None and extent > len(data):
+        raise ModelFileError(f"{what}: truncated (the header declares {extent} bytes of tensor data, the file "
+                             f"holds {len(data)})")
+    if extent is not None and extent < len(data):
+        raise ModelFileError(f"{what}: {len(data) - extent} trailing bytes after the last tensor")
+    if f"{zlib.crc32(data):08x}" != meta["payload_crc32"]:
+        raise ModelFileError(f"{what}: payload checksum mismatch (the file is corrupt)")
+    for name, info in header.items():
+        dt = info.get("dtype") if isinstance(info, dict) else None
+        if dt not in _DTYPES:
+            raise ModelFileError(f"{what}: tensor {name!r} has unsupported dtype {dt!r}")
+    del data
+    try:
+        views = safetensors.numpy.load(buf if isinstance(buf, bytes) else bytes(buf))
+    except safetensors.SafetensorError as e:
+        raise ModelFileError(f"{what}: not a valid safetensors layout ({e})") from None
+    arrays = {}
+    for name in list(views):  # copy out of the library's read-only buffers, one tensor at a time
+        arrays[name] = np.array(views.pop(name))
+    meta = {k: v for k, v in meta.items() if k not in _CRC_KEYS}
+    return arrays, meta
+
+
+# ---------------------------------------------------------------------------------------------------- model file
+def encode_model(cfg: TrainConfig, item_ids, item_support, params: dict, history: list) -> list:
+    """The chunks of a model file (see the module docstring)."""
+    tensors = dict(params)
+    tensors["item_ids"] = np.asarray(item_ids, dtype=np.int64)
+    tensors["item_support"] = np.asarray(item_support, dtype=np.float64)
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": cfg.to_json(),
+            "history": json.dumps(history, default=float)}
+    return encode_safetensors(tensors, meta)
+
+
+def read_model_file(path) -> dict:
+    """Read and check a model file: the keyword arguments of ``Model`` (see ``decode_model``)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            buf = f.read()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ModelFileError(f"cannot read model file {path!r}: {e}") from None
+    return decode_model(buf, what=f"model file {path!r}")
+
+
+def decode_model(buf, what: str = "model file") -> dict:
+    """Check a model file's bytes against its stored config before one parameter is used.
+
+    Returns the keyword arguments of ``Model``: cfg, item_ids, params, history, item_support."""
+    arrays, meta = decode_safetensors(buf, what)
+    if meta.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{what}: not a {FORMAT_NAME} model (format={meta.get('format')!r})")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise ModelFileError(f"{what}: format_version {meta.get('format_version')!r} is not an int") from None
+    if version > FORMAT_VERSION:
+        raise ModelFileError(f"{what}: format version {version} is newer than this library's {FORMAT_VERSION};"
+                             " upgrade gru4rec-kernels")
+    if version < 1:
+        raise ModelFileError(f"{what}: invalid format version {version}")
+    try:
+        cfg = TrainConfig.from_json(meta.get("config", ""))
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"{what}: stored config is invalid: {e}") from None
+    try:
+        history = json.loads(meta.get("history", "[]"))
+    except (json.JSONDecodeError, RecursionError):
+        raise ModelFileError(f"{what}: stored history is not valid JSON") from None
+    if not isinstance(history, list):
+        raise ModelFileError(f"{what}: stored history is not a list")
+    for name, dt in (("item_ids", np.int64), ("item_support", np.float64)):
+        if name not in arrays:
+            raise ModelFileError(f"{what}: missing tensor {name!r}")
+        if arrays[name].dtype != dt or arrays[name].ndim != 1:
+            raise ModelFileError(f"{what}: tensor {name!r} must be 1-D {np.dtype(dt).name}")
+    item_ids = arrays.pop("item_ids")
+    support = arrays.pop("item_support")
+    if item_ids.size == 0 or (item_ids.size > 1 and not np.all(item_ids[1:] > item_ids[:-1])):
+        raise ModelFileError(f"{what}: item_ids must be non-empty, sorted and unique")
+    if support.shape != item_ids.shape or not np.all(np.isfinite(support)):
+        raise ModelFileError(f"{what}: item_support must be finite with one entry per item")
+    try:
+        specs = param_specs(cfg, item_ids.size)
+    except ValueError as e:
+        raise ModelFileError(f"{what}: {e}") from None
+    want = {s.name: s.shape for s in specs}
+    missing = sorted(set(want) - set(arrays))
+    extra = sorted(set(arrays) - set(want))
+    if missing:
+        raise ModelFileError(f"{what}: missing parameter tensor(s) {missing}")
+    if extra:
+        raise ModelFileError(f"{what}: unexpected tensor(s) {extra}")
+    for k, shape in want.items():
+        a = arrays[k]
+        if a.dtype != np.float32:
+            raise ModelFileError(f"{what}: parameter {k!r} has dtype {a.dtype}, expected float32")
+        if a.shape != shape:
+            raise ModelFileError(f"{what}: parameter {k!r} has shape {a.shape}, the stored config needs {shape}")
+        if not np.all(np.isfinite(a)):
+            raise ModelFileError(f"{what}: parameter {k!r} contains NaN or Inf")
+    return {"cfg": cfg, "item_ids": item_ids, "params": arrays, "history": history, "item_support": support}

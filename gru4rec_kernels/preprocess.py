@@ -1,0 +1,141 @@
+"""The official GRU4Rec preprocessing protocol: support filtering, the time split, RSC15 / YooChoose files.
+
+Works on DataFrames with columns SessionId, ItemId, Time (seconds); the column conversions and checks are
+``data``'s, so a log that ``SessionData`` rejects is rejected here with the same message.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import pandas as pd
+
+from .data import missing_columns_error, read_csv_checked, to_int_ids, to_times
+
+__all__ = ["filter_support", "split_by_time", "preprocess", "write_splits", "preprocess_rsc15"]
+
+_DAY = 86400.0
+
+
+def filter_support(df: pd.DataFrame, min_item_support: int = 5, min_session_length: int = 2,
+                   iterate: bool = True, session_key: str = "SessionId", item_key: str = "ItemId") -> pd.DataFrame:
+    """Drop short sessions, then rare items, then short sessions again (official GRU4Rec order).
+
+    ``iterate=True`` repeats until nothing changes (every item then has ``min_item_support`` events and every
+    session ``min_session_length``); ``iterate=False`` is the official script's single pass."""
+    while True:
+        n0 = len(df)
+        slen = df.groupby(session_key, sort=False)[session_key].transform("size")
+        df = df[slen.to_numpy() >= min_session_length]
+        isup = df.groupby(item_key, sort=False)[item_key].transform("size")
+        df = df[isup.to_numpy() >= min_item_support]
+        slen = df.groupby(session_key, sort=False)[session_key].transform("size")
+        df = df[slen.to_numpy() >= min_session_length]
+        if not iterate or len(df) == n0:
+            return df
+
+
+def split_by_time(df: pd.DataFrame, days: float = 1.0, min_session_length: int = 2,
+                  session_key: str = "SessionId", item_key: str = "ItemId",
+                  time_key: str = "Time") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Official GRU4Rec split: test = sessions whose LAST event is within ``days`` days of the log's last event.
+
+    Time is in seconds. Test events whose item is not in train are dropped, then test sessions shorter than
+    ``min_session_length``."""
+    tmax = df[time_key].max()
+    smax = df.groupby(session_key, sort=False)[time_key].transform("max").to_numpy()
+    is_test = smax >= tmax - days * _DAY
+    train, test = df[~is_test], df[is_test]
+    test = test[test[item_key].isin(pd.unique(train[item_key])).to_numpy()]
+    tlen = test.groupby(session_key, sort=False)[session_key].transform("size")
+    test = test[tlen.to_numpy() >= min_session_length]
+    return train, test
+
+
+def preprocess(df: pd.DataFrame, session_key: str = "SessionId", item_key: str = "ItemId",
+               time_key: str = "Time", min_item_support: int = 5, min_session_length: int = 2,
+               test_days: float = 1.0, iterate: bool = True) -> dict[str, pd.DataFrame]:
+    """The official GRU4Rec protocol on a click log (time in seconds; dates / ISO strings are parsed).
+
+    1. drop sessions shorter than ``min_session_length``, items with fewer than ``min_item_support`` events,
+       sessions shorter than ``min_session_length`` again (repeated until stable when ``iterate``);
+    2. test = sessions whose last event is in the last ``test_days`` days; train_full = the rest; test events
+       of items not in train_full dropped, then test sessions shorter than ``min_session_length``;
+    3. train_tr / train_valid: the same split of train_full.
+    Returns DataFrames with columns SessionId, ItemId, Time (float seconds), sorted by session then time.
+    The input is not modified.
+    """
+    missing = [c for c in (session_key, item_key, time_key) if c not in df.columns]
+    if missing:
+        raise missing_columns_error(missing, list(df.columns), "preprocess")
+    if len(df) == 0:
+        raise ValueError("the click log is empty (no rows)")
+    d = pd.DataFrame({"SessionId": to_int_ids(df[session_key], session_key),
+                      "ItemId": to_int_ids(df[item_key], item_key),
+                      "Time": to_times(df[time_key], time_key)})
+    d = filter_support(d, min_item_support, min_session_length, iterate)
+    if len(d) == 0:
+        raise ValueError(f"nothing is left after dropping sessions shorter than {min_session_length} and items "
+                         f"with fewer than {min_item_support} events")
+    d = d.sort_values(["SessionId", "Time"], kind="stable").reset_index(drop=True)
+    train, test = split_by_time(d, test_days, min_session_length)
+    tr, valid = split_by_time(train, test_days, min_session_length)
+    return {"train_full": train.reset_index(drop=True), "test": test.reset_index(drop=True),
+            "train_tr": tr.reset_index(drop=True), "train_valid": valid.reset_index(drop=True)}
+
+
+def _counts(df: pd.DataFrame) -> dict[str, int]:
+    return {"events": int(len(df)), "sessions": int(df["SessionId"].nunique()), "items": int(df["ItemId"].nunique())}
+
+
+def write_splits(splits: dict[str, pd.DataFrame], out_dir: str | os.PathLike, suffix: str = ".tsv") -> dict[str, str]:
+    """Write every split as ``<name><suffix>`` (tab separated, header SessionId ItemId Time), atomically:
+    all files go to temporary names first and are renamed only when every one was written."""
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    tmps: dict[str, str] = {}
+    try:
+        for name, frame in splits.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
+            tmps[name] = tmp
+            with os.fdopen(fd, "w", newline="") as f:
+                frame[["SessionId", "ItemId", "Time"]].to_csv(f, sep="\t", index=False)
+        paths = {}
+        for name, tmp in tmps.items():
+            paths[name] = os.path.join(out_dir, name + suffix)
+            os.replace(tmp, paths[name])
+        return paths
+    finally:
+        for tmp in tmps.values():
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def preprocess_rsc15(clicks_path: str | os.PathLike, out_dir: str | os.PathLike, min_item_support: int = 5,
+                     min_session_length: int = 2, test_days: float = 1.0, iterate: bool = True) -> dict[str, Any]:
+    """Preprocess a raw YooChoose / RSC15 ``yoochoose-clicks.dat`` the official GRU4Rec way (see ``preprocess``).
+
+    The input is comma separated without header: SessionId, Timestamp (ISO, UTC), ItemId, Category. Writes
+    ``train_full.tsv``, ``test.tsv``, ``train_tr.tsv``, ``train_valid.tsv`` into ``out_dir`` (atomically) and
+    returns counts: ``raw`` / ``filtered`` / each split -> {events, sessions, items}, plus ``paths``.
+    """
+    clicks_path = os.fspath(clicks_path)
+    raw = read_csv_checked(clicks_path, sep=",", header=None, usecols=[0, 1, 2], names=["SessionId", "Time", "ItemId"],
+                    dtype={"Time": str})
+    if len(raw) == 0:
+        raise ValueError(f"{clicks_path}: the click log is empty (no rows)")
+    try:
+        d = pd.DataFrame({"SessionId": to_int_ids(raw["SessionId"], "SessionId"),
+                          "ItemId": to_int_ids(raw["ItemId"], "ItemId"),
+                          "Time": to_times(raw["Time"], "Time")})
+        counts: dict[str, Any] = {"raw": _counts(d)}
+        splits = preprocess(d, min_item_support=min_item_support, min_session_length=min_session_length,
+                            test_days=test_days, iterate=iterate)
+    except ValueError as e:
+        raise ValueError(f"{clicks_path}: {e}") from None
+    counts["filtered"] = _counts(filter_support(d, min_item_support, min_session_length, iterate))
+    for name, frame in splits.items():
+        counts[name] = _counts(frame)
+    counts["paths"] = write_splits(splits, out_dir)
+    return counts
