@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from .config import TrainConfig
-from .modelfile import ModelFileError, atomic_write_bytes, decode_safetensors, encode_safetensors
+from .modelfile import ModelFileError, atomic_write_bytes, decode_safetensors, encode_safetensors, read_regular_file
 
 CKPT_FORMAT = "gru4rec-kernels-checkpoint"
 CKPT_VERSION = 1
@@ -96,9 +96,8 @@ def load(path: str) -> dict:
         path = found[-1]
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
-    with open(path, "rb") as f:
-        buf = f.read()
     try:
+        buf = read_regular_file(path, "checkpoint")
         arrays, meta = decode_safetensors(buf, what=f"checkpoint {path!r}")
     except ModelFileError as e:
         raise CheckpointError(str(e)) from None

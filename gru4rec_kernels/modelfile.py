@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 import zlib
 
@@ -37,20 +38,86 @@ class ModelFileError(ValueError):
     """A model file that is not a valid gru4rec-kernels safetensors file; the message says what is wrong."""
 
 
-def atomic_write_bytes(path, data_chunks) -> None:
-    """Write to a temporary file in the same directory, fsync, rename over ``path``, fsync the directory."""
+def _tmp_prefix(target: str) -> str:
+    return ".tmp-" + os.path.basename(target) + "."
+
+
+def _remove_stale_temporaries(target: str) -> None:
+    """Delete temporaries that earlier, killed saves of ``target`` left behind (their writer is gone)."""
+    d, prefix = os.path.dirname(target), _tmp_prefix(target)
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer still runs (a concurrent save): leave it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            os.unlink(os.path.join(d, name))
+        except OSError:
+            pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_destination(path) -> str:
+    """The file a save will replace: symlinks are followed (the link stays, its target is replaced); a
+    destination that exists must be a regular, writable file. Returns the real path to write."""
     path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)
+    d = os.path.dirname(target)
     if not os.path.isdir(d):
         raise FileNotFoundError(f"directory {d!r} does not exist (writing {path!r})")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-" + os.path.basename(path) + ".", dir=d)
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return target
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(f"cannot write {path!r}: it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"refusing to replace {path!r}: it is not a regular file (a device, FIFO or socket)")
+    if not st.st_mode & 0o222:  # checked on the bits: root would otherwise overwrite a read-only file
+        raise PermissionError(f"refusing to replace {path!r}: the file is read-only")
+    return target
+
+
+def atomic_write_bytes(path, data_chunks) -> None:
+    """Replace ``path`` atomically: write a temporary file beside it, fsync, rename over it, fsync the folder.
+
+    A symlink is followed; a destination that is not a regular file, or is read-only, is refused before any
+    byte is written. The new file has the mode a plain ``open(path, 'w')`` would give (0666 minus the umask),
+    or the replaced file's mode. Temporaries are removed on failure, and those of killed earlier saves on the
+    next save of the same path."""
+    target = check_destination(path)
+    d = os.path.dirname(target)
+    _remove_stale_temporaries(target)
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
+    fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(target)}{os.getpid()}.", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in data_chunks:
                 f.write(chunk)
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -65,6 +132,35 @@ def atomic_write_bytes(path, data_chunks) -> None:
             os.close(dfd)
     except OSError:  # pragma: no cover - platforms without directory fsync
         pass
+
+
+def read_regular_file(path, what: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of ``path`` after checking, before reading, that it is a regular file of a sane size: a FIFO,
+    device or /dev/zero behind a symlink is refused at once instead of hanging or exhausting memory."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ModelFileError(f"cannot read {what} {path!r}: {e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelFileError(f"{what} {path!r} is not a regular file")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ModelFileError(f"{what} {path!r} is {st.st_size} bytes, over the {max_bytes}-byte limit")
+        head = os.read(fd, 8)
+        if len(head) == 8:
+            hlen = int.from_bytes(head, "little")
+            if hlen > min(MAX_HEADER_BYTES, st.st_size - 8):
+                raise ModelFileError(f"{what} {path!r}: header declares {hlen} bytes but the file holds "
+                                     f"{st.st_size - 8} after the size field (truncated or not a safetensors file)")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            f.seek(0)
+            return f.read(st.st_size)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------------- container
@@ -140,7 +236,7 @@ def decode_safetensors(buf, what: str = "model file") -> tuple[dict, dict]:
     # The library's byte-level reader does not return the metadata: the header is parsed here too.
     try:
         header = json.loads(bytes(buf[8:8 + hlen]).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also a 5000-digit integer
         raise ModelFileError(f"{what}: header is not valid JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise ModelFileError(f"{what}: header is not a JSON object")
@@ -191,14 +287,7 @@ def encode_model(cfg: TrainConfig, item_ids, item_support, params: dict, history
 def read_model_file(path) -> dict:
     """Read and check a model file: the keyword arguments of ``Model`` (see ``decode_model``)."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            buf = f.read()
-    except FileNotFoundError:
-        raise
-    except OSError as e:
-        raise ModelFileError(f"cannot read model file {path!r}: {e}") from None
-    return decode_model(buf, what=f"model file {path!r}")
+    return decode_model(read_regular_file(path, "model file"), what=f"model file {path!r}")
 
 
 def decode_model(buf, what: str = "model file") -> dict:
@@ -223,7 +312,7 @@ def decode_model(buf, what: str = "model file") -> dict:
         raise ModelFileError(f"{what}: stored config is invalid: {e}") from None
     try:
         history = json.loads(meta.get("history", "[]"))
-    except (json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):
         raise ModelFileError(f"{what}: stored history is not valid JSON") from None
     if not isinstance(history, list):
         raise ModelFileError(f"{what}: stored history is not a list")
