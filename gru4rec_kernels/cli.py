@@ -219,10 +219,14 @@ def cmd_evaluate(args) -> int:
     for path in args.test:
         test = _load_data(path, args)
         res = evaluate(model, test, cutoffs=cutoffs, mode=args.mode, backend=args.backend)
+        if args.beyond_accuracy:
+            from .evaluate import beyond_accuracy
+            res.update(beyond_accuracy(model, test, max(cutoffs)))
         _print_metrics("GRU4Rec", res)
         results = {"GRU4Rec": res}
         if train is not None:
-            base = fit_baselines(train, test, cutoffs, mode=args.mode)
+            base = fit_baselines(train, test, cutoffs, mode=args.mode,
+                                 beyond_accuracy_k=max(cutoffs) if args.beyond_accuracy else None)
             for name, r in base.items():
                 _print_metrics(name, r)
             results.update(base)
@@ -450,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mode", default="standard", choices=["standard", "conservative", "median"])
     e.add_argument("--json", help="write the metrics as JSON here (baselines under the key 'baselines')")
     e.add_argument("--train", help="training click log: the baselines are fitted on it (with --baselines)")
+    e.add_argument("--beyond-accuracy", action="store_true",
+                   help="also coverage, popularity and Gini of the top-k lists at the largest cutoff")
     e.add_argument("--baselines", action="store_true",
                    help="also evaluate POP, S-POP and item-kNN fitted on --train, with the same protocol")
     _add_data_options(e)

@@ -88,6 +88,35 @@ def recommendation_stats(top_items, item_support, n_items: int) -> dict:
             "gini": gini}
 
 
+def beyond_accuracy(recommender, test, k: int = 20, batch_size: int = 512) -> dict:
+    """Coverage@k, popularity@k and Gini@k (``recommendation_stats``) of the top-k lists that ``recommender``
+    (a Model or a fitted baseline) gives at every evaluated event of ``test`` (the protocol's events: unknown
+    items dropped, sessions left shorter than 2 dropped, every prefix of a session but the whole)."""
+    k = _check_cutoffs([k])[0]
+    item_ids = recommender.item_ids
+    support = getattr(recommender, "item_support", None)
+    support = np.asarray(recommender.support if support is None else support, dtype=np.float64)
+    data, _, _ = prepare_test(item_ids, test)
+    sess, ends = evaluation_events(data)
+    starts = data.offsets[sess]
+    tops = []
+    for b0 in range(0, ends.size, batch_size):
+        s, e = starts[b0:b0 + batch_size], ends[b0:b0 + batch_size]
+        if hasattr(recommender, "score_prefixes"):  # the baselines score prefixes of item indices directly
+            sc = recommender.score_prefixes(data, sess[b0:b0 + batch_size], e)
+            kk = min(k, sc.shape[1])
+            top = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
+        else:
+            prefixes = [item_ids[data.items[a:z]] for a, z in zip(s, e)]
+            ids, scores = recommender.recommend_batch(prefixes, k=k)
+            ok = np.isfinite(scores)
+            top = np.full(ids.shape, -1, dtype=np.int64)
+            top[ok] = recommender.item_map.index(ids[ok], on_unknown="raise")[0]
+        tops.append(top)
+    top = np.concatenate(tops) if tops else np.zeros((0, k), dtype=np.int64)
+    return {f"{name}@{k}": v for name, v in recommendation_stats(top, support, len(item_ids)).items()}
+
+
 def tie_stats(n_equal, n_items: int) -> dict:
     """tie_share: share of targets tied with at least one other item; many_tie_share: share tied with
     max(TIE_MANY_ITEMS, TIE_MANY_SHARE * n_items) others or more."""

@@ -28,11 +28,13 @@ def _get(d: dict, k: int):
 
 
 def format_table(results: dict, title: str | None = None) -> str:
-    """A plain-text table: one row per recommender, recall@k and MRR@k for every cutoff, evaluated events."""
+    """A plain-text table: one row per recommender, recall@k, MRR@k and NDCG@k for every cutoff, the
+    beyond-accuracy columns (coverage@k, popularity@k, gini@k) where present, evaluated events."""
     if not results:
         raise ValueError("no results to tabulate")
     ks = _cutoffs(results)
-    cols = [f"recall@{k}" for k in ks] + [f"mrr@{k}" for k in ks]
+    extra = sorted({c for res in results.values() for c in res if c.split("@")[0] in ("coverage", "popularity", "gini")})
+    cols = [f"recall@{k}" for k in ks] + [f"mrr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + extra
     name_w = max(len("model"), *(len(n) for n in results))
     col_w = max(9, *(len(c) for c in cols))
     lines = []
@@ -42,7 +44,8 @@ def format_table(results: dict, title: str | None = None) -> str:
     lines.append(head)
     lines.append("-" * len(head))
     for name, res in results.items():
-        vals = [_get(res["recall"], k) for k in ks] + [_get(res["mrr"], k) for k in ks]
+        vals = ([_get(res["recall"], k) for k in ks] + [_get(res["mrr"], k) for k in ks]
+                + [_get(res.get("ndcg", {}), k) for k in ks] + [res.get(c) for c in extra])
         cells = "  ".join(f"{'-':>{col_w}}" if v is None else f"{v:>{col_w}.4f}" for v in vals)
         lines.append(f"{name:<{name_w}}  {cells}  {res.get('n_events', '')}")
     return "\n".join(lines)
@@ -54,17 +57,24 @@ def results_json(results: dict) -> dict:
     for name, res in results.items():
         r = {k: v for k, v in res.items() if k != "ranks"}
         r["recall"] = {str(k): float(v) for k, v in res["recall"].items()}
-        r["mrr"] = {str(k): float(v) for k, v in res["mrr"].items()}
+        for name_ in ("mrr", "ndcg", "hit_rate"):
+            if name_ in res:
+                r[name_] = {str(k): float(v) for k, v in res[name_].items()}
         out[name] = r
     return out
 
 
-def fit_baselines(train, test, cutoffs, mode: str = "standard", candidates=None) -> dict:
-    """POP, S-POP and item-kNN fitted on ``train`` and evaluated on ``test``: {name: result}."""
+def fit_baselines(train, test, cutoffs, mode: str = "standard", candidates=None, beyond_accuracy_k=None) -> dict:
+    """POP, S-POP and item-kNN fitted on ``train`` and evaluated on ``test``: {name: result} (with coverage,
+    popularity and Gini of their top-k lists when ``beyond_accuracy_k`` is given)."""
     from .baselines import POP, SPOP, ItemKNN
+    from .evaluate import beyond_accuracy
     out = {}
     for b in (POP(), SPOP(), ItemKNN()):
-        out[b.name] = b.fit(train).evaluate(test, cutoffs=cutoffs, mode=mode, candidates=candidates)
+        b.fit(train)
+        out[b.name] = b.evaluate(test, cutoffs=cutoffs, mode=mode, candidates=candidates)
+        if beyond_accuracy_k:
+            out[b.name].update(beyond_accuracy(b, test, beyond_accuracy_k))
     return out
 
 

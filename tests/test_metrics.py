@@ -99,3 +99,17 @@ def test_evaluate_argument_errors(small, bad, err, msg):
             g.evaluate(model, test, cutoffs=5)
         else:
             g.evaluate(model, test.to_pandas())
+
+
+def test_beyond_accuracy_of_model_and_baseline(small):
+    from gru4rec_kernels.evaluate import beyond_accuracy
+    train, test, model = small
+    pop = g.POP().fit(train)
+    b = beyond_accuracy(pop, test, 5)
+    assert b["coverage@5"] == pytest.approx(5 / train.n_items)  # POP recommends the same five items
+    assert b["popularity@5"] > 0.5
+    params = {k: (np.zeros_like(v) if k == "By" else v * 20) for k, v in model.params.items()}
+    varied = g.Model(model.cfg, model.item_ids, params, item_support=model.item_support)
+    m = beyond_accuracy(varied, test, 5)
+    assert m["coverage@5"] > b["coverage@5"]
+    assert 0 <= m["gini@5"] <= 1
