@@ -136,7 +136,7 @@ class CpuBackend(Backend):
     # ------------------------------------------------------------------ evaluation
     def reset_eval(self, batch_size: int) -> None:
         Bp = (batch_size + VW - 1) // VW * VW
-        work = make_workspace(self.cfg, batch_size, 0, self._sx_cols, self._ndense, self._head)
+        work = make_workspace(self.cfg, batch_size, 0, self._sx_cols, self._ndense, self._head, with_scores=False)
         self._eval = dict(B=batch_size, work=work, hid=np.zeros(batch_size * sum(self.cfg.layers), np.float32),
                           tscore=np.zeros(batch_size, np.float32),
                           hT=np.zeros((self.cfg.layers[-1], Bp), np.float32))

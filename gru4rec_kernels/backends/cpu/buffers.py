@@ -76,10 +76,12 @@ def make_hyper(cfg, keys: np.ndarray, logq_t=None, logq_s=None) -> Hyper:
                  np.ascontiguousarray(logq_t, dtype=np.float32), np.ascontiguousarray(logq_s, dtype=np.float32))
 
 
-def make_workspace(cfg, B: int, S: int, sx_cols: int, n_dense: int, head: np.ndarray) -> Workspace:
+def make_workspace(cfg, B: int, S: int, sx_cols: int, n_dense: int, head: np.ndarray,
+                   with_scores: bool = True) -> Workspace:
     """Zeroed buffers of a step with B rows and S samples (S = 0 for evaluation / inference). sx_cols: columns
     of the sparse input table (0 when constrained); n_dense: size of the flat dense buffer (bounds the clipping
-    norm's partial sums); head: the shared per-item array of -1 of the sparse update."""
+    norm's partial sums); head: the shared per-item array of -1 of the sparse update. with_scores=False: the
+    forward only (evaluation, inference): the score-side and sparse-update buffers are left 1 element wide."""
     f32 = np.float32
     in0 = embed_width(cfg)
     widths = ("a", 3), ("t2", 2), ("r", 1), ("z", 1), ("c", 1), ("rh", 1), ("t1", 1), ("out", 1), ("mask", 1), \
@@ -98,6 +100,8 @@ def make_workspace(cfg, B: int, S: int, sx_cols: int, n_dense: int, head: np.nda
     x0, mask0, dx0 = take(in0), take(in0), take(in0)
     O = B + S
     HL = cfg.layers[-1]
+    if not with_scores:
+        B = O = HL = 1
     n_slots = O + B
     n_partial = 16 + (n_dense + (n_slots + MR) * (HL + VW) + O + B * max(sx_cols, 1)) // CHUNK
     Op = (O + MR - 1) // MR * MR
