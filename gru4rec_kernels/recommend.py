@@ -21,11 +21,11 @@ Rules (the same for ``recommend_one``, ``recommend_batch``, ``Model.recommend`` 
 
 How (CPU, Numba):
 - one session: the GRU step is ``backends/cpu/gru.py``'s ``gru_fwd_row`` (per layer three mat-vecs in axpy
-  form and the training kernels' gate elements, no fast-math, so the same state is computed bit for bit whether the session is replayed at once or click by
-  click: this is what makes ``SessionRecommender`` equal to a replay). Scoring is fused with the top-k
-  (``topk._topk_one``): items are split into chunks, one per parallel task; each task computes its items' scores
-  (fast-math dot products) and keeps a bounded min-heap of its k best, then the heaps are merged. Nothing of
-  size N is materialised or sorted.
+  form and the training kernels' gate elements, no fast-math, so the same state is computed bit for bit
+  whether the session is replayed at once or click by click: this is what makes ``SessionRecommender`` equal
+  to a replay). Scoring is fused with the top-k (``topk._topk_one``): items are split into chunks, one per
+  parallel task; each task computes its items' scores (fast-math dot products) and keeps a bounded min-heap
+  of its k best, then the heaps are merged. Nothing of size N is materialised or sorted.
 - many sessions (``recommend_batch``): sessions are sorted by length and right-aligned, so at every step the
   sessions still running form a prefix of the batch: the training forward (``gru.gru_fwd_prefix``) runs over
   that prefix at every step (masking by slicing). Scoring is again fused with the top-k, in one Numba kernel
