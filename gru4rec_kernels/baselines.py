@@ -25,7 +25,7 @@ import numpy as np
 
 from .evaluate import evaluate_scorer
 from .itemmap import ItemMap
-from .recommend import check_k, topk_from_scores
+from .topk import check_k, topk_from_scores
 
 __all__ = ["POP", "SPOP", "ItemKNN"]
 

@@ -20,15 +20,16 @@ Rules (the same for ``recommend_one``, ``recommend_batch``, ``Model.recommend`` 
 - bad input (k < 1 or not an int, non-integer ids, nested sequences of the wrong shape) is a ``ValueError``.
 
 How (CPU, Numba):
-- one session: the GRU step runs in Numba (``_gru_replay``: per layer three mat-vecs written in axpy form, no
-  fast-math, so the same state is computed bit for bit whether the session is replayed at once or click by
-  click: this is what makes ``SessionRecommender`` equal to a replay). Scoring is fused with the top-k
-  (``_topk_one``): items are split into chunks, one per parallel task; each task computes its items' scores
-  (fast-math dot products) and keeps a bounded min-heap of its k best, then the heaps are merged. Nothing of
-  size N is materialised or sorted.
+- one session: the GRU step is ``backends/cpu/gru.py``'s ``gru_fwd_row`` (per layer three mat-vecs in axpy
+  form and the training kernels' gate elements, no fast-math, so the same state is computed bit for bit
+  whether the session is replayed at once or click by click: this is what makes ``SessionRecommender`` equal
+  to a replay). Scoring is fused with the top-k (``topk._topk_one``): items are split into chunks, one per
+  parallel task; each task computes its items' scores (fast-math dot products) and keeps a bounded min-heap
+  of its k best, then the heaps are merged. Nothing of size N is materialised or sorted.
 - many sessions (``recommend_batch``): sessions are sorted by length and right-aligned, so at every step the
-  sessions still running form a prefix of the batch: one GEMM per layer and step over that prefix (masking by
-  slicing). Scoring is again fused with the top-k, in one Numba kernel (``_topk_rows``): parallel tasks of 32
+  sessions still running form a prefix of the batch: the training forward (``gru.gru_fwd_prefix``) runs over
+  that prefix at every step (masking by slicing). Scoring is again fused with the top-k, in one Numba kernel
+  (``topk._topk_rows``): parallel tasks of 32
   rows x a range of items; a task sweeps its items in L2-sized tiles and computes four rows' dot products per
   pass over an item vector, pushing each score into that row's heap. Alternatives: ``np.argpartition`` on a
   BLAS score tile was not used because it picks arbitrarily among scores tied at the k-th place (ties would
@@ -38,8 +39,8 @@ How (CPU, Numba):
   items, three runs each: BLAS + Numba 2.4-2.8 s wall (1.2-1.35 CPU-s); the same with OPENBLAS_NUM_THREADS=1
   set before numpy loads 0.84-1.17 s (0.42-0.44 CPU-s); this kernel 1.10-1.11 s (0.55 CPU-s). The library
   cannot set OpenBLAS's threads for the user, so the kernel that is never pathological is the default.
-  Batch hidden states come from BLAS GEMMs, single-session ones from the Numba step: they agree to float32
-  rounding (rankings can differ only between items whose scores are within rounding of each other).
+  Batch hidden states come from the GEMM micro-kernel, single-session ones from the serial row step: they
+  agree to float32 rounding (rankings can differ only between items whose scores are within rounding of each other).
 - threads: the single-session scorer splits items over Numba's threads. On a machine whose cores are busy
   with other work a parallel region waits for its slowest thread; a serving process that answers many
   requests at once should rather call ``numba.set_num_threads(1)`` in each request thread (one core per
@@ -57,379 +58,24 @@ import weakref
 
 import numba
 import numpy as np
-from numba import njit, prange
 
+from .backends.cpu.buffers import (Hyper, Params, layer_params, make_hyper, make_workspace, placeholder,
+                                   sx_name)
+from .backends.cpu.gru import gru_fwd_prefix, gru_fwd_row
+from .codes import MODE_ONEHOT
 from .itemmap import as_item_array
+from .topk import ITEM_TILE, _topk_one, _topk_rows, check_k, topk_from_scores
 
 __all__ = ["recommend_one", "recommend_batch", "continue_sequence", "topk_from_scores", "as_item_array",
            "check_k"]
 
-_F1 = np.float32(1.0)
-_F0 = np.float32(0.0)
-_NEG_INF = np.float32(-np.inf)
-
-# Batch scorer: rows per parallel task (they share every item tile) and items per tile (512 x H=100 float32 =
-# 200 KiB: stays in L2 while the task's rows use it).
+# Batch scorer: rows per parallel task (they share every item tile of topk.ITEM_TILE items).
 ROWS_PER_TASK = 32
-ITEM_TILE = 512
 # Chunks per thread for the single-session scorer (more chunks = better balance on a busy machine).
 CHUNKS_PER_THREAD = 4
 
 
-# ================================================================================================ Numba: heap
-@njit(inline="always")
-def _worse(s1, i1, s2, i2):
-    """(s1, i1) ranks after (s2, i2): lower score, or equal score and higher item index."""
-    return s1 < s2 or (s1 == s2 and i1 > i2)
-
-
-@njit
-def _sift_down(hs, hi, j, n):
-    while True:
-        l = 2 * j + 1
-        if l >= n:
-            return
-        m = l
-        r = l + 1
-        if r < n and _worse(hs[r], hi[r], hs[l], hi[l]):
-            m = r
-        if _worse(hs[m], hi[m], hs[j], hi[j]):
-            ts = hs[j]
-            ti = hi[j]
-            hs[j] = hs[m]
-            hi[j] = hi[m]
-            hs[m] = ts
-            hi[m] = ti
-            j = m
-        else:
-            return
-
-
-@njit
-def _push(hs, hi, n, k, s, i):
-    """Offer (s, i) to a min-heap (root = the worst kept) of capacity k holding n entries; returns the new n."""
-    if n < k:
-        j = n
-        hs[j] = s
-        hi[j] = i
-        while j > 0:
-            p = (j - 1) >> 1
-            if _worse(hs[j], hi[j], hs[p], hi[p]):
-                ts = hs[j]
-                ti = hi[j]
-                hs[j] = hs[p]
-                hi[j] = hi[p]
-                hs[p] = ts
-                hi[p] = ti
-                j = p
-            else:
-                break
-        return n + 1
-    if not _worse(hs[0], hi[0], s, i):
-        return n
-    hs[0] = s
-    hi[0] = i
-    _sift_down(hs, hi, 0, k)
-    return n
-
-
-@njit(inline="always")
-def _offer(hs, hi, n, k, s, i):
-    """_push with its common case inlined: a full heap whose worst entry beats (s, i) rejects it."""
-    if n == k and not _worse(hs[0], hi[0], s, i):
-        return n
-    return _push(hs, hi, n, k, s, i)
-
-
-@njit
-def _heap_sort_best_first(hs, hi, n):
-    """Sort a heap of n entries in place, best first (pop the worst to the end, n-1 times)."""
-    for end in range(n - 1, 0, -1):
-        ts = hs[0]
-        ti = hi[0]
-        hs[0] = hs[end]
-        hi[0] = hi[end]
-        hs[end] = ts
-        hi[end] = ti
-        _sift_down(hs, hi, 0, end)
-
-
-@njit(inline="always")
-def _act(z, code, a):
-    """Final activation (config.parse_final_act codes): linear, tanh, relu, elu-a, leaky-a."""
-    if code == 0:
-        return z
-    if code == 1:
-        return np.tanh(z)
-    if code == 2:
-        return z if z > 0 else _F0
-    if code == 3:
-        return z if z > 0 else a * np.expm1(z)
-    return z if z > 0 else a * z
-
-
-# ================================================================================================ Numba: GRU
-@njit(inline="always")
-def _sigmoid(x):
-    if x >= 0:
-        return _F1 / (_F1 + np.exp(-x))
-    e = np.exp(x)
-    return e / (_F1 + e)
-
-
-@njit(cache=True)
-def _gru_replay(items, state, mode, emb, Wx, Wrz, Wh, Bh, work):
-    """Advance ``state`` (all layers' hidden states, concatenated, float32) by the item indices ``items``.
-
-    mode: 0 one-hot (layer-0 pre-activation is the row Wx[0][item]), 1 constrained (x = Wy[item]), 2 separate
-    embedding (x = E[item]); ``emb`` is Wx0, Wy or E accordingly. Wx, Wrz, Wh, Bh: tuples over layers.
-    work: float32 scratch of at least 6 * max(H). Same equations as reference.gru_fwd, one row.
-    """
-    L = len(Wrz)
-    for t in range(items.shape[0]):
-        it = items[t]
-        so = 0
-        prev = 0
-        for l in range(L):
-            H = Wh[l].shape[0]
-            a = work[0:3 * H]
-            g = work[3 * H:5 * H]
-            rh = work[5 * H:6 * H]
-            bh = Bh[l]
-            if l == 0 and mode == 0:
-                w0 = emb[it]
-                for c in range(3 * H):
-                    a[c] = w0[c] + bh[c]
-            else:
-                W = Wx[l]
-                IN = W.shape[0]
-                for c in range(3 * H):
-                    a[c] = _F0
-                for j in range(IN):
-                    xj = emb[it, j] if l == 0 else state[prev + j]
-                    for c in range(3 * H):
-                        a[c] += xj * W[j, c]
-                for c in range(3 * H):
-                    a[c] += bh[c]
-            h = state[so:so + H]
-            U = Wrz[l]
-            for c in range(2 * H):
-                g[c] = _F0
-            for j in range(H):
-                hj = h[j]
-                for c in range(2 * H):
-                    g[c] += hj * U[j, c]
-            # g <- r (first H), z (next H)
-            for c in range(2 * H):
-                g[c] = _sigmoid(a[H + c] + g[c])
-            for j in range(H):
-                rh[j] = g[j] * h[j]
-            Uh = Wh[l]
-            # a[0:H] += (r * h) @ Uh
-            for j in range(H):
-                v = rh[j]
-                for c in range(H):
-                    a[c] += v * Uh[j, c]
-            for c in range(H):
-                z = g[H + c]
-                h[c] = (_F1 - z) * h[c] + z * np.tanh(a[c])
-            prev = so
-            so += H
-
-
-# ================================================================================================ Numba: scoring
-@njit(fastmath=True, inline="always")
-def _dot(h, W, i):
-    acc = np.float32(0.0)
-    for j in range(h.shape[0]):
-        acc += h[j] * W[i, j]
-    return acc
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _topk_one(h, Wy, By, code, a, k, cand, use_cand, excl, n_chunks):
-    """Top-k of f(h @ Wy.T + By) over all items (use_cand=False; skipping the sorted indices ``excl``) or over the
-    sorted indices ``cand`` (use_cand=True; exclusions already removed). Returns (indices, scores) best first."""
-    n = cand.shape[0] if use_cand else Wy.shape[0]
-    step = (n + n_chunks - 1) // n_chunks
-    hs = np.empty((n_chunks, k), dtype=np.float32)
-    hi = np.empty((n_chunks, k), dtype=np.int64)
-    cnt = np.zeros(n_chunks, dtype=np.int64)
-    ne = excl.shape[0]
-    for c in prange(n_chunks):
-        lo = c * step
-        up = min(n, lo + step)
-        m = 0
-        hsc = hs[c]
-        hic = hi[c]
-        if use_cand:
-            for p in range(lo, up):
-                i = cand[p]
-                s = _act(_dot(h, Wy, i) + By[i], code, a)
-                m = _offer(hsc, hic, m, k, s, i)
-        else:
-            e = np.searchsorted(excl, lo) if ne > 0 else 0
-            for i in range(lo, up):
-                if e < ne and excl[e] == i:
-                    e += 1
-                    continue
-                s = _act(_dot(h, Wy, i) + By[i], code, a)
-                m = _offer(hsc, hic, m, k, s, i)
-        cnt[c] = m
-    out_s = np.empty(k, dtype=np.float32)
-    out_i = np.empty(k, dtype=np.int64)
-    m = 0
-    for c in range(n_chunks):
-        for j in range(cnt[c]):
-            m = _offer(out_s, out_i, m, k, hs[c, j], hi[c, j])
-    _heap_sort_best_first(out_s, out_i, m)
-    return out_i[:m], out_s[:m]
-
-
-@njit(inline="always")
-def _skip(ex_idx, e, ee, i):
-    """Advance the exclusion pointer e (sorted ex_idx[e:ee]) to item i; returns (new e, whether i is excluded)."""
-    while e < ee and ex_idx[e] < i:
-        e += 1
-    return e, (e < ee and ex_idx[e] == i)
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _topk_rows(Hr, Wy, By, code, a, k, cand, use_cand, ex_ptr, ex_end, ex_idx, rows_per_task, n_item_chunks):
-    """Fused score + top-k for many rows: Hr [R, H] hidden states; items = all (use_cand=False) or the sorted
-    indices ``cand``; row r never gets the sorted indices ex_idx[ex_ptr[r]:ex_end[r]].
-
-    Tasks are (block of rows_per_task rows) x (one of n_item_chunks item ranges), in parallel. A task sweeps
-    its item range in tiles of ITEM_TILE items (kept in L2 while every row of the block uses them), scoring 4
-    rows at a time (one pass over each item vector feeds four dot products), and keeps a heap per row; the
-    per-chunk heaps are merged at the end. Returns (top_i [R, k], top_s [R, k], cnt [R]) best first.
-    """
-    R = Hr.shape[0]
-    H = Hr.shape[1]
-    n = cand.shape[0] if use_cand else Wy.shape[0]
-    P = n_item_chunks
-    step = (n + P - 1) // P
-    nrb = (R + rows_per_task - 1) // rows_per_task
-    hs = np.empty((P, R, k), dtype=np.float32)
-    hi = np.empty((P, R, k), dtype=np.int64)
-    cnt = np.zeros((P, R), dtype=np.int64)
-    for task in prange(nrb * P):
-        rb = task // P
-        c = task - rb * P
-        r0 = rb * rows_per_task
-        r1 = min(R, r0 + rows_per_task)
-        lo = c * step
-        up = min(n, lo + step)
-        if lo >= up:
-            continue
-        first = cand[lo] if use_cand else lo
-        ep = np.empty(r1 - r0, dtype=np.int64)
-        for r in range(r0, r1):
-            ep[r - r0] = ex_ptr[r] + np.searchsorted(ex_idx[ex_ptr[r]:ex_end[r]], first)
-        for t0 in range(lo, up, ITEM_TILE):
-            t1 = min(up, t0 + ITEM_TILE)
-            r = r0
-            while r + 4 <= r1:
-                h0 = Hr[r]
-                h1 = Hr[r + 1]
-                h2 = Hr[r + 2]
-                h3 = Hr[r + 3]
-                e0 = ep[r - r0]
-                e1 = ep[r - r0 + 1]
-                e2 = ep[r - r0 + 2]
-                e3 = ep[r - r0 + 3]
-                m0 = cnt[c, r]
-                m1 = cnt[c, r + 1]
-                m2 = cnt[c, r + 2]
-                m3 = cnt[c, r + 3]
-                for p in range(t0, t1):
-                    i = cand[p] if use_cand else p
-                    s0 = np.float32(0.0)
-                    s1 = np.float32(0.0)
-                    s2 = np.float32(0.0)
-                    s3 = np.float32(0.0)
-                    for j in range(H):
-                        w = Wy[i, j]
-                        s0 += h0[j] * w
-                        s1 += h1[j] * w
-                        s2 += h2[j] * w
-                        s3 += h3[j] * w
-                    b = By[i]
-                    e0, x = _skip(ex_idx, e0, ex_end[r], i)
-                    if not x:
-                        m0 = _offer(hs[c, r], hi[c, r], m0, k, _act(s0 + b, code, a), i)
-                    e1, x = _skip(ex_idx, e1, ex_end[r + 1], i)
-                    if not x:
-                        m1 = _offer(hs[c, r + 1], hi[c, r + 1], m1, k, _act(s1 + b, code, a), i)
-                    e2, x = _skip(ex_idx, e2, ex_end[r + 2], i)
-                    if not x:
-                        m2 = _offer(hs[c, r + 2], hi[c, r + 2], m2, k, _act(s2 + b, code, a), i)
-                    e3, x = _skip(ex_idx, e3, ex_end[r + 3], i)
-                    if not x:
-                        m3 = _offer(hs[c, r + 3], hi[c, r + 3], m3, k, _act(s3 + b, code, a), i)
-                ep[r - r0] = e0
-                ep[r - r0 + 1] = e1
-                ep[r - r0 + 2] = e2
-                ep[r - r0 + 3] = e3
-                cnt[c, r] = m0
-                cnt[c, r + 1] = m1
-                cnt[c, r + 2] = m2
-                cnt[c, r + 3] = m3
-                r += 4
-            while r < r1:
-                h0 = Hr[r]
-                e0 = ep[r - r0]
-                m0 = cnt[c, r]
-                for p in range(t0, t1):
-                    i = cand[p] if use_cand else p
-                    e0, x = _skip(ex_idx, e0, ex_end[r], i)
-                    if not x:
-                        m0 = _offer(hs[c, r], hi[c, r], m0, k, _act(_dot(h0, Wy, i) + By[i], code, a), i)
-                ep[r - r0] = e0
-                cnt[c, r] = m0
-                r += 1
-    top_s = np.empty((R, k), dtype=np.float32)
-    top_i = np.empty((R, k), dtype=np.int64)
-    out_n = np.zeros(R, dtype=np.int64)
-    for r in prange(R):
-        m = 0
-        for c in range(P):
-            for j in range(cnt[c, r]):
-                m = _offer(top_s[r], top_i[r], m, k, hs[c, r, j], hi[c, r, j])
-        _heap_sort_best_first(top_s[r], top_i[r], m)
-        out_n[r] = m
-    return top_i, top_s, out_n
-
-
-@njit(cache=True)
-def _topk_scores(scores, k, cand, use_cand, excl):
-    """Top-k of a given score vector (any float dtype), as _topk_one but without computing the scores."""
-    out_s = np.empty(k, dtype=scores.dtype)
-    out_i = np.empty(k, dtype=np.int64)
-    m = 0
-    ne = excl.shape[0]
-    if use_cand:
-        for p in range(cand.shape[0]):
-            i = cand[p]
-            m = _offer(out_s, out_i, m, k, scores[i], i)
-    else:
-        e = 0
-        for i in range(scores.shape[0]):
-            if e < ne and excl[e] == i:
-                e += 1
-                continue
-            m = _offer(out_s, out_i, m, k, scores[i], i)
-    _heap_sort_best_first(out_s, out_i, m)
-    return out_i[:m], out_s[:m]
-
-
 # ================================================================================================ input checks
-def check_k(k) -> int:
-    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"k must be a positive int; got {k!r}")
-    return int(k)
-
-
 def _is_nested(x) -> bool:
     if isinstance(x, np.ndarray):
         return x.ndim == 2 or (x.dtype == object and x.size > 0 and not np.isscalar(x.flat[0]))
@@ -453,18 +99,17 @@ class _Engine:
         self.layers = list(cfg.layers)
         self.state_size = int(sum(self.layers))
         self.top_off = self.state_size - self.layers[-1]
-        mode = cfg.input_mode
-        self.mode = {"onehot": 0, "constrained": 1, "embedding": 2}[mode]
-        self.emb = {"onehot": P.get("Wx0"), "constrained": P["Wy"], "embedding": P.get("E")}[mode]
-        L = len(self.layers)
-        self.Wx = tuple(P[f"Wx{l}"] for l in range(L))
-        self.Wrz = tuple(P[f"Wrz{l}"] for l in range(L))
-        self.Wh = tuple(P[f"Wh{l}"] for l in range(L))
-        self.Bh = tuple(P[f"Bh{l}"] for l in range(L))
+        self.cfg = cfg
+        self.mode = cfg.input_mode_code
         self.Wy = P["Wy"]
         self.By = P["By"]
+        sx = sx_name(cfg)
+        # the GRU of backends/cpu/gru.py: the layer-0 input table (Wy, E or Wx0) and per-layer weights
+        self.emb = P["Wy"] if sx is None else P[sx]
+        self.params = Params(np.zeros(1, np.float32), self.Wy, self.By, placeholder() if sx is None else P[sx],
+                             layer_params(P, len(self.layers), self.mode == MODE_ONEHOT))
+        self.hyper: Hyper = make_hyper(cfg, np.zeros(1 + len(self.layers), dtype=np.int64))  # never drops out
         self.act_code, self.act_a = cfg.final_act_code
-        self.act_a = np.float32(self.act_a)
         self.support = np.asarray(model.item_support, dtype=np.float64)
         self._pop_order = None
         self._empty = np.zeros(0, dtype=np.int64)
@@ -491,7 +136,7 @@ class _Engine:
     def _work(self) -> np.ndarray:
         w = getattr(self._local, "work", None)
         if w is None:
-            w = self._local.work = np.empty(6 * max(self.layers), dtype=np.float32)
+            w = self._local.work = np.empty(7 * max(self.layers), dtype=np.float32)
         return w
 
     def new_state(self) -> np.ndarray:
@@ -500,7 +145,7 @@ class _Engine:
     def advance(self, state: np.ndarray, idx: np.ndarray) -> None:
         """Feed the item indices ``idx`` (int64) into ``state`` in place."""
         if idx.size:
-            _gru_replay(idx, state, self.mode, self.emb, self.Wx, self.Wrz, self.Wh, self.Bh, self._work())
+            gru_fwd_row(idx, state, self.mode, self.emb, self.params.layers, self._work())
 
     def replay(self, idx: np.ndarray) -> np.ndarray:
         st = self.new_state()
@@ -631,53 +276,32 @@ def _map_sessions(eng: _Engine, arrays: list, on_unknown: str):
     return pos[known].astype(np.int64), kept_len
 
 
-def _sigmoid_np(x):
-    with np.errstate(over="ignore"):
-        return np.float32(1.0) / (np.float32(1.0) + np.exp(-x))
-
-
 def batch_hidden(eng: _Engine, flat_idx: np.ndarray, lens: np.ndarray) -> np.ndarray:
     """Top-layer hidden state [n, H] after replaying n sessions (given flat, with lengths) together.
 
     Sessions are sorted by length (longest first) and right-aligned: at step t the running sessions are the
-    first m_t rows, so every layer is one GEMM over that prefix per step (the prefix slice is the mask).
-    Sessions of length 0 keep the zero state.
+    first m_t rows, so every layer is one set of GEMMs over that prefix per step (gru.gru_fwd_prefix: the
+    training forward of backends/cpu/gru.py without dropout). Sessions of length 0 keep the zero state.
     """
     n = lens.size
-    H_top = eng.layers[-1]
-    out = np.zeros((n, H_top), dtype=np.float32)
+    out = np.zeros((n, eng.layers[-1]), dtype=np.float32)
     if n == 0 or flat_idx.size == 0:
         return out
     order = np.argsort(-lens, kind="stable")
     sl = lens[order]
     T = int(sl[0])
     starts = np.concatenate(([0], np.cumsum(lens)[:-1]))[order]
-    # X[r, t]: item at step t of sorted row r (right-aligned); -1 before the session starts
-    pos_in = np.arange(T)[None, :] - (T - sl)[:, None]
+    # Xt[t, r]: item at step t of sorted row r (right-aligned); 0 (never read) before the session starts
+    pos_in = np.arange(T)[:, None] - (T - sl)[None, :]
     valid = pos_in >= 0
-    X = np.where(valid, flat_idx[np.minimum(starts[:, None] + np.maximum(pos_in, 0), flat_idx.size - 1)], -1)
-    m_t = valid.sum(axis=0)  # running rows per step (a prefix)
-    Hs = [np.zeros((n, h), dtype=np.float32) for h in eng.layers]
-    for t in range(T):
-        m = int(m_t[t])
-        x_items = X[:m, t]
-        y = None
-        for l, Hl in enumerate(eng.layers):
-            if l == 0:
-                if eng.mode == 0:
-                    a = eng.emb[x_items] + eng.Bh[0]
-                else:
-                    a = eng.emb[x_items] @ eng.Wx[0] + eng.Bh[0]
-            else:
-                a = y @ eng.Wx[l] + eng.Bh[l]
-            h = Hs[l][:m]
-            rz = _sigmoid_np(a[:, Hl:] + h @ eng.Wrz[l])
-            r, z = rz[:, :Hl], rz[:, Hl:]
-            c = np.tanh(a[:, :Hl] + (r * h) @ eng.Wh[l])
-            h_new = (np.float32(1.0) - z) * h + z * c
-            Hs[l][:m] = h_new
-            y = h_new
-    out[order] = Hs[-1]
+    Xt = np.where(valid, flat_idx[np.minimum(starts[None, :] + np.maximum(pos_in, 0), flat_idx.size - 1)], 0)
+    m_t = valid.sum(axis=1).astype(np.int64)  # running rows per step (a prefix)
+    cfg = eng.cfg
+    sx_cols = eng.params.Sx.shape[1] if sx_name(cfg) else 0
+    work = make_workspace(cfg, n, 0, sx_cols, 0, np.full(1, -1, np.int32), with_scores=False)
+    hid = tuple(np.zeros((n, h), dtype=np.float32) for h in eng.layers)
+    gru_fwd_prefix(eng.params, eng.hyper, work, hid, np.ascontiguousarray(Xt, dtype=np.int32), m_t)
+    out[order] = hid[-1]
     return out
 
 
@@ -794,18 +418,3 @@ def _continue(eng: _Engine, state, seen_idx, n, exclude_seen: bool, cand) -> np.
             state = eng.new_state()
         eng.advance(state, np.array([i], dtype=np.int64))
     return eng.item_ids[np.array(out, dtype=np.int64)]
-
-
-def topk_from_scores(scores: np.ndarray, k: int, exclude_idx=None, cand_idx=None):
-    """Top-k (indices, scores) of a precomputed score vector [N], best first, ties by index; exclude_idx /
-    cand_idx: sorted unique indices or None. Used by the baselines."""
-    k = check_k(k)
-    empty = np.zeros(0, dtype=np.int64)
-    if cand_idx is not None and exclude_idx is not None and exclude_idx.size:
-        cand_idx = np.setdiff1d(cand_idx, exclude_idx, assume_unique=True)
-    n_av = cand_idx.size if cand_idx is not None else scores.size - (0 if exclude_idx is None else exclude_idx.size)
-    k = min(k, n_av)
-    if k <= 0:
-        return empty, np.zeros(0, dtype=scores.dtype)
-    return _topk_scores(np.ascontiguousarray(scores), k, cand_idx if cand_idx is not None else empty,
-                        cand_idx is not None, exclude_idx if exclude_idx is not None else empty)

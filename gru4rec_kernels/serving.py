@@ -1,9 +1,9 @@
 """SessionRecommender: serve a model to live sessions, one click at a time.
 
 Per session id it keeps the GRU hidden state (all layers, float32) and, for ``exclude_seen`` and
-``continue_sequence`` only, the clicked item history. A click is one GRU step (the same Numba function that
-``recommend_one`` uses to replay a session, so ``recommend(sid)`` equals ``recommend_one(model, all clicks)``
-exactly, ranks and scores). Memory is bounded:
+``continue_sequence`` only, the clicked item history. A click is one GRU step (``gru_fwd_row`` of
+``backends/cpu/gru.py``, the function ``recommend_one`` uses to replay a session, so ``recommend(sid)`` equals
+``recommend_one(model, all clicks)`` exactly, ranks and scores). Memory is bounded:
 
 - LRU over sessions: at most ``max_sessions`` are kept (an ``OrderedDict`` in access order; a click or a
   recommend is an access); the least recently used one is dropped when a new one would exceed the bound;

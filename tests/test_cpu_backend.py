@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gru4rec_kernels import rng as grng
-from gru4rec_kernels.backends import cpu as cpu_mod
+from gru4rec_kernels.backends.cpu import gemm, gru
 from gru4rec_kernels.backends.cpu import CpuBackend
 from gru4rec_kernels.backends.numpy import NumpyBackend
 from gru4rec_kernels.config import LOSSES
@@ -104,16 +104,16 @@ def test_dropout_masks_are_the_philox_masks():
         if layer == -1:  # the input-embedding kernel: x = src[X] * mask
             x = np.zeros((B, W), np.float32)
             mask = np.zeros((B, W), np.float32)
-            cpu_mod._embed_input(np.ones((3, W), np.float32), np.array([0, 2, 1, 1, 0], np.int32), x, mask, p,
-                                 key, step, scale)
+            gru.embed_input(np.ones((3, W), np.float32), np.array([0, 2, 1, 1, 0], np.int32), x, mask, p,
+                            key, step, scale)
             np.testing.assert_array_equal(x, want)
         else:  # the GRU output kernel: out = h' * mask
             mask = np.zeros((B, W), np.float32)
             out = np.zeros((B, W), np.float32)
             z = np.ones((B, W), np.float32)  # z = 1: h' = c = tanh(a + t1) = tanh(1)
             a = np.ones((B, 3 * W), np.float32)
-            cpu_mod._gates_out(a, np.zeros((B, W), np.float32), np.zeros((B, W), np.float32), z,
-                               np.zeros((B, W), np.float32), out, mask, p, key, step, scale)
+            gru.gru_fwd_out(a, np.zeros((B, W), np.float32), np.zeros((B, W), np.float32), z,
+                            np.zeros((B, W), np.float32), out, mask, p, key, step, scale)
             np.testing.assert_array_equal(out, np.float32(np.tanh(1.0)) * want)
         np.testing.assert_array_equal(mask, want)
 
@@ -125,13 +125,10 @@ def test_dropout_masks_of_a_training_step_are_the_backend_masks():
     be = CpuBackend(cfg, N_ITEMS, params)
     be.train_step(st.X, st.Y, st.active, st.reset, 41)
     emb, hidden = be.dropout_masks(41, 3)
-    buf = be._train
-    lay, ip, ws = buf["lay"], buf["ip"], buf["ws"]
-    W0 = ip[cpu_mod.I_IN0]
-    np.testing.assert_array_equal(ws[ip[cpu_mod.I_OM0]:ip[cpu_mod.I_OM0] + 3 * W0].reshape(3, W0), emb)
-    for l, H in enumerate(cfg.layers):
-        o = lay[l, cpu_mod.L_MASK]
-        np.testing.assert_array_equal(ws[o:o + 3 * H].reshape(3, H), hidden[l])
+    work = be._train["work"]
+    np.testing.assert_array_equal(work.mask0, emb)
+    for l in range(len(cfg.layers)):
+        np.testing.assert_array_equal(work.layers[l].mask, hidden[l])
 
 
 @pytest.mark.parametrize("act", ["linear", "tanh", "elu-0.5", "leaky-0.1"])
@@ -277,11 +274,11 @@ def test_gemm_microkernel(M, N, K):
     for how in ("nn", "tn", "transposed"):
         buf, C = guarded((N, M) if how == "transposed" else (M, N))
         if how == "nn":
-            cpu_mod._mm(A, Bm, C)
+            gemm.mm(A, Bm, C)
         elif how == "tn":
-            cpu_mod._mm_tn(np.ascontiguousarray(A.T), Bm, C)
+            gemm.mm_tn(np.ascontiguousarray(A.T), Bm, C)
         else:
-            cpu_mod._gemm(A.reshape(-1), K, 1, Bm.reshape(-1), N, C.reshape(-1), 1, M, M, N, K)
+            gemm.gemm(A.reshape(-1), K, 1, Bm.reshape(-1), N, C.reshape(-1), 1, M, M, N, K)
             C = C.T
         np.testing.assert_allclose(C, want, rtol=1e-5, atol=1e-5 * max(K, 1), err_msg=how)
         assert np.all(buf[:G] == 7.0) and np.all(buf[-G:] == 7.0), f"{how}: wrote outside C"

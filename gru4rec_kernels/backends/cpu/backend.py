@@ -1,0 +1,178 @@
+"""CpuBackend: the Numba CPU backend's Python side (state, buffers, argument checks); the kernels are in the
+sibling modules, one family each, like ``gru4rec_kernels/kernels``."""
+from __future__ import annotations
+
+import numpy as np
+
+from ...layout import allocate, dense_size
+from ...rng import dropout_key
+from ..base import Backend
+from .buffers import (Chunk, Grads, OptState, Params, grad_slots, layer_params, make_hyper, make_workspace,
+                      placeholder, sx_name)
+from .evaluate import eval_fwd, rank_counts
+from .gemm import VW
+from .step import train_chunk_steps
+
+
+class CpuBackend(Backend):
+    """Numba parallel CPU backend (float32). Same constructor as NumpyBackend minus ``dtype``."""
+
+    name = "cpu"
+
+    def __init__(self, cfg, n_items, params, logq_target=None, logq_sample=None):
+        super().__init__(cfg, n_items, params, logq_target, logq_sample)
+        specs = self.specs
+        # parameters, their gradients, Adagrad accumulators and momenta: dense ones are views into one flat
+        # buffer each (layout order)
+        self.flat, self.params = allocate(specs, np.float32)
+        self.acc_flat, self.acc = allocate(specs, np.float32)
+        self.mom_flat, self.mom = allocate(specs, np.float32)
+        self.gflat, gdense = allocate(specs, np.float32)
+        for s in specs:
+            given = np.asarray(params[s.name])
+            if given.shape != tuple(s.shape):
+                raise ValueError(f"params[{s.name!r}] has shape {given.shape}; expected {tuple(s.shape)}")
+            self.params[s.name][...] = given
+        self._ndense = dense_size(specs)
+        L = len(cfg.layers)
+        onehot = cfg.input_mode == "onehot"
+        self._sx_name = sx_name(cfg)
+        pick = (lambda d: d[self._sx_name]) if self._sx_name else (lambda d: placeholder())
+        self._sx_cols = self.params[self._sx_name].shape[1] if self._sx_name else 0
+        self._p = Params(self.flat, self.params["Wy"], self.params["By"], pick(self.params),
+                         layer_params(self.params, L, onehot))
+        self._grad_layers = layer_params(gdense, L, onehot)
+        self._opt = OptState(self.acc_flat, self.mom_flat, self.acc["Wy"], self.mom["Wy"], self.acc["By"],
+                             self.mom["By"], pick(self.acc), pick(self.mom))
+        self._act = cfg.final_act_code
+        keys = np.array([dropout_key(cfg.seed, l) for l in range(-1, L)], dtype=np.int64)
+        self._hyper = make_hyper(cfg, keys, logq_target, logq_sample)
+        self._head = np.full(self.n_items, -1, dtype=np.int32)
+        self._train = None  # (B, S, Workspace, Grads) of training
+        self._hid = None  # flat hidden state of training, or None (= zeros at the next step)
+        self._eval = None  # evaluation buffers for one batch size
+
+    def _buffers(self, B, S):
+        if self._train is not None and self._train["B"] == B and self._train["S"] == S:
+            return self._train
+        work = make_workspace(self.cfg, B, S, self._sx_cols, self._ndense, self._head)
+        gWy, gBy, gSx = grad_slots(self.cfg, B, S, self._sx_cols)
+        self._train = dict(B=B, S=S, work=work, grads=Grads(self.gflat, gWy, gBy, gSx, self._grad_layers),
+                           n_hid=B * sum(self.cfg.layers))
+        return self._train
+
+    # ------------------------------------------------------------------ training
+    def train_chunk(self, inputs, targets, active, reset, samples, step0: int) -> np.ndarray:
+        inputs = np.ascontiguousarray(inputs, dtype=np.int32)
+        targets = np.ascontiguousarray(targets, dtype=np.int32)
+        active = np.ascontiguousarray(active, dtype=np.bool_)
+        reset = np.ascontiguousarray(reset, dtype=np.bool_)
+        T, B = inputs.shape
+        samples = np.ascontiguousarray(samples, dtype=np.int32).reshape(T, -1)
+        S = samples.shape[1]
+        self._check_ids(inputs, "inputs")
+        self._check_ids(targets, "targets")
+        self._check_ids(samples, "samples")
+        buf = self._buffers(B, S)
+        if self._hid is not None and self._hid.shape[0] != buf["n_hid"]:
+            self._hid = None
+        if self._hid is None:
+            self._hid = np.zeros(buf["n_hid"], dtype=np.float32)
+        losses = np.empty(T, dtype=np.float64)
+        chunk = Chunk(inputs, targets, active, reset, samples, np.int64(step0))
+        train_chunk_steps(self._p, buf["grads"], self._opt, buf["work"], self._hyper,
+                          tuple(self._split_hidden(self._hid, B)), chunk, losses)
+        return losses
+
+    def train_step(self, X, Y, active, reset, step: int) -> float:
+        X = np.asarray(X)
+        B = X.shape[0]
+        Y = np.asarray(Y)
+        return float(self.train_chunk(X[None], Y[None, :B], np.asarray(active)[None], np.asarray(reset)[None],
+                                      Y[None, B:], step)[0])
+
+    def _check_ids(self, a, name):
+        if a.size and (a.min() < 0 or a.max() >= self.n_items):
+            raise ValueError(f"{name} holds item ids outside [0, {self.n_items}): min {a.min()}, max {a.max()}")
+
+    def reset_hidden(self) -> None:
+        self._hid = None
+
+    # ------------------------------------------------------------------ state exchange
+    def get_params(self) -> dict:
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def get_opt_state(self) -> dict:
+        return {"acc": {k: v.copy() for k, v in self.acc.items()}, "mom": {k: v.copy() for k, v in self.mom.items()}}
+
+    def set_opt_state(self, state: dict) -> None:
+        for s, d in (("acc", self.acc), ("mom", self.mom)):
+            for k, v in state[s].items():
+                d[k][...] = v
+
+    def _split_hidden(self, flat, B):
+        out = []
+        off = 0
+        for H in self.cfg.layers:
+            out.append(flat[off:off + B * H].reshape(B, H))
+            off += B * H
+        return out
+
+    def get_hidden(self) -> list:
+        if self._hid is None:
+            return []
+        B = self._hid.shape[0] // sum(self.cfg.layers)
+        return [h.copy() for h in self._split_hidden(self._hid, B)]
+
+    def set_hidden(self, H: list) -> None:
+        if len(H) != len(self.cfg.layers):
+            raise ValueError(f"set_hidden needs {len(self.cfg.layers)} arrays (one per layer); got {len(H)}")
+        B = np.asarray(H[0]).shape[0]
+        for h, Hl in zip(H, self.cfg.layers):
+            if np.asarray(h).shape != (B, Hl):
+                raise ValueError(f"hidden state of shape {np.asarray(h).shape}; expected {(B, Hl)}")
+        self._hid = np.concatenate([np.asarray(h, dtype=np.float32).reshape(-1) for h in H])
+
+    # ------------------------------------------------------------------ evaluation
+    def reset_eval(self, batch_size: int) -> None:
+        Bp = (batch_size + VW - 1) // VW * VW
+        work = make_workspace(self.cfg, batch_size, 0, self._sx_cols, self._ndense, self._head, with_scores=False)
+        self._eval = dict(B=batch_size, work=work, hid=np.zeros(batch_size * sum(self.cfg.layers), np.float32),
+                          tscore=np.zeros(batch_size, np.float32),
+                          hT=np.zeros((self.cfg.layers[-1], Bp), np.float32))
+
+    def eval_step(self, X, targets, reset, active, candidates=None):
+        if self._eval is None:
+            raise RuntimeError("call reset_eval(batch_size) before eval_step")
+        ev = self._eval
+        X = np.ascontiguousarray(X, dtype=np.int32)
+        targets = np.ascontiguousarray(targets, dtype=np.int32)
+        reset = np.ascontiguousarray(reset, dtype=np.bool_)
+        B = X.shape[0]
+        if B != ev["B"]:
+            raise ValueError(f"eval_step got {B} rows; reset_eval was called with batch_size={ev['B']}")
+        self._check_ids(X, "X")
+        self._check_ids(targets, "targets")
+        eval_fwd(self._p, self._hyper, ev["work"], tuple(self._split_hidden(ev["hid"], B)), X, reset)
+        if candidates is None:
+            items = ev.get("all_items")
+            if items is None or items.shape[0] != self.n_items:
+                items = ev["all_items"] = np.arange(self.n_items, dtype=np.int32)
+        else:
+            items = np.ascontiguousarray(candidates, dtype=np.int32).reshape(-1)
+            self._check_ids(items, "candidates")
+        top = self._split_hidden(ev["hid"], B)[-1]
+        nchunk = max(1, min(64, (items.shape[0] + 255) // 256))  # chunks of >= 256 items
+        part_gt = np.empty((nchunk, B), np.int64)
+        part_eq = np.empty((nchunk, B), np.int64)
+        n_gt = np.empty(B, np.int64)
+        n_eq = np.empty(B, np.int64)
+        if items.shape[0] == 0:
+            n_gt[:] = 0
+            n_eq[:] = 1
+            return n_gt, n_eq
+        rank_counts(top, ev["hT"], self.params["Wy"], self.params["By"], items, targets, self._act[0],
+                    self._act[1], ev["tscore"], n_gt, n_eq, part_gt, part_eq)
+        if candidates is not None:
+            np.maximum(n_eq, 1, out=n_eq)
+        return n_gt, n_eq

@@ -1,0 +1,337 @@
+"""GEMMs without BLAS: one micro-kernel in LLVM IR and the tile loops around it (every product of the backend).
+
+Why no BLAS. On this project's 2-core machines Numba's OpenMP workers keep spinning after a parallel region and
+OpenBLAS's threads after a GEMM: interleaving BLAS GEMMs (numpy's or Numba's ``np.dot``) with ``prange``
+kernels measured 10-40x slower than either alone (a 0.3 ms group of GEMMs took 7 ms), and a single-threaded
+BLAS inside ``prange`` needs a process-wide OpenBLAS setting. So every product goes through one micro-kernel
+written in LLVM IR (a Numba intrinsic): an 8 x 32 tile of C held in 16 AVX-512 registers (8 x 16 in AVX2
+registers without AVX-512), masked loads / stores at the edges, raw addresses and element strides so that one
+kernel serves A B, A^T B and a transposed store. It measured 70-80 GFMA/s per core here (single-threaded
+OpenBLAS: ~50), and ``prange`` over tiles uses both cores. The loop vectoriser alone never keeps such a tile
+in registers (4x4 dot-product tiles reached 25-30 GFMA/s). Inside ``prange`` bodies arrays are indexed, never
+sliced per iteration: a view takes an atomic reference on the shared array, and thousands of those per region
+measured 5x slower.
+
+    mk_rows1/2, mk_cols1/2, mk_acc1/2   the micro-kernel: store, transposed store, accumulate (1 or 2 vectors)
+    tiles                               serial loop over the tiles of one product (inside other kernels)
+    gemm / mm / mm_tn                   parallel C = A B (strided; plain; A^T B)
+    gemm_nt                             C = A B^T in dot-product form (dc U_h^T, da Wx^T)
+    job / gemm_batch                    several independent products in one parallel region
+"""
+from __future__ import annotations
+
+import llvmlite.binding as llvm
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+FM_SUM = {"reassoc", "contract"}  # GEMMs and plain sums only: vectorised reductions and FMA
+
+
+@intrinsic
+def prefetch(typingctx, addr):
+    """Software prefetch of the cache line at byte address addr (llvm.prefetch: read, keep in all levels)."""
+    sig = types.void(types.uintp)
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        ptr = builder.inttoptr(args[0], ir.IntType(8).as_pointer())
+        fn = builder.module.globals.get("llvm.prefetch.p0") or ir.Function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, i32, i32, i32]), name="llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def prefetch_row(base, row, row_bytes):
+    """Prefetch every cache line of row ``row`` of a C-contiguous matrix at base (row_bytes bytes per row)."""
+    start = base + row * row_bytes
+    for off in range(0, row_bytes, 64):
+        prefetch(start + off)
+
+
+# ============================================================================================== GEMMs
+# The micro-kernel: one MR x (NV VW) tile of C = A @ B accumulated in MR NV vector registers of VW float32 lanes:
+#     for k < K:  b_v = B[k, v VW:(v+1) VW] (NV vector loads);  acc[r][v] += broadcast(A[r, k]) * b_v
+# written as LLVM IR (a Numba intrinsic), because the loop vectoriser never keeps an outer-product tile in
+# registers. It reads A and B and writes C through raw addresses with element strides, so one kernel serves
+# A @ B, A^T @ B and a transposed store (C^T). Partial tiles (mvalid < MR rows, nvalid < NV VW columns) use
+# masked vector loads / stores, so edges cost the same as full tiles. 8 x 32 (16 accumulators of the 32 AVX-512
+# registers) hides the FMA latency and measured 70-80 GFMA/s on one core here (8 x 16: 50-60); without AVX-512,
+# VW = 8 (AVX2). Every C element is the k-ordered chain of its own products: deterministic, whatever the tiling
+# and the thread count.
+VW = 16 if llvm.get_host_cpu_features().get("avx512f", False) else 8
+MR = 8
+
+
+def _microkernel(NV: int, transposed_store: bool = False, accumulate: bool = False):
+    f32 = ir.FloatType()
+    i1 = ir.IntType(1)
+    i32 = ir.IntType(32)
+    i64 = ir.IntType(64)
+    vty = ir.VectorType(f32, VW)
+    mty = ir.VectorType(i1, VW)
+    pty = vty.as_pointer()
+
+    @intrinsic
+    def kernel(typingctx, a_addr, a_rs, a_ks, b_addr, b_ks, c_addr, c_rs, c_cs, K, mvalid, nvalid):
+        sig = types.void(types.uintp, types.intp, types.intp, types.uintp, types.intp, types.uintp, types.intp,
+                         types.intp, types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            a_addr, a_rs, a_ks, b_addr, b_ks, c_addr, c_rs, c_cs, K, mvalid, nvalid = args
+            mod = builder.module
+            mload = mod.globals.get(f"llvm.masked.load.v{VW}f32.p0") or ir.Function(
+                mod, ir.FunctionType(vty, [pty, i32, mty, vty]), name=f"llvm.masked.load.v{VW}f32.p0")
+            mstore = mod.globals.get(f"llvm.masked.store.v{VW}f32.p0") or ir.Function(
+                mod, ir.FunctionType(ir.VoidType(), [vty, pty, i32, mty]), name=f"llvm.masked.store.v{VW}f32.p0")
+            A = builder.inttoptr(a_addr, f32.as_pointer())
+            Bp = builder.inttoptr(b_addr, f32.as_pointer())
+            C = builder.inttoptr(c_addr, f32.as_pointer())
+            zero = ir.Constant(vty, [0.0] * VW)
+            splat = ir.Constant(ir.VectorType(i32, VW), [0] * VW)
+            align = ir.Constant(i32, 4)
+
+            def broadcast(value, vtype):
+                v = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(i32, 0))
+                return builder.shuffle_vector(v, ir.Constant(vtype, ir.Undefined), splat)
+
+            nv = broadcast(nvalid, ir.VectorType(i64, VW))
+            colmask = [builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, VW), [v * VW + l for l in range(VW)]),
+                                           nv) for v in range(NV)]  # lanes < nvalid
+            # row r of A is read from row min(r, mvalid - 1): rows past the edge stay in bounds (never stored)
+            last = builder.sub(mvalid, ir.Constant(i64, 1))
+            arow = []
+            for r in range(MR):
+                rr = ir.Constant(i64, r)
+                arow.append(builder.mul(builder.select(builder.icmp_signed("<", rr, mvalid), rr, last), a_rs))
+            entry = builder.block
+            head = builder.append_basic_block("mk.head")
+            body = builder.append_basic_block("mk.body")
+            done = builder.append_basic_block("mk.done")
+            builder.branch(head)
+            builder.position_at_end(head)
+            k = builder.phi(i64)
+            k.add_incoming(ir.Constant(i64, 0), entry)
+            acc = [[None] * NV for _ in range(MR)]
+            for r in range(MR):
+                for v in range(NV):
+                    acc[r][v] = builder.phi(vty)
+                    acc[r][v].add_incoming(zero, entry)
+            builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+            builder.position_at_end(body)
+            brow = builder.gep(Bp, [builder.mul(k, b_ks)])
+            b = [builder.call(mload, [builder.bitcast(builder.gep(brow, [ir.Constant(i64, v * VW)]), pty), align,
+                                      colmask[v], zero]) for v in range(NV)]
+            ka = builder.mul(k, a_ks)
+            new = [[None] * NV for _ in range(MR)]
+            for r in range(MR):
+                av = broadcast(builder.load(builder.gep(A, [builder.add(ka, arow[r])]), align=4), vty)
+                for v in range(NV):
+                    new[r][v] = builder.fadd(acc[r][v], builder.fmul(av, b[v], flags=("contract",)),
+                                             flags=("contract",))
+            k.add_incoming(builder.add(k, ir.Constant(i64, 1)), builder.block)
+            for r in range(MR):
+                for v in range(NV):
+                    acc[r][v].add_incoming(new[r][v], builder.block)
+            builder.branch(head)
+            builder.position_at_end(done)
+            for r in range(MR):
+                row = builder.mul(ir.Constant(i64, r), c_rs)
+                if transposed_store:  # lane l of vector v -> C[r c_rs + (v VW + l) c_cs]; full tiles only
+                    for v in range(NV):
+                        for lane in range(VW):
+                            off = builder.add(row, builder.mul(ir.Constant(i64, v * VW + lane), c_cs))
+                            builder.store(builder.extract_element(acc[r][v], ir.Constant(i32, lane)),
+                                          builder.gep(C, [off]), align=4)
+                    continue
+                rowok = broadcast(builder.icmp_signed("<", ir.Constant(i64, r), mvalid), mty)
+                for v in range(NV):
+                    ptr = builder.bitcast(builder.gep(C, [builder.add(row, ir.Constant(i64, v * VW))]), pty)
+                    mask = builder.and_(colmask[v], rowok)
+                    out = acc[r][v]
+                    if accumulate:  # C += tile
+                        out = builder.fadd(builder.call(mload, [ptr, align, mask, zero]), out)
+                    builder.call(mstore, [out, ptr, align, mask])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return kernel
+
+
+mk_rows2 = _microkernel(2)
+mk_rows1 = _microkernel(1)
+mk_cols2 = _microkernel(2, transposed_store=True)
+mk_cols1 = _microkernel(1, transposed_store=True)
+mk_acc2 = _microkernel(2, accumulate=True)
+mk_acc1 = _microkernel(1, accumulate=True)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def tiles(pa, a_rs, a_ks, pb, b_ks, pc, c_rs, M, N, K, accumulate):
+    """Serial loop over the tiles of C (M x N, row stride c_rs) = / += A @ B, on raw addresses (see gemm)."""
+    W2 = 2 * VW
+    for i in range(0, M, MR):
+        mv = min(MR, M - i)
+        for j in range(0, N, W2):
+            nv = min(W2, N - j)
+            a = pa + 4 * i * a_rs
+            b = pb + 4 * j
+            c = pc + 4 * (i * c_rs + j)
+            if accumulate:
+                if nv > VW:
+                    mk_acc2(a, a_rs, a_ks, b, b_ks, c, c_rs, 1, K, mv, nv)
+                else:
+                    mk_acc1(a, a_rs, a_ks, b, b_ks, c, c_rs, 1, K, mv, nv)
+            elif nv > VW:
+                mk_rows2(a, a_rs, a_ks, b, b_ks, c, c_rs, 1, K, mv, nv)
+            else:
+                mk_rows1(a, a_rs, a_ks, b, b_ks, c, c_rs, 1, K, mv, nv)
+
+
+@njit(parallel=True, fastmath=FM_SUM, cache=True, error_model="numpy")
+def gemm(A, a_rs, a_ks, Bm, b_ks, C, c_rs, c_cs, M, N, K):
+    """C[m c_rs + n c_cs] = sum_{k<K} A[m a_rs + k a_ks] * Bm[k b_ks + n] for m < M, n < N.
+
+    A, Bm, C: flat float32 arrays (views), strides in elements; Bm rows must be contiguous (stride 1 along n).
+    One tile of C per iteration: MR rows x 2 VW columns, the last column tile 1 VW wide when that covers the
+    rest; all through the micro-kernel (masked at the edges) when C rows are contiguous (c_cs == 1); with a
+    transposed C (c_cs != 1) full tiles use the lane-by-lane store and partial tiles a plain loop."""
+    W2 = 2 * VW
+    mb = (M + MR - 1) // MR
+    nfull = N // W2
+    rest = N - nfull * W2
+    nb = nfull + (1 if rest > 0 else 0)
+    pa = A.ctypes.data
+    pb = Bm.ctypes.data
+    pc = C.ctypes.data
+    for t in prange(mb * nb):
+        i = (t // nb) * MR
+        j = (t % nb) * W2
+        mv = min(MR, M - i)
+        nv = min(W2, N - j)
+        pa_i = pa + 4 * i * a_rs
+        pb_j = pb + 4 * j
+        if c_cs == 1:
+            pc_ij = pc + 4 * (i * c_rs + j)
+            if nv > VW:
+                mk_rows2(pa_i, a_rs, a_ks, pb_j, b_ks, pc_ij, c_rs, c_cs, K, mv, nv)
+            else:
+                mk_rows1(pa_i, a_rs, a_ks, pb_j, b_ks, pc_ij, c_rs, c_cs, K, mv, nv)
+        elif mv == MR and (nv == W2 or nv == VW):
+            pc_ij = pc + 4 * (i * c_rs + j * c_cs)
+            if nv == W2:
+                mk_cols2(pa_i, a_rs, a_ks, pb_j, b_ks, pc_ij, c_rs, c_cs, K, mv, nv)
+            else:
+                mk_cols1(pa_i, a_rs, a_ks, pb_j, b_ks, pc_ij, c_rs, c_cs, K, mv, nv)
+        else:
+            for m in range(i, i + mv):
+                for n in range(j, j + nv):
+                    s = np.float32(0.0)
+                    for k in range(K):
+                        s += A[m * a_rs + k * a_ks] * Bm[k * b_ks + n]
+                    C[m * c_rs + n * c_cs] = s
+
+
+@njit(parallel=True, fastmath=FM_SUM, cache=True, error_model="numpy")
+def gemm_nt(A, Bm, C):
+    """C[M, N] = A[M, K] @ Bm[N, K]^T, dot-product form (for the products with a transposed weight matrix,
+    dc U_h^T and da Wx^T): a 4x4 tile of C per iteration, 16 accumulators that LLVM vectorises along K."""
+    M = C.shape[0]
+    N = C.shape[1]
+    K = A.shape[1]
+    mb = (M + 3) // 4
+    nb = (N + 3) // 4
+    for t in prange(mb * nb):
+        i = (t % mb) * 4
+        j = (t // mb) * 4
+        if i + 4 <= M and j + 4 <= N:
+            s00 = np.float32(0.0); s01 = np.float32(0.0); s02 = np.float32(0.0); s03 = np.float32(0.0)
+            s10 = np.float32(0.0); s11 = np.float32(0.0); s12 = np.float32(0.0); s13 = np.float32(0.0)
+            s20 = np.float32(0.0); s21 = np.float32(0.0); s22 = np.float32(0.0); s23 = np.float32(0.0)
+            s30 = np.float32(0.0); s31 = np.float32(0.0); s32 = np.float32(0.0); s33 = np.float32(0.0)
+            for k in range(K):
+                x0 = A[i, k]; x1 = A[i + 1, k]; x2 = A[i + 2, k]; x3 = A[i + 3, k]
+                y0 = Bm[j, k]; y1 = Bm[j + 1, k]; y2 = Bm[j + 2, k]; y3 = Bm[j + 3, k]
+                s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3
+                s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3
+                s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3
+                s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3
+            C[i, j] = s00; C[i, j + 1] = s01; C[i, j + 2] = s02; C[i, j + 3] = s03
+            C[i + 1, j] = s10; C[i + 1, j + 1] = s11; C[i + 1, j + 2] = s12; C[i + 1, j + 3] = s13
+            C[i + 2, j] = s20; C[i + 2, j + 1] = s21; C[i + 2, j + 2] = s22; C[i + 2, j + 3] = s23
+            C[i + 3, j] = s30; C[i + 3, j + 1] = s31; C[i + 3, j + 2] = s32; C[i + 3, j + 3] = s33
+        else:
+            for ii in range(i, min(i + 4, M)):
+                for jj in range(j, min(j + 4, N)):
+                    s = np.float32(0.0)
+                    for k in range(K):
+                        s += A[ii, k] * Bm[jj, k]
+                    C[ii, jj] = s
+
+
+@njit(cache=True, error_model="numpy")
+def mm(A, Bm, C):
+    """C = A @ Bm (2-D C-contiguous float32; A [M, K], Bm [K, N], C [M, N])."""
+    M, K = A.shape
+    N = Bm.shape[1]
+    gemm(A.reshape(-1), K, 1, Bm.reshape(-1), N, C.reshape(-1), N, 1, M, N, K)
+
+
+@njit(cache=True, error_model="numpy")
+def mm_tn(A, Bm, C):
+    """C = A^T @ Bm (A [K, M], Bm [K, N], C [M, N])."""
+    K, M = A.shape
+    N = Bm.shape[1]
+    gemm(A.reshape(-1), 1, M, Bm.reshape(-1), N, C.reshape(-1), N, 1, M, N, K)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def job(jobs, q, A, a_rs, a_ks, Bm, b_ks, C, c_rs, M, N, K):
+    """Describe product q of a gemm_batch: C[m c_rs + n] = sum_k A[m a_rs + k a_ks] Bm[k b_ks + n]."""
+    jobs[q, 0] = A.ctypes.data
+    jobs[q, 1] = a_rs
+    jobs[q, 2] = a_ks
+    jobs[q, 3] = Bm.ctypes.data
+    jobs[q, 4] = b_ks
+    jobs[q, 5] = C.ctypes.data
+    jobs[q, 6] = c_rs
+    jobs[q, 7] = M
+    jobs[q, 8] = N
+    jobs[q, 9] = K
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def gemm_batch(jobs, n):
+    """n independent products described by job, in ONE parallel region: the prange runs over the tiles of all
+    of them (the small GRU GEMMs have too few tiles each to keep two threads busy)."""
+    W2 = 2 * VW
+    total = 0
+    for q in range(n):
+        jobs[q, 10] = total  # first tile of product q
+        total += ((jobs[q, 7] + MR - 1) // MR) * ((jobs[q, 8] + W2 - 1) // W2)
+    for t in prange(total):
+        q = 0
+        while q + 1 < n and jobs[q + 1, 10] <= t:
+            q += 1
+        M = jobs[q, 7]
+        N = jobs[q, 8]
+        nb = (N + W2 - 1) // W2
+        tt = t - jobs[q, 10]
+        i = (tt // nb) * MR
+        j = (tt % nb) * W2
+        a_rs = jobs[q, 1]
+        c_rs = jobs[q, 6]
+        a = np.uint64(jobs[q, 0] + 4 * i * a_rs)
+        b = np.uint64(jobs[q, 3] + 4 * j)
+        c = np.uint64(jobs[q, 5] + 4 * (i * c_rs + j))
+        mv = min(MR, M - i)
+        nv = min(W2, N - j)
+        if nv > VW:
+            mk_rows2(a, a_rs, jobs[q, 2], b, jobs[q, 4], c, c_rs, 1, jobs[q, 9], mv, nv)
+        else:
+            mk_rows1(a, a_rs, jobs[q, 2], b, jobs[q, 4], c, c_rs, 1, jobs[q, 9], mv, nv)

@@ -1,0 +1,315 @@
+"""Scores, the per-row losses and the score gradients on the CPU (the twins of ``reference.forward``'s last
+lines, ``reference.loss_and_grad`` / ``row_loss`` and ``kernels/scores_loss.py``).
+
+    scores        Wy[Y] gathered, Z = h Wy[Y]^T (the GEMM micro-kernel, transposed store)
+    row_loss      per row: + By[Y] - col_logq, R = f(Z), the loss and dZ (all five losses)
+    score_grads   Wy / By slots = dZ^T h, colsum dZ; dh = dZ Wy[Y]
+
+The loss code keeps IEEE semantics (inf, nan): no fast-math here except a plain float64 sum in _exp_masked.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ...codes import ACT_LINEAR, LOSS_BPR, LOSS_BPR_MAX, LOSS_CE, LOSS_TOP1_MAX
+from ...reference import BPR_MAX_EPS
+from .gemm import MR, VW, mk_cols1, mk_cols2, prefetch_row, tiles
+from .mathf import exp32, exp64, final_act, final_act_grad, sigmoid
+
+
+_SG_CHUNK = 128  # output columns per chunk of score_grads
+SG_GROUPS = 8  # fixed groups of chunks, each with its own partial dh (never depends on the thread count)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def score_grads(dZ, WyY, top, gW, gb, dh_part, dh, O):
+    """The backward of the scores in one pass over dZ and Wy[Y] (reference.backward, first lines):
+        gW[j] = sum_i dZ[i, j] h[i]            (the Wy slot rows of the O columns)
+        gb[j] = sum_i dZ[i, j]                  (the By slots, rows added in order)
+        dh    = dZ[:, :O] Wy[Y]                 (the gradient w.r.t. the top hidden state)
+    The O columns are cut into chunks of _SG_CHUNK; a fixed group of consecutive chunks per iteration computes
+    their gW rows and adds their share of dh into its own partial sum (dZ and Wy[Y] chunk stay in cache for
+    both products); dh = the partials added in group order. dZ [Bp, Op], WyY [Op, H], top [B, H]."""
+    B, H = top.shape
+    Op = dZ.shape[1]
+    nchunk = (O + _SG_CHUNK - 1) // _SG_CHUNK
+    pz = dZ.ctypes.data
+    pw = WyY.ctypes.data
+    ph = top.ctypes.data
+    pg = gW.ctypes.data
+    pp = dh_part.ctypes.data
+    for g in prange(SG_GROUPS):
+        part = pp + 4 * g * B * H
+        for i in range(B):
+            for k in range(H):
+                dh_part[g, i, k] = 0.0
+        for c in range(nchunk * g // SG_GROUPS, nchunk * (g + 1) // SG_GROUPS):
+            j0 = c * _SG_CHUNK
+            kc = min(_SG_CHUNK, O - j0)
+            # gW[j0:j0+kc] = dZ[:, j0:j0+kc]^T h : A = dZ^T (row stride 1, k stride Op), K = B
+            tiles(pz + 4 * j0, 1, Op, ph, H, pg + 4 * j0 * H, H, kc, H, B, False)
+            gbc = gb[j0:j0 + kc]
+            gbc[:] = 0.0
+            for i in range(B):
+                for jj in range(kc):
+                    gbc[jj] += dZ[i, j0 + jj]
+            # partial dh += dZ[:, j0:j0+kc] Wy[Y][j0:j0+kc] : K = kc
+            tiles(pz + 4 * j0, Op, 1, pw + 4 * j0 * H, H, part, H, B, H, kc, True)
+    for i in range(B):
+        for k in range(H):
+            s = dh_part[0, i, k]
+            for g in range(1, SG_GROUPS):
+                s += dh_part[g, i, k]
+            dh[i, k] = s
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def scores(Wy, By, Y, B, use_logq, logq_t, logq_s, hT, WyY, byY, lqY, Z):
+    """Z[:, j] = h Wy[Y[j]] for the O = len(Y) columns (reference.forward, last lines), one block of MR columns
+    per iteration: gather the block's rows WyY[j] = Wy[Y[j]] (kept for the backward), byY[j] = By[Y[j]] and
+    lqY[j] = col_logq[j] (logq_t for targets, logq_s for samples), then Z^T = WyY h^T for the block with the
+    micro-kernel, stored transposed into Z [Bp, Op]. The bias is added in the loss kernel. The padding of WyY
+    (rows O..) is never written (zero). hT [H, Bp] = h^T; the rows of Wy are random: fetched a block ahead."""
+    O = Y.shape[0]
+    H = Wy.shape[1]
+    Op = WyY.shape[0]
+    Bp = hT.shape[1]
+    pWy = Wy.ctypes.data
+    pY = WyY.ctypes.data
+    ph = hT.ctypes.data
+    pz = Z.ctypes.data
+    for t in prange(Op // MR):
+        j0 = t * MR
+        for j in range(j0 + MR, min(j0 + 2 * MR, O)):  # the next block's rows
+            prefetch_row(pWy, Y[j], 4 * H)
+        for j in range(j0, min(j0 + MR, O)):
+            row = Y[j]
+            for k in range(H):
+                WyY[j, k] = Wy[row, k]
+            byY[j] = By[row]
+            if use_logq:
+                lqY[j] = logq_t[row] if j < B else logq_s[row]
+        for i in range(0, Bp, 2 * VW):
+            if Bp - i >= 2 * VW:
+                mk_cols2(pY + 4 * j0 * H, H, 1, ph + 4 * i, Bp, pz + 4 * (j0 + i * Op), 1, Op, H, MR, 2 * VW)
+            else:
+                mk_cols1(pY + 4 * j0 * H, H, 1, ph + 4 * i, Bp, pz + 4 * (j0 + i * Op), 1, Op, H, MR, VW)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _is_neg(i, j, B, active, Y, mask_hits):
+    """reference.negative_mask[i, j]."""
+    if j == i:
+        return False
+    if j < B and not active[j]:
+        return False
+    if mask_hits and Y[j] == Y[i]:
+        return False
+    return True
+
+
+@njit(cache=True, error_model="numpy")
+def _bias_row(z, byY, lqY, use_logq):
+    """z = (z + By[Y]) - col_logq over one row (the reference's two roundings)."""
+    if use_logq:
+        for j in range(z.shape[0]):
+            z[j] = (z[j] + byY[j]) - lqY[j]
+    else:
+        for j in range(z.shape[0]):
+            z[j] = z[j] + byY[j]
+
+
+@njit(cache=True, error_model="numpy")
+def _max_masked(r, y, yi, mask_hits):
+    """max of r (entries whose item y equals yi skipped when mask_hits; -inf if none); 8 independent running
+    maxima, so that the loop is not one long dependency chain."""
+    n = r.shape[0]
+    ninf = np.float32(-np.inf)
+    m0 = ninf; m1 = ninf; m2 = ninf; m3 = ninf; m4 = ninf; m5 = ninf; m6 = ninf; m7 = ninf
+    j = 0
+    if not mask_hits:
+        while j + 8 <= n:
+            v0 = r[j]; v1 = r[j + 1]; v2 = r[j + 2]; v3 = r[j + 3]
+            v4 = r[j + 4]; v5 = r[j + 5]; v6 = r[j + 6]; v7 = r[j + 7]
+            m0 = v0 if v0 > m0 else m0; m1 = v1 if v1 > m1 else m1; m2 = v2 if v2 > m2 else m2
+            m3 = v3 if v3 > m3 else m3; m4 = v4 if v4 > m4 else m4; m5 = v5 if v5 > m5 else m5
+            m6 = v6 if v6 > m6 else m6; m7 = v7 if v7 > m7 else m7
+            j += 8
+    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    while j < n:
+        v = r[j]
+        if v > m and not (mask_hits and y[j] == yi):
+            m = v
+        j += 1
+    return np.float64(m)
+
+
+@njit(fastmath={"reassoc"}, cache=True, error_model="numpy")
+def _exp_masked(r, e, m, y, yi, mask_hits):
+    """e = exp(r - m) in float32 (0 where y == yi when mask_hits); returns sum(e) accumulated in float64.
+    (Two loops: a float64 accumulator in the first would halve its vector width.)"""
+    m32 = np.float32(m)  # m is the max of float32 values: exact
+    if mask_hits:
+        for j in range(r.shape[0]):
+            v = exp32(r[j] - m32)
+            e[j] = v if y[j] != yi else np.float32(0.0)
+    else:
+        for j in range(r.shape[0]):
+            e[j] = exp32(r[j] - m32)
+    s = 0.0
+    for j in range(e.shape[0]):
+        s += np.float64(e[j])
+    return s
+
+
+@njit(cache=True, error_model="numpy")
+def _scale_row(d, s):
+    for j in range(d.shape[0]):
+        d[j] = np.float32(np.float64(d[j]) * s)
+
+
+@njit(cache=True, error_model="numpy")
+def _ce_row(r, d, i, B, active, Y, mask_hits, w):
+    """Cross-entropy of row i over {target} + negatives (r = R[i], d = dZ[i]): returns logsumexp - r_t and
+    writes d = w (softmax - onehot(i)). Columns >= B (samples) are negatives unless masked as hits."""
+    yi = Y[i]
+    m = np.float64(r[i])
+    for j in range(B):
+        if _is_neg(i, j, B, active, Y, mask_hits) and r[j] > m:
+            m = np.float64(r[j])
+    m = max(m, _max_masked(r[B:], Y[B:], yi, mask_hits))
+    m32 = np.float32(m)
+    s = 0.0
+    for j in range(B):
+        if j == i or _is_neg(i, j, B, active, Y, mask_hits):
+            v = exp32(r[j] - m32)
+            d[j] = v
+            s += np.float64(v)
+        else:
+            d[j] = 0.0
+    s += _exp_masked(r[B:], d[B:], m, Y[B:], yi, mask_hits)
+    et = np.float64(d[i])
+    _scale_row(d, w / s)
+    d[i] = np.float32((et / s - 1.0) * w)
+    return math.log(s) + m - np.float64(r[i])
+
+
+@njit(cache=True, error_model="numpy")
+def _ranking_row(R, dZ, i, B, active, Y, mask_hits, loss, bpreg):
+    """bpr-max, top1-max, bpr, top1 for row i (reference.row_loss, written out per row; R = R[i], dZ = dZ[i]):
+    returns loss_i and leaves dR_i (unweighted) in dZ."""
+    O = R.shape[0]
+    rt = np.float64(R[i])
+    L = 0.0
+    if loss == LOSS_BPR_MAX or loss == LOSS_TOP1_MAX:
+        m = -np.inf
+        for j in range(O):
+            if _is_neg(i, j, B, active, Y, mask_hits) and R[j] > m:
+                m = np.float64(R[j])
+        if not math.isfinite(m):
+            m = 0.0
+        den = 0.0
+        for j in range(O):
+            if _is_neg(i, j, B, active, Y, mask_hits):
+                den += exp64(np.float64(R[j]) - m)
+        if not den > 0.0:
+            den = 1.0
+        T = 0.0
+        if loss == LOSS_BPR_MAX:
+            A = 0.0
+            Q = 0.0
+            for j in range(O):
+                if _is_neg(i, j, B, active, Y, mask_hits):
+                    r = np.float64(R[j])
+                    sw = exp64(r - m) / den
+                    sig = sigmoid(rt - r)
+                    A += sw * sig
+                    Q += sw * r * r
+                    T += sw * sig * (1.0 - sig)
+            L = -math.log(A + BPR_MAX_EPS) + bpreg * Q
+            inv = 1.0 / (A + BPR_MAX_EPS)
+            for j in range(O):
+                if _is_neg(i, j, B, active, Y, mask_hits):
+                    r = np.float64(R[j])
+                    sw = exp64(r - m) / den
+                    sig = sigmoid(rt - r)
+                    dZ[j] = -inv * sw * (sig - A - sig * (1.0 - sig)) + bpreg * sw * (r * r - Q + 2.0 * r)
+                else:
+                    dZ[j] = 0.0
+            dZ[i] = -inv * T
+        else:
+            for j in range(O):
+                if _is_neg(i, j, B, active, Y, mask_hits):
+                    r = np.float64(R[j])
+                    L += exp64(r - m) / den * (sigmoid(r - rt) + sigmoid(r * r))
+            for j in range(O):
+                if _is_neg(i, j, B, active, Y, mask_hits):
+                    r = np.float64(R[j])
+                    sw = exp64(r - m) / den
+                    sd = sigmoid(r - rt)
+                    sq = sigmoid(r * r)
+                    dZ[j] = sw * (sd + sq - L) + sw * (sd * (1.0 - sd) + 2.0 * r * sq * (1.0 - sq))
+                    T += sw * sd * (1.0 - sd)
+                else:
+                    dZ[j] = 0.0
+            dZ[i] = -T
+        return L
+    n_neg = 0
+    for j in range(O):
+        if _is_neg(i, j, B, active, Y, mask_hits):
+            n_neg += 1
+    inv_n = 1.0 / max(n_neg, 1)
+    T = 0.0
+    for j in range(O):
+        if _is_neg(i, j, B, active, Y, mask_hits):
+            r = np.float64(R[j])
+            if loss == LOSS_BPR:
+                d = rt - r
+                L += max(-d, 0.0) + math.log1p(math.exp(-abs(d)))  # -log sigmoid(d)
+                g = 1.0 - sigmoid(d)
+                dZ[j] = g * inv_n
+                T += g
+            else:
+                sd = sigmoid(r - rt)
+                sq = sigmoid(r * r)
+                L += sd + sq
+                dZ[j] = (sd * (1.0 - sd) + 2.0 * r * sq * (1.0 - sq)) * inv_n
+                T += sd * (1.0 - sd)
+        else:
+            dZ[j] = 0.0
+    dZ[i] = -T * inv_n
+    return L * inv_n
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def row_loss(Z, R, dZ, O, Y, byY, lqY, use_logq, active, loss, act, act_a, bpreg, mask_hits, w, rowloss):
+    """One row per iteration (reference.loss_and_grad): Z_i += By[Y] - col_logq; R_i = f(Z_i); the weighted
+    row loss (rowloss[i], float64) and dZ_i = dR_i * w * f'(Z_i). Inactive rows: loss 0, dZ_i = 0.
+    Rows B.. and columns O.. of Z / dZ (padding) are not touched."""
+    B = active.shape[0]
+    for i in prange(B):
+        d = dZ[i, :O]  # row views: one per row, so the shared reference count is touched B times only
+        if not active[i]:
+            d[:] = 0.0
+            rowloss[i] = 0.0
+            continue
+        z = Z[i, :O]
+        _bias_row(z, byY, lqY, use_logq)
+        r = z
+        if act != ACT_LINEAR:
+            r = R[i, :O]
+            for j in range(O):
+                r[j] = np.float32(final_act(np.float64(z[j]), act, act_a))
+        if loss == LOSS_CE:
+            L = _ce_row(r, d, i, B, active, Y, mask_hits, w)
+            if act != ACT_LINEAR:
+                for j in range(O):
+                    d[j] = np.float32(d[j] * final_act_grad(np.float64(z[j]), np.float64(r[j]), act, act_a))
+        else:
+            L = _ranking_row(r, d, i, B, active, Y, mask_hits, loss, bpreg)
+            for j in range(O):
+                d[j] = np.float32(np.float64(d[j]) * w * final_act_grad(np.float64(z[j]), np.float64(r[j]), act, act_a))
+        rowloss[i] = L * w
