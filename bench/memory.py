@@ -18,7 +18,7 @@ Every measurement runs in a fresh Python subprocess. Inside it, the peak residen
     format); ``--order time``: rows in time order (sessions interleaved, as a raw log); ``--order shuffled``:
     a random row order (the worst case for the sorts).
 (b) train: TrainConfig(layers=[100], n_sample=2048, batch_size=32, n_epochs=1) on the "cpu" backend when
-    gru4rec_kernels/backends/cpu.py imports, else "numpy"; a SessionData over an item map of 10^6 ids (built
+    gru4rec_kernels/backends/cpu/ imports, else "numpy"; a SessionData over an item map of 10^6 ids (built
     with the SessionData constructor: a ~20k-event log can only touch ~20k distinct items) and ~20k events,
     so one epoch is a few hundred steps. Reported: peak - baseline, per item, against the analytic minimum
     2 * (H + 1) * 4 bytes/item (Wy, By and their Adagrad accumulators, float32; momenta would add as much).
@@ -172,8 +172,6 @@ def _child_write_parquet(n: int, path: str, order: str) -> dict:
 
 
 def _cpu_backend_available() -> bool:
-    if not os.path.exists(os.path.join(ROOT, "gru4rec_kernels", "backends", "cpu.py")):
-        return False
     try:
         from gru4rec_kernels.backends.cpu import CpuBackend  # noqa: F401
         return True
