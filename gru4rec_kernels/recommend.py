@@ -59,12 +59,12 @@ import weakref
 import numba
 import numpy as np
 
-from .backends.cpu.buffers import (Hyper, Params, layer_params, make_hyper, make_workspace, placeholder,
-                                   sx_name)
+from .backends.cpu.buffers import Hyper, Params, layer_params, make_hyper, make_workspace, placeholder, sx_name
 from .backends.cpu.gru import gru_fwd_prefix, gru_fwd_row
 from .codes import MODE_ONEHOT
 from .itemmap import as_item_array
-from .topk import ITEM_TILE, _topk_one, _topk_rows, check_k, topk_from_scores
+from .parallel import parallel_region
+from .topk import ITEM_TILE, _topk_one, _topk_one_serial, _topk_rows, check_k, topk_from_scores
 
 __all__ = ["recommend_one", "recommend_batch", "continue_sequence", "topk_from_scores", "as_item_array",
            "check_k"]
@@ -85,6 +85,11 @@ def _is_nested(x) -> bool:
 
 
 # ================================================================================================ the engine
+def _cfg_key(cfg) -> tuple:
+    """The config fields an engine depends on: a change to any of them rebuilds it."""
+    return (tuple(cfg.layers), cfg.final_act, cfg.constrained_embedding, cfg.embedding)
+
+
 class _Engine:
     """Numba-ready view of one Model: parameter tuples, the item map, the popularity order."""
 
@@ -92,6 +97,7 @@ class _Engine:
         cfg = model.cfg
         P = model.params
         self.model_ref = weakref.ref(model)
+        self.cfg_key = _cfg_key(model.cfg)
         self.params_src = dict(P)
         self.item_map = model.item_map
         self.item_ids = model.item_ids
@@ -117,8 +123,8 @@ class _Engine:
 
     def valid_for(self, model) -> bool:
         P = model.params
-        return (model.item_ids is self.item_ids and len(P) == len(self.params_src)
-                and all(P.get(k) is v for k, v in self.params_src.items()))
+        return (model.item_ids is self.item_ids and _cfg_key(model.cfg) == self.cfg_key
+                and len(P) == len(self.params_src) and all(P.get(k) is v for k, v in self.params_src.items()))
 
     # ------------------------------------------------------------------ ids
     def to_index(self, ids, on_unknown: str, what: str = "session_items") -> np.ndarray:
@@ -167,16 +173,22 @@ class _Engine:
             return int(cand.size)
         return self.n_items - (0 if excl is None else int(excl.size))
 
-    def topk_state(self, state, k: int, excl, cand):
-        """Model top-k for one hidden state; excl/cand already through ``restrict``. (indices, scores)."""
+    def topk_state(self, state, k: int, excl, cand, parallel: bool = False):
+        """Model top-k for one hidden state; excl/cand already through ``restrict``. (indices, scores).
+
+        One thread by default: a served request must not take the machine's cores from the others (and a
+        parallel region per request serialises under Numba's workqueue layer). ``parallel=True`` splits the
+        items over the threads for a caller that owns the machine; the result is the same."""
         k = min(k, self.n_available(excl, cand))
         if k <= 0:
             return self._empty, np.zeros(0, dtype=np.float32)
+        args = (np.ascontiguousarray(self.top(state)), self.Wy, self.By, self.act_code, self.act_a, k,
+                cand if cand is not None else self._empty, cand is not None, excl if excl is not None else self._empty)
+        if not parallel:
+            return _topk_one_serial(*args, 1)
         n = cand.size if cand is not None else self.n_items
-        n_chunks = max(1, min(numba.get_num_threads() * CHUNKS_PER_THREAD, n // 512))
-        return _topk_one(np.ascontiguousarray(self.top(state)), self.Wy, self.By, self.act_code, self.act_a, k,
-                         cand if cand is not None else self._empty, cand is not None,
-                         excl if excl is not None else self._empty, n_chunks)
+        with parallel_region():
+            return _topk_one(*args, max(1, min(numba.get_num_threads() * CHUNKS_PER_THREAD, n // 512)))
 
     @property
     def pop_order(self) -> np.ndarray:
@@ -300,7 +312,8 @@ def batch_hidden(eng: _Engine, flat_idx: np.ndarray, lens: np.ndarray) -> np.nda
     sx_cols = eng.params.Sx.shape[1] if sx_name(cfg) else 0
     work = make_workspace(cfg, n, 0, sx_cols, 0, np.full(1, -1, np.int32), with_scores=False)
     hid = tuple(np.zeros((n, h), dtype=np.float32) for h in eng.layers)
-    gru_fwd_prefix(eng.params, eng.hyper, work, hid, np.ascontiguousarray(Xt, dtype=np.int32), m_t)
+    with parallel_region():
+        gru_fwd_prefix(eng.params, eng.hyper, work, hid, np.ascontiguousarray(Xt, dtype=np.int32), m_t)
     out[order] = hid[-1]
     return out
 
@@ -366,9 +379,11 @@ def recommend_batch(model, sessions, k: int = 20, exclude=None, candidates=None,
         nrb = -(-R // ROWS_PER_TASK)
         tasks = numba.get_num_threads() * CHUNKS_PER_THREAD
         n_chunks = max(1, min(-(-tasks // nrb), n_cand // ITEM_TILE + 1))
-        top_i, top_s, cnt = _topk_rows(Htop, eng.Wy, eng.By, eng.act_code, eng.act_a, kk,
-                                       cand if cand is not None else eng._empty, cand is not None,
-                                       ex_ptr[model_rows], ex_end[model_rows], ex_idx, ROWS_PER_TASK, n_chunks)
+        with parallel_region():
+            top_i, top_s, cnt = _topk_rows(Htop, eng.Wy, eng.By, eng.act_code, eng.act_a, kk,
+                                           cand if cand is not None else eng._empty, cand is not None,
+                                           ex_ptr[model_rows], ex_end[model_rows], ex_idx, ROWS_PER_TASK,
+                                           n_chunks)
         for j, row in enumerate(model_rows):
             m = cnt[j]
             ids[row, :m] = eng.item_ids[top_i[j, :m]]

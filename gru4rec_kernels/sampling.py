@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from gru4rec_kernels.parallel import parallel_region
 from gru4rec_kernels.rng import MASK32, STREAM_SAMPLES, philox2x32, philox2x32_np, uniform53
 
 __all__ = ["SampleStore", "sample_probabilities", "draw_samples_np"]
@@ -185,7 +186,8 @@ class SampleStore:
         if T and self.n_sample:
             refills, starts = self._positions(T)
             if out.size > _CHUNK:
-                _fill_rows(self._cdf, np.uint64(self._key), refills, starts, out)
+                with parallel_region():
+                    _fill_rows(self._cdf, np.uint64(self._key), refills, starts, out)
             else:  # one chunk: skip the parallel launch (same ids either way)
                 for t in range(T):
                     _fill_serial_from(self._cdf, np.uint64(self._key), refills[t], starts[t], out[t])

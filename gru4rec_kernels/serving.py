@@ -86,6 +86,7 @@ class SessionRecommender:
         self._lock = threading.RLock()
         self.n_evicted = 0  # sessions dropped by the LRU bound
         self.n_expired = 0  # sessions dropped by the TTL
+        self.n_invalidated = 0  # sessions dropped because the model changed
 
     # ------------------------------------------------------------------ internals (call with the lock held)
     def _expire(self, now: float) -> None:
@@ -100,13 +101,26 @@ class SessionRecommender:
             d.popitem(last=False)
             self.n_expired += 1
 
-    def _get(self, session_id, now: float):
-        """The live session (moved to the LRU end, last access updated) or None."""
+    def _engine(self):
+        """The model's current engine; live sessions are dropped when the model changed under them (new
+        parameters, item ids or config), since their states belong to the old model."""
+        eng = engine_for(self.model)
+        if eng is not self._eng:
+            self.n_invalidated += len(self._sessions)
+            self._sessions.clear()
+            self._eng = eng
+        return eng
+
+    def _lookup(self, session_id):
         try:
-            s = self._sessions.get(session_id)
+            return self._sessions.get(session_id)
         except TypeError:
             raise ValueError(f"session_id must be hashable (an int or a str); got {type(session_id).__name__}") \
                 from None
+
+    def _get(self, session_id, now: float):
+        """The live session (moved to the LRU end, last access updated) or None."""
+        s = self._lookup(session_id)
         if s is not None:
             self._sessions.move_to_end(session_id)
             s.last = now
@@ -120,7 +134,9 @@ class SessionRecommender:
         state unchanged; ``on_unknown='raise'`` raises ``UnknownItemError`` instead). A non-integer item id is a
         ``ValueError``.
         """
-        idx = self._eng.scalar_index(item_id)
+        with self._lock:
+            eng = self._engine()
+        idx = eng.scalar_index(item_id)
         if idx < 0:
             if self.on_unknown == "raise":
                 from .model import UnknownItemError
@@ -140,7 +156,9 @@ class SessionRecommender:
                 if len(self._sessions) > self.max_sessions:
                     self._sessions.popitem(last=False)
                     self.n_evicted += 1
-            self._eng.advance(s.state, step)
+            if self._engine() is not eng:  # the model changed since the id was mapped: map it again
+                return self.click(session_id, item_id)
+            eng.advance(s.state, step)
             s.n_clicks += 1
             if self.max_history != 0:
                 s.history.append(idx)
@@ -150,6 +168,7 @@ class SessionRecommender:
 
     def _snapshot(self, session_id, want_history: bool):
         with self._lock:
+            self._engine()
             now = self._clock()
             self._expire(now)
             s = self._get(session_id, now)
@@ -165,8 +184,8 @@ class SessionRecommender:
         An unknown / expired / ended session gets the popularity fallback (never an error).
         """
         k = check_k(k)
-        eng = self._eng
         state, hist = self._snapshot(session_id, exclude_seen)
+        eng = self._eng
         excl = eng.index_set(exclude, "exclude")
         if hist:
             h = np.unique(np.asarray(hist, dtype=np.int64))
@@ -195,16 +214,20 @@ class SessionRecommender:
                 raise ValueError(f"session_id must be hashable; got {type(session_id).__name__}") from None
 
     def history(self, session_id) -> np.ndarray:
-        """The kept clicked items of a session (original ids, oldest first); empty if unknown."""
+        """The kept clicked items of a session (original ids, oldest first); empty if unknown or expired."""
         with self._lock:
-            s = self._sessions.get(session_id)
+            eng = self._engine()
+            self._expire(self._clock())
+            s = self._lookup(session_id)
             h = list(s.history) if s is not None else []
-        return self._eng.item_ids[np.asarray(h, dtype=np.int64)]
+        return eng.item_ids[np.asarray(h, dtype=np.int64)]
 
     def hidden_state(self, session_id) -> np.ndarray | None:
-        """A copy of the session's hidden state (all layers concatenated), or None."""
+        """A copy of the session's hidden state (all layers concatenated), or None if unknown or expired."""
         with self._lock:
-            s = self._sessions.get(session_id)
+            self._engine()
+            self._expire(self._clock())
+            s = self._lookup(session_id)
             return None if s is None else s.state.copy()
 
     def clear(self) -> None:
@@ -219,9 +242,10 @@ class SessionRecommender:
 
     def __contains__(self, session_id) -> bool:
         with self._lock:
+            self._engine()
             if self.ttl_seconds is not None:
                 self._expire(self._clock())
-            return session_id in self._sessions
+            return self._lookup(session_id) is not None
 
     def __repr__(self) -> str:
         return (f"SessionRecommender(sessions={len(self)}, max_sessions={self.max_sessions}, "

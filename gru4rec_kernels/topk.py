@@ -106,8 +106,7 @@ def _dot(h, W, i):
     return acc
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _topk_one(h, Wy, By, code, a, k, cand, use_cand, excl, n_chunks):
+def _topk_one_body(h, Wy, By, code, a, k, cand, use_cand, excl, n_chunks):
     """Top-k of f(h @ Wy.T + By) over all items (use_cand=False; skipping the sorted indices ``excl``) or over the
     sorted indices ``cand`` (use_cand=True; exclusions already removed). Returns (indices, scores) best first."""
     n = cand.shape[0] if use_cand else Wy.shape[0]
@@ -144,6 +143,13 @@ def _topk_one(h, Wy, By, code, a, k, cand, use_cand, excl, n_chunks):
             m = _offer(out_s, out_i, m, k, hs[c, j], hi[c, j])
     _heap_sort_best_first(out_s, out_i, m)
     return out_i[:m], out_s[:m]
+
+
+# One body, two builds: the parallel one for a caller that owns the machine, the serial one for serving, where
+# many requests run at once and a parallel region per request would make them queue behind each other (and
+# abort under the workqueue layer). Both give the same top-k: ties are broken by index, not by chunk order.
+_topk_one = njit(parallel=True, fastmath=True, cache=True)(_topk_one_body)
+_topk_one_serial = njit(fastmath=True, cache=True)(_topk_one_body)
 
 
 @njit(inline="always")

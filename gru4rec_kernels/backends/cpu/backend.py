@@ -5,10 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from ...layout import allocate, dense_size
+from ...parallel import parallel_region
 from ...rng import dropout_key
 from ..base import Backend
-from .buffers import (Chunk, Grads, OptState, Params, grad_slots, layer_params, make_hyper, make_workspace,
-                      placeholder, sx_name)
+from .buffers import (
+    Chunk,
+    Grads,
+    OptState,
+    Params,
+    grad_slots,
+    layer_params,
+    make_hyper,
+    make_workspace,
+    placeholder,
+    sx_name,
+)
 from .evaluate import eval_fwd, rank_counts
 from .gemm import VW
 from .step import train_chunk_steps
@@ -80,8 +91,9 @@ class CpuBackend(Backend):
             self._hid = np.zeros(buf["n_hid"], dtype=np.float32)
         losses = np.empty(T, dtype=np.float64)
         chunk = Chunk(inputs, targets, active, reset, samples, np.int64(step0))
-        train_chunk_steps(self._p, buf["grads"], self._opt, buf["work"], self._hyper,
-                          tuple(self._split_hidden(self._hid, B)), chunk, losses)
+        with parallel_region():
+            train_chunk_steps(self._p, buf["grads"], self._opt, buf["work"], self._hyper,
+                              tuple(self._split_hidden(self._hid, B)), chunk, losses)
         return losses
 
     def train_step(self, X, Y, active, reset, step: int) -> float:
@@ -153,7 +165,8 @@ class CpuBackend(Backend):
             raise ValueError(f"eval_step got {B} rows; reset_eval was called with batch_size={ev['B']}")
         self._check_ids(X, "X")
         self._check_ids(targets, "targets")
-        eval_fwd(self._p, self._hyper, ev["work"], tuple(self._split_hidden(ev["hid"], B)), X, reset)
+        with parallel_region():
+            eval_fwd(self._p, self._hyper, ev["work"], tuple(self._split_hidden(ev["hid"], B)), X, reset)
         if candidates is None:
             items = ev.get("all_items")
             if items is None or items.shape[0] != self.n_items:
@@ -171,8 +184,9 @@ class CpuBackend(Backend):
             n_gt[:] = 0
             n_eq[:] = 1
             return n_gt, n_eq
-        rank_counts(top, ev["hT"], self.params["Wy"], self.params["By"], items, targets, self._act[0],
-                    self._act[1], ev["tscore"], n_gt, n_eq, part_gt, part_eq)
+        with parallel_region():
+            rank_counts(top, ev["hT"], self.params["Wy"], self.params["By"], items, targets, self._act[0],
+                        self._act[1], ev["tscore"], n_gt, n_eq, part_gt, part_eq)
         if candidates is not None:
             np.maximum(n_eq, 1, out=n_eq)
         return n_gt, n_eq
