@@ -3,8 +3,9 @@
 On a GPU ``xp`` is CuPy: every buffer is a CuPy array allocated once (fixed shapes), the GEMMs are our own
 kernel (kernels/gemm.py: CuPy refuses cuBLAS calls while a stream is captured into a graph), and every kernel
 launches on the backend's own CuPy stream through ``numba.cuda.external_stream`` on numba views of the buffers
-made once (``cuda.as_cuda_array``, no sync). Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) ``xp`` is numpy and the very same step code and kernels run on
-the CPU; that is how the tests check whole training steps against the numpy backend without a GPU.
+made once (``cuda.as_cuda_array``, no sync). Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) ``xp`` is
+numpy and the very same step code and kernels run on the CPU; that is how the tests check whole training steps
+against the numpy backend without a GPU.
 
 One training step (``_step``; shape letters B rows, S samples, O = B + S, N items, H_l units):
 
@@ -187,16 +188,15 @@ class CudaBackend(Backend):
         for B_ in (P, G, OA, OM):
             B_.new("flat", host_flat.shape, np.float32)
         self._put(P.a["flat"], host_flat)
-        self._dense = {}  # name -> (offset, size, shape) of a dense parameter's view in allocate's flat buffer
         for s in self.specs:
             if s.sparse:
                 P.add(s.name, xp.asarray(host[s.name]))  # host[...] is our own copy
                 OA.new(s.name, s.shape, np.float32)
                 OM.new(s.name, s.shape, np.float32)
                 continue
+            # the view's place in allocate's flat buffer: the same place in each device flat buffer
             off = (host[s.name].ctypes.data - host_flat.ctypes.data) // host_flat.itemsize
             n = host[s.name].size
-            self._dense[s.name] = (off, n, s.shape)
             for B_ in (P, G, OA, OM):
                 B_.add(s.name, B_.a["flat"][off:off + n].reshape(s.shape))
         # By as an [N, 1] matrix for the row kernels (views of the same memory)

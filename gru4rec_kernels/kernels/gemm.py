@@ -17,6 +17,10 @@ Deterministic: each C element is one thread's sum over k in increasing order (no
 gives the same bits every time (the compiler may contract the multiply-add into an FMA: same on every run). The
 tile sizes and the transposes are compile-time constants (``make_kernels``): the default tile (64 x 64, 4 x 4 per
 thread, 256 threads) for a GPU, tiny ones for the CUDA simulator, where every thread is a Python thread.
+Speed (H200, measured once): correct but well behind cuBLAS where few tiles cover C and K is long, since a
+block walks all of K alone: dh = dZ Wy[Y] of the W1 step (32 x 100, K = 2080, 2 blocks) takes ~360 us, and the
+all-item score GEMM 512 x 700k (K = 100) ~9 ms against cuBLAS's ~2 ms. The next step would be a deterministic
+split-K (per-slice partial tiles, then a fixed-order sum kernel) and a smaller tile for small outputs.
 Reference: ``a @ b`` in numpy (reference.py's matrix products); tests/test_kernels_gemm.py compares them.
 """
 from __future__ import annotations
@@ -164,7 +168,7 @@ def launch_gemm(C, A, B, ta: bool = False, tb: bool = False, accumulate: bool = 
     if am != M or bn != N or bk != K:
         raise ValueError(f"gemm shapes do not chain: C {(M, N)} = {'A^T' if ta else 'A'} {(am, K)} x "
                          f"{'B^T' if tb else 'B'} {(bk, bn)} (stored A {(a0, a1)}, B {(b0, b1)})")
-    BM, BN, BK, TM, TN = tile = _check_tile(default_tile() if tile is None else tile)
+    BM, BN, _, TM, TN = tile = _check_tile(default_tile() if tile is None else tile)
     if M == 0 or N == 0:
         return
     name = f"gemm_{'t' if ta else 'n'}{'t' if tb else 'n'}"
