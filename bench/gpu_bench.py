@@ -64,26 +64,15 @@ TORCH_DEVICE = "cuda"
 
 # --------------------------------------------------------------------------------------------- environment
 def gpu_status() -> tuple[bool, str]:
-    """(usable, reason). The CUDA simulator does not count: this script measures a real device."""
+    """(usable, reason). The CUDA simulator does not count: this script measures a real device; otherwise the
+    library's own probe (cupy, a device, numba.cuda)."""
     if os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0"):
         return False, "NUMBA_ENABLE_CUDASIM is set (the simulator is not a GPU)"
     try:
-        import cupy
+        from gru4rec_kernels.backends import cuda_usable
     except Exception as e:
-        return False, f"cupy is not importable ({type(e).__name__}: {e}); pip install 'gru4rec-kernels[gpu]'"
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as e:
-        return False, f"no usable CUDA device ({type(e).__name__}: {e})"
-    if n < 1:
-        return False, "no CUDA device found"
-    try:
-        from numba import cuda
-        if not cuda.is_available():
-            return False, "numba.cuda reports no usable device (pip install 'numba-cuda[cu13]')"
-    except Exception as e:
-        return False, f"numba.cuda is not importable ({type(e).__name__}: {e})"
-    return True, "GPU"
+        return False, f"gru4rec_kernels is not importable ({type(e).__name__}: {e})"
+    return cuda_usable()
 
 
 def git_info() -> dict:

@@ -14,7 +14,7 @@ Besides that "ideal" roofline (the formula above), a second, more pessimistic co
 two things the ideal one hides: a kernel with fewer thread blocks than SMs gets only that fraction of the fp32
 peak (small-M GEMMs, one-block-per-row kernels), and the fused score+loss kernel (one block per row) streams the
 whole gathered Wy[Y] through L2 once per row, at min(L2 bandwidth, blocks x per-SM L2 bandwidth). The L2 figures
-and the cuBLAS tile / split-K guess are assumptions, stated in ``Device`` and ``gemm_blocks``.
+and the GEMM kernel's tile count is an assumption, stated in ``Device`` and ``gemm_blocks``.
 
 Plans: "plain" (score GEMM + one-block-per-row loss/dZ kernel), "fused" (scores, loss and dZ in one kernel, one
 block per row), "lean (proposal)" (plain, with the weight-gradient GEMMs merged and the step end folded into the
@@ -85,7 +85,7 @@ TARGET_EVAL_S = 1.0  # 100k test events against 700k items
 @dataclass
 class Kernel:
     name: str
-    kind: str  # "cuBLAS" GEMM or our numba.cuda "kernel"
+    kind: str  # "gemm" (kernels/gemm.py) or another numba.cuda "kernel"
     flops: float
     bytes: float  # HBM traffic, every operand once
     blocks: int  # thread blocks (occupancy column only)
@@ -106,18 +106,14 @@ class Kernel:
 
 
 def gemm_blocks(M: int, N: int, K: int, dev: Device, tile: int = 64) -> int:
-    """ASSUMPTION: cuBLAS uses tile x tile output tiles and splits a long K (>= 512) until the grid covers the
-    SMs (split-K; its reduction is counted as free). Real heuristics differ; only the occupancy column uses it."""
-    tiles = math.ceil(M / tile) * math.ceil(N / tile)
-    split = 1
-    if tiles < dev.n_sm and K >= 512:
-        split = max(1, min(K // 256, math.ceil(dev.n_sm / tiles)))
-    return tiles * split
+    """Blocks of kernels/gemm.py: one per tile x tile block of C (no split-K: each C element is one thread's
+    sum, which keeps it deterministic). Only the occupancy column uses it."""
+    return math.ceil(M / tile) * math.ceil(N / tile)
 
 
 def gemm(name: str, M: int, N: int, K: int, dev: Device, note: str = "") -> Kernel:
     """C[M, N] = A[M, K] B[K, N]: 2MNK FLOPs; A, B read once, C written once."""
-    return Kernel(name, "cuBLAS", 2.0 * M * N * K, F * (M * K + K * N + M * N), gemm_blocks(M, N, K, dev),
+    return Kernel(name, "gemm", 2.0 * M * N * K, F * (M * K + K * N + M * N), gemm_blocks(M, N, K, dev),
                   note=note or f"[{M},{K}]x[{K},{N}]")
 
 
@@ -138,7 +134,7 @@ def _row_ops(w: Workload) -> float:
 def step_kernels(w: Workload, dev: Device, scores: str = "plain", lean: bool = False) -> list[Kernel]:
     """The graph nodes of one training step (one GRU layer, constrained embedding, no dropout).
 
-    scores: "plain" = cuBLAS score GEMM + one-block-per-row loss/dZ kernel; "fused" = one kernel, one block per
+    scores: "plain" = score GEMM + one-block-per-row loss/dZ kernel; "fused" = one kernel, one block per
     row, computing that row's O scores, loss and dZ (the row's softmax statistics in shared memory).
     lean: a proposed plan with two fewer nodes (one weight-gradient GEMM, step end folded into the optimizer).
     """
@@ -179,7 +175,7 @@ def step_kernels(w: Workload, dev: Device, scores: str = "plain", lean: bool = F
     ks.append(gemm("gemm drh = dc.Wh^T", B, H, H, dev))
     ks.append(elementwise("gru_bwd_r", B * H, 8, F * (7 * B * H + 3 * H), "dr; dBh = column sums of da"))
     if lean:
-        ks.append(Kernel("gemm [x|h|rh]^T.da", "cuBLAS", 2.0 * 3 * H * 3 * H * B,
+        ks.append(Kernel("gemm [x|h|rh]^T.da", "gemm", 2.0 * 3 * H * 3 * H * B,
                          F * (3 * B * H + 3 * B * H + 9 * H * H), gemm_blocks(3 * H, 3 * H, B, dev),
                          note="PROPOSAL: dWx, dWrz, dWh from one GEMM [3H,B]x[B,3H] (1.5x their FLOPs; the "
                               "optimizer reads the three gradient blocks from it)"))
@@ -239,10 +235,11 @@ def as_built_kernels(w: Workload, dev: Device) -> list[Kernel]:
         gemm("gemm dx = da.Wx^T", B, H, 3 * H, dev),
         elementwise("dropout_inplace dx0 (p=0)", B * H, 1, 2 * F * B * H, "launched even when p = 0"),
         Kernel("adagrad_dense", "kernel", 6.0 * D, F * (5 + mom) * D, math.ceil(D / 256)),
-        Kernel("sparse_mark Wy", "kernel", 0, I * U + 4 * I * U, math.ceil(U / 256)),
-        Kernel("sparse_apply Wy", "kernel", 6.0 * U * H, F * U * H + F * (4 + mom) * U * H + 6 * I * U, U),
-        Kernel("sparse_mark By", "kernel", 0, I * O + 4 * I * O, math.ceil(O / 256)),
-        Kernel("sparse_apply By", "kernel", 6.0 * O, F * O + F * (4 + mom) * O + 6 * I * O, O),
+        Kernel("sparse_adagrad_mark Wy", "kernel", 0, I * U + 4 * I * U, math.ceil(U / 256)),
+        Kernel("sparse_adagrad_apply Wy", "kernel", 6.0 * U * H, F * U * H + F * (4 + mom) * U * H + 6 * I * U,
+               U),
+        Kernel("sparse_adagrad_mark By", "kernel", 0, I * O + 4 * I * O, math.ceil(O / 256)),
+        Kernel("sparse_adagrad_apply By", "kernel", 6.0 * O, F * O + F * (4 + mom) * O + 6 * I * O, O),
         Kernel("step_end", "kernel", B, F * B + 16, 1, note="step loss, advance the device counter"),
     ]
 
@@ -431,7 +428,7 @@ def run_model(dev: Device, eval_w: EvalWorkload, workloads=WORKLOADS) -> dict:
              "bandwidth (L2 reuse across kernels ignored)"),
             "one GRU layer, constrained embedding, no dropout, Adagrad without momentum (official defaults)",
             "all O + B touched Wy rows distinct (worst case for the sparse update)",
-            "GEMMs through cuBLAS (cupy.matmul into preallocated outputs), one graph node each; no TF32",
+            "GEMMs through kernels/gemm.py (64 x 64 tiles, no split-K), one graph node each; no TF32",
             "whole step captured in a CUDA graph: no host work per step",
             f"per-node overhead {dev.node_overhead_s * 1e6:.2f} us is an assumed parameter, not measured",
         ],

@@ -263,3 +263,17 @@ def test_graph_replay_equals_eager_steps(case):
     pe, pg = eager.get_params(), graph.get_params()
     for k in pe:
         np.testing.assert_allclose(pg[k], pe[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_caller_params_are_not_aliased():
+    """The backend copies the parameters on the way in: training never writes into the caller's arrays (under
+    the simulator xp is numpy, where ``xp.asarray`` of a float32 array would be the caller's array itself)."""
+    cfg = make_cfg("cross-entropy", "onehot", (5,), learning_rate=0.1, batch_size=3)
+    _, params = init_params(cfg, N_ITEMS, seed=9)
+    before = {k: v.copy() for k, v in params.items()}
+    be = cuda_backend(cfg, params)
+    be.train_chunk(*schedule(3, 3, 4, seed=1), 0)
+    for k, v in params.items():
+        np.testing.assert_array_equal(v, before[k], err_msg=f"the caller's {k} was written by training")
+    assert any(not np.array_equal(be.get_params()[k], before[k]) for k in ("Wy", "By", "Wx0"))
+    be.close()

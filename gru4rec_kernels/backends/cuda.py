@@ -1,10 +1,11 @@
-"""The cuda backend: numba.cuda kernels (kernels/) + GEMMs, written once over an array module ``xp``.
+"""The cuda backend: numba.cuda kernels (kernels/), GEMMs included, written once over an array module ``xp``.
 
-On a GPU ``xp`` is CuPy: every buffer is a CuPy array allocated once (fixed shapes), GEMMs are
-``cupy.matmul(a, b, out=preallocated)``, and the kernels launch on the backend's own CuPy stream through
-``numba.cuda.external_stream`` on numba views of the buffers made once (``cuda.as_cuda_array``, no sync). Under
-the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) ``xp`` is numpy and the very same step code and kernels run on
-the CPU; that is how the tests check whole training steps against the numpy backend without a GPU.
+On a GPU ``xp`` is CuPy: every buffer is a CuPy array allocated once (fixed shapes), the GEMMs are our own
+kernel (kernels/gemm.py: CuPy refuses cuBLAS calls while a stream is captured into a graph), and every kernel
+launches on the backend's own CuPy stream through ``numba.cuda.external_stream`` on numba views of the buffers
+made once (``cuda.as_cuda_array``, no sync). Under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) ``xp`` is
+numpy and the very same step code and kernels run on the CPU; that is how the tests check whole training steps
+against the numpy backend without a GPU.
 
 One training step (``_step``; shape letters B rows, S samples, O = B + S, N items, H_l units):
 
@@ -31,23 +32,25 @@ a GPU ``train_chunk`` uploads the chunk's schedule once, captures K steps as one
 from __future__ import annotations
 
 import contextlib
-import math
 
 import numpy as np
 
+from ..codes import MODE_CODES, MODE_CONSTRAINED, MODE_EMBEDDING, MODE_ONEHOT
 from ..kernels import adagrad as ka
 from ..kernels import common as kc
 from ..kernels import embedding as ke
 from ..kernels import evaluate as kev
+from ..kernels import gemm as kgm
 from ..kernels import gru as kg
 from ..kernels import scores_loss as ks
 from ..kernels import step as kst
+from ..layout import allocate, embed_width
 from ..rng import dropout_key
 from .base import Backend
 
 
 class _Bufs:
-    """Named device buffers: ``a[name]`` the xp array (for GEMMs and copies), ``d[name]`` its kernel view."""
+    """Named device buffers: ``a[name]`` the xp array (for copies), ``d[name]`` its kernel view."""
 
     def __init__(self, be: "CudaBackend"):
         self._be = be
@@ -119,9 +122,10 @@ class CudaBackend(Backend):
             self._stream = cupy.cuda.Stream(non_blocking=True)
             self._nb_stream = cuda.external_stream(self._stream.ptr)
         self._cuda = cuda
+        self.gemm_tile = kgm.default_tile()
         self.dtype = np.float32
         L = cfg.layers
-        self.mode = cfg.input_mode
+        self.mode = MODE_CODES[cfg.input_mode]
         self.keys = [dropout_key(cfg.seed, l) for l in range(len(L))]
         self.key_emb = dropout_key(cfg.seed, -1)
         self.act, self.act_a = cfg.final_act_code
@@ -159,39 +163,42 @@ class CudaBackend(Backend):
             return np.array(arr, copy=True)
         return arr.get(stream=self._stream)  # pragma: no cover - needs a GPU (blocking)
 
-    def _mm(self, a, b, out):
-        self.xp.matmul(a, b, out=out)
+    def _mm(self, C, A, B, ta=False, tb=False):
+        """C = op(A) op(B) on kernel views (kernels/gemm.py; no cuBLAS, so it can be captured in a graph)."""
+        kgm.launch_gemm(C, A, B, ta=ta, tb=tb, tile=self.gemm_tile, stream=self._nb_stream)
 
     def _t(self, kind):
         return self.threads[kind]
 
     def _init_params(self, params):
+        """Device buffers of the parameters, gradients, Adagrad accumulators and momenta in ``layout``'s one
+        layout (dense parameters as views of one flat buffer). The caller's arrays are copied into fresh host
+        arrays first: under the simulator ``xp.asarray`` of a float32 array would be that very array."""
         xp = self.xp
+        host_flat, host = allocate(self.specs, np.float32)
+        for s in self.specs:
+            v = np.asarray(params[s.name])
+            if v.shape != s.shape:
+                raise ValueError(f"params[{s.name!r}] must have shape {s.shape}; got {v.shape}")
+            host[s.name][...] = v
         P = self.P = _Bufs(self)
         G = self.G = _Bufs(self)  # gradients of the dense parameters, same layout
         OA = self.OA = _Bufs(self)  # Adagrad accumulators
         OM = self.OM = _Bufs(self)  # momenta
-        dense = [s for s in self.specs if not s.sparse]
-        n_flat = int(sum(math.prod(s.shape) for s in dense))
         for B_ in (P, G, OA, OM):
-            B_.new("flat", (n_flat,), np.float32)
-        host_flat = np.zeros(n_flat, np.float32)
-        self._offsets = {}
-        off = 0
-        for s in dense:
-            n = math.prod(s.shape)
-            host_flat[off:off + n] = np.asarray(params[s.name], np.float32).reshape(-1)
-            self._offsets[s.name] = (off, n, s.shape)
-            for B_ in (P, G, OA, OM):
-                B_.add(s.name, B_.a["flat"][off:off + n].reshape(s.shape))
-            off += n
+            B_.new("flat", host_flat.shape, np.float32)
         self._put(P.a["flat"], host_flat)
         for s in self.specs:
-            if not s.sparse:
+            if s.sparse:
+                P.add(s.name, xp.asarray(host[s.name]))  # host[...] is our own copy
+                OA.new(s.name, s.shape, np.float32)
+                OM.new(s.name, s.shape, np.float32)
                 continue
-            P.add(s.name, xp.asarray(np.ascontiguousarray(params[s.name], np.float32)))
-            OA.new(s.name, s.shape, np.float32)
-            OM.new(s.name, s.shape, np.float32)
+            # the view's place in allocate's flat buffer: the same place in each device flat buffer
+            off = (host[s.name].ctypes.data - host_flat.ctypes.data) // host_flat.itemsize
+            n = host[s.name].size
+            for B_ in (P, G, OA, OM):
+                B_.add(s.name, B_.a["flat"][off:off + n].reshape(s.shape))
         # By as an [N, 1] matrix for the row kernels (views of the same memory)
         for B_ in (P, OA, OM):
             B_.add("By2", B_.a["By"].reshape(-1, 1))
@@ -200,10 +207,19 @@ class CudaBackend(Backend):
         self.scratch.new("count", (self.n_items,), np.int32)
         self.scratch.new("gscale", (1,), np.float32, fill=1.0)
         self.logq = None
-        if self.logq_target is not None:  # logq * log q of target / sample columns, [N] each
-            self.scratch.add("logq_t", xp.asarray(np.asarray(self.logq_target, np.float32)))
-            self.scratch.add("logq_s", xp.asarray(np.asarray(self.logq_sample, np.float32)))
+        if self.logq_target is not None:  # logq * log q of target / sample columns, [N] each (own copies)
+            self.scratch.add("logq_t", xp.asarray(np.array(self.logq_target, np.float32)))
+            self.scratch.add("logq_s", xp.asarray(np.array(self.logq_sample, np.float32)))
             self.logq = (self.scratch.d["logq_t"], self.scratch.d["logq_s"])
+
+    def _host_state(self, bufs: _Bufs) -> dict:
+        """Host copies of one set of parameter-shaped buffers, in ``layout.allocate``'s layout."""
+        flat, out = allocate(self.specs, np.float32)
+        flat[...] = self._get(bufs.a["flat"])
+        for s in self.specs:
+            if s.sparse:
+                out[s.name][...] = self._get(bufs.a[s.name])
+        return out
 
     def _layer_bufs(self, bb: _Bufs, B: int, backward: bool):
         """Activation buffers of every layer (and their gradients when ``backward``)."""
@@ -212,14 +228,13 @@ class CudaBackend(Backend):
             for n, w in (("h_in", H), ("hid", H), ("hU", 2 * H), ("r", H), ("z", H), ("rh", H), ("rhU", H),
                          ("c", H)):
                 bb.new(f"{n}{l}", (B, w), f32)
-            if not (l == 0 and self.mode == "onehot"):
+            if not (l == 0 and self.mode == MODE_ONEHOT):
                 bb.new(f"xw{l}", (B, 3 * H), f32)
             if backward:
                 for n, w in (("dout", H), ("da", 3 * H), ("dc", H), ("drz", 2 * H), ("drh", H)):
                     bb.new(f"{n}{l}", (B, w), f32)
-        if self.mode != "onehot":
-            width = self.cfg.layers[-1] if self.mode == "constrained" else self.cfg.embedding
-            bb.new("x0", (B, width), f32)
+        if self.mode != MODE_ONEHOT:
+            bb.new("x0", (B, embed_width(self.cfg)), f32)
         bb.new("ctr", (2,), np.int64)
 
     def _train_bufs(self, B: int, S: int, T: int):
@@ -242,21 +257,21 @@ class CudaBackend(Backend):
                 tb.new("S", (B, O), np.float32)
                 tb.new("dZ", (B, O), np.float32)
                 tb.new("row_loss", (B,), np.float32)
-                n_wy = O + B if self.mode == "constrained" else O
+                n_wy = O + B if self.mode == MODE_CONSTRAINED else O
                 tb.new("gWy", (n_wy, HL), np.float32)
                 tb.add("gWy_out", tb.a["gWy"][:O])
                 tb.add("Wy_ids", tb.a["ids"][:n_wy])
                 tb.new("gBy", (O,), np.float32)
                 tb.add("gBy2", tb.a["gBy"].reshape(-1, 1))
-                if self.mode == "constrained":
+                if self.mode == MODE_CONSTRAINED:
                     tb.add("dx0", tb.a["gWy"][O:])
-                elif self.mode == "embedding":
+                elif self.mode == MODE_EMBEDDING:
                     tb.new("gE", (B, self.cfg.embedding), np.float32)
                     tb.add("dx0", tb.a["gE"])
                 # every gradient the global-norm clipping sees (reference.clip_grads): dense, then the row slots
                 self._clip_bufs = [self.G.d["flat"], self._view(tb.a["gWy"].reshape(-1)), tb.d["gBy"]]
-                if self.mode != "constrained":  # constrained: the input rows are in gWy already
-                    rows_in = tb.a["gE"] if self.mode == "embedding" else tb.a["da0"]
+                if self.mode != MODE_CONSTRAINED:  # constrained: the input rows are in gWy already
+                    rows_in = tb.a["gE"] if self.mode == MODE_EMBEDDING else tb.a["da0"]
                     self._clip_bufs.append(self._view(rows_in.reshape(-1)))
                 tb.new("partials", (kc.NORM_BLOCKS * len(self._clip_bufs),), np.float32)
             if self._pending_hidden is not None and self._pending_hidden[0].shape[0] == B:
@@ -275,20 +290,20 @@ class CudaBackend(Backend):
 
     # ================================================================================================ the step
     def _layer_forward(self, bb: _Bufs, l: int, train: bool):
-        A, D, P = bb.a, bb.d, self.P
+        D, P = bb.d, self.P
         st = self._nb_stream
         te = self._t("elementwise")
 
-        if l == 0 and self.mode == "onehot":
+        if l == 0 and self.mode == MODE_ONEHOT:
             xw, gather = P.d["Wx0"], True
         else:
-            x = A["x0"] if l == 0 else A[f"hid{l - 1}"]
-            self._mm(x, P.a[f"Wx{l}"], A[f"xw{l}"])
+            x = D["x0"] if l == 0 else D[f"hid{l - 1}"]
+            self._mm(D[f"xw{l}"], x, P.d[f"Wx{l}"])
             xw, gather = D[f"xw{l}"], False
-        self._mm(A[f"h_in{l}"], P.a[f"Wrz{l}"], A[f"hU{l}"])
+        self._mm(D[f"hU{l}"], D[f"h_in{l}"], P.d[f"Wrz{l}"])
         kg.launch_gru_fwd_rz(D[f"r{l}"], D[f"z{l}"], D[f"rh{l}"], xw, D["X"], gather, P.d[f"Bh{l}"], D[f"hU{l}"],
                              D[f"h_in{l}"], threads=te, stream=st)
-        self._mm(A[f"rh{l}"], P.a[f"Wh{l}"], A[f"rhU{l}"])
+        self._mm(D[f"rhU{l}"], D[f"rh{l}"], P.d[f"Wh{l}"])
         p = self.cfg.dropout_p_hidden if train else 0.0
         kg.launch_gru_fwd_out(D[f"c{l}"], D[f"hid{l}"], xw, D["X"], gather, P.d[f"Bh{l}"], D[f"rhU{l}"],
                               D[f"h_in{l}"], D[f"z{l}"], D["ctr"], self.keys[l], p, threads=te, stream=st)
@@ -298,8 +313,8 @@ class CudaBackend(Backend):
         D, st, te = bb.d, self._nb_stream, self._t("elementwise")
         for l in range(len(self.cfg.layers)):
             kg.launch_hidden_reset(D[f"h_in{l}"], D[f"hid{l}"], D["reset"], threads=te, stream=st)
-        if self.mode != "onehot":
-            emb = self.P.d["Wy" if self.mode == "constrained" else "E"]
+        if self.mode != MODE_ONEHOT:
+            emb = self.P.d["Wy" if self.mode == MODE_CONSTRAINED else "E"]
             p = self.cfg.dropout_p_embed if train else 0.0
             ke.launch_gather_rows(D["x0"], emb, D["X"], D["ctr"], self.key_emb, p, threads=te, stream=st)
         for l in range(len(self.cfg.layers)):
@@ -307,14 +322,14 @@ class CudaBackend(Backend):
 
     def _loss(self, tb: _Bufs):
 
-        A, D, P, cfg = tb.a, tb.d, self.P, self.cfg
+        D, P, cfg = tb.d, self.P, self.cfg
         st = self._nb_stream
         top = len(cfg.layers) - 1
         ke.launch_gather_rows(D["WyY"], P.d["Wy"], D["Y"], D["ctr"], threads=self._t("elementwise"), stream=st)
         kw = dict(loss=cfg.loss_code, act=self.act, act_a=self.act_a, bpreg=cfg.bpreg, mah=cfg.mask_accidental_hits,
                   inv_batch=1.0 / cfg.batch_size, threads=self._t("row"), stream=st)
         if self.scores == "plain":
-            self._mm(A[f"hid{top}"], A["WyY"].T, A["S"])
+            self._mm(D["S"], D[f"hid{top}"], D["WyY"], tb=True)
             ks.launch_row_loss(D["dZ"], D["row_loss"], D["S"], P.d["By"], D["Y"], D["active"], self.logq, **kw)
         else:
             ks.launch_score_loss_fused(D["dZ"], D["row_loss"], D["S"], D[f"hid{top}"], P.d["Wy"], P.d["By"], D["Y"],
@@ -322,29 +337,29 @@ class CudaBackend(Backend):
 
     def _backward(self, tb: _Bufs):
 
-        A, D, P, G, cfg = tb.a, tb.d, self.P, self.G, self.cfg
+        D, P, G, cfg = tb.d, self.P, self.G, self.cfg
         st, te, tc = self._nb_stream, self._t("elementwise"), self._t("column")
         top = len(cfg.layers) - 1
-        self._mm(A["dZ"], A["WyY"], A[f"dout{top}"])
-        self._mm(A["dZ"].T, A[f"hid{top}"], A["gWy_out"])
+        self._mm(D[f"dout{top}"], D["dZ"], D["WyY"])
+        self._mm(D["gWy_out"], D["dZ"], D[f"hid{top}"], ta=True)
         ks.launch_col_sum(D["gBy"], D["dZ"], threads=tc, stream=st)
         for l in reversed(range(len(cfg.layers))):
             kg.launch_gru_bwd_cz(D[f"da{l}"], D[f"dc{l}"], D[f"drz{l}"], D[f"dout{l}"], D[f"h_in{l}"], D[f"z{l}"],
                                  D[f"c{l}"], D["ctr"], self.keys[l], cfg.dropout_p_hidden, threads=te, stream=st)
-            self._mm(A[f"dc{l}"], P.a[f"Wh{l}"].T, A[f"drh{l}"])
+            self._mm(D[f"drh{l}"], D[f"dc{l}"], P.d[f"Wh{l}"], tb=True)
             kg.launch_gru_bwd_r(D[f"da{l}"], D[f"drz{l}"], D[f"drh{l}"], D[f"h_in{l}"], D[f"r{l}"], threads=te,
                                 stream=st)
-            self._mm(A[f"h_in{l}"].T, A[f"drz{l}"], G.a[f"Wrz{l}"])
-            self._mm(A[f"rh{l}"].T, A[f"dc{l}"], G.a[f"Wh{l}"])
+            self._mm(G.d[f"Wrz{l}"], D[f"h_in{l}"], D[f"drz{l}"], ta=True)
+            self._mm(G.d[f"Wh{l}"], D[f"rh{l}"], D[f"dc{l}"], ta=True)
             ks.launch_col_sum(G.d[f"Bh{l}"], D[f"da{l}"], threads=tc, stream=st)
-            if l == 0 and self.mode == "onehot":
+            if l == 0 and self.mode == MODE_ONEHOT:
                 continue  # the rows da0 are the sparse gradient of Wx0 at X
-            x = A["x0"] if l == 0 else A[f"hid{l - 1}"]
-            self._mm(x.T, A[f"da{l}"], G.a[f"Wx{l}"])
+            x = D["x0"] if l == 0 else D[f"hid{l - 1}"]
+            self._mm(G.d[f"Wx{l}"], x, D[f"da{l}"], ta=True)
             if l > 0:
-                self._mm(A[f"da{l}"], P.a[f"Wx{l}"].T, A[f"dout{l - 1}"])
+                self._mm(D[f"dout{l - 1}"], D[f"da{l}"], P.d[f"Wx{l}"], tb=True)
             else:
-                self._mm(A["da0"], P.a["Wx0"].T, A["dx0"])
+                self._mm(D["dx0"], D["da0"], P.d["Wx0"], tb=True)
                 kg.launch_dropout_inplace(D["dx0"], D["ctr"], self.key_emb, cfg.dropout_p_embed, threads=te,
                                           stream=st)
 
@@ -360,9 +375,9 @@ class CudaBackend(Backend):
         ka.launch_adagrad_dense(P.d["flat"], G.d["flat"], OA.d["flat"], OM.d["flat"], sc["gscale"], lr, mu,
                                 threads=self._t("elementwise"), stream=st)
         sparse = [("Wy", D["Wy_ids"], D["gWy"]), ("By2", D["Y"], D["gBy2"])]
-        if self.mode == "embedding":
+        if self.mode == MODE_EMBEDDING:
             sparse.append(("E", D["X"], D["gE"]))
-        elif self.mode == "onehot":
+        elif self.mode == MODE_ONEHOT:
             sparse.append(("Wx0", D["X"], D["da0"]))
         for name, ids, rows in sparse:
             ka.launch_sparse_adagrad(P.d[name], OA.d[name], OM.d[name], ids, rows, sc["owner"], sc["count"],
@@ -421,7 +436,7 @@ class CudaBackend(Backend):
 
     def _run_graphs(self, tb, T):  # pragma: no cover - needs a GPU
         """T steps as replays of graphs of 2^k captured steps (largest first); the very first step runs eagerly so
-        that every kernel is loaded and cuBLAS is set up before anything is captured."""
+        that every kernel is compiled and loaded before anything is captured."""
         t = 0
         if not self._warm:
             self._step(tb)
@@ -473,30 +488,11 @@ class CudaBackend(Backend):
     # ================================================================================================ state exchange
     def get_params(self) -> dict:
         with self._on_stream():
-            flat = self._get(self.P.a["flat"])
-            out = {}
-            for s in self.specs:
-                if s.sparse:
-                    out[s.name] = self._get(self.P.a[s.name])
-                else:
-                    off, n, shape = self._offsets[s.name]
-                    out[s.name] = flat[off:off + n].reshape(shape).copy()
-        return out
+            return self._host_state(self.P)
 
     def get_opt_state(self) -> dict:
-        res = {}
         with self._on_stream():
-            for key, bufs in (("acc", self.OA), ("mom", self.OM)):
-                flat = self._get(bufs.a["flat"])
-                d = {}
-                for s in self.specs:
-                    if s.sparse:
-                        d[s.name] = self._get(bufs.a[s.name])
-                    else:
-                        off, n, shape = self._offsets[s.name]
-                        d[s.name] = flat[off:off + n].reshape(shape).copy()
-                res[key] = d
-        return res
+            return {"acc": self._host_state(self.OA), "mom": self._host_state(self.OM)}
 
     def set_opt_state(self, state: dict) -> None:
         with self._on_stream():
@@ -556,7 +552,7 @@ class CudaBackend(Backend):
             self._put(A["targets"], targets)
             self._put(A["reset"], np.asarray(reset, bool).view(np.uint8))
             self._forward(eb, train=False)
-            self._mm(A[f"hid{top}"], self.P.a["Wy"].T, A["S"])
+            self._mm(D["S"], D[f"hid{top}"], self.P.d["Wy"], tb=True)
             cand = None
             if candidates is not None:
                 if self._cand[0] is not candidates:

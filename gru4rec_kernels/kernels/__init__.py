@@ -5,6 +5,8 @@
     adagrad       dense Adagrad over the flat buffer, sparse row Adagrad with duplicate coalescing, clipping
     embedding     row gathers (with input dropout) and atomic scatter-adds
     evaluate      all-item rank counts after the score GEMM
+    gemm          tiled float32 SGEMM (A B, A B^T, A^T B; accumulate): every matrix product of the step, so that
+                  the whole step can be captured in a CUDA graph (CuPy refuses cuBLAS calls while capturing)
     step          the device step counter that lets one CUDA graph replay over a chunk of the schedule
     common        device functions (Philox, activations, block reductions), block-size defaults, checks
 
@@ -12,4 +14,4 @@ Each family module exposes ``KERNELS = {name: (python function, [signature, ...]
 function per kernel. Importing this package imports nothing; the modules import ``numba.cuda`` but compile
 nothing until a kernel is first launched (``common.get_kernel``).
 """
-FAMILIES = ("gru", "scores_loss", "adagrad", "embedding", "evaluate", "step")
+FAMILIES = ("gru", "scores_loss", "adagrad", "embedding", "evaluate", "gemm", "step")

@@ -12,10 +12,10 @@ They must match ``reference.adagrad_dense`` and ``reference.sparse_adagrad`` (wi
 
 Sparse rows, duplicates: the same id may fill several slots (a target twice, a target also sampled, an input
 also an output in the constrained mode). Every touched id is updated exactly once, with the sum of its slots:
-* ``sparse_mark`` (a thread per slot): ``owner[id] = min(owner[id], k)`` and ``count[id] += 1`` with integer
-  atomics: the first occurrence of each id and its multiplicity (order-independent, so deterministic);
-* ``sparse_apply`` (a block per slot, threads over the row): only the block of the first occurrence of its id
-  works; it sums the rows of all slots of that id in increasing slot order (it scans forward until it has
+* ``sparse_adagrad_mark`` (a thread per slot): ``owner[id] = min(owner[id], k)`` and ``count[id] += 1`` with
+  integer atomics: the first occurrence of each id and its multiplicity (order-independent, so deterministic);
+* ``sparse_adagrad_apply`` (a block per slot, threads over the row): only the block of the first occurrence of
+  its id works; it sums the rows of all slots of that id in increasing slot order (it scans forward until it has
   seen ``count[id]`` of them; most ids are unique and stop at once), then updates the row, and puts
   ``owner[id]`` / ``count[id]`` back to INT32_MAX / 0 for the next step.
 The sum order is the slot order, which is the order ``np.add.at`` uses in ``reference.coalesce``: the result is
@@ -56,7 +56,7 @@ def adagrad_dense(p, g, acc, mom, gscale, lr, mu):
             p[i] += upd
 
 
-def sparse_mark(owner, count, ids):
+def sparse_adagrad_mark(owner, count, ids):
     """owner[ids[k]] = min over slots k of that id; count[ids[k]] = its multiplicity. A thread per slot."""
     k = cuda.grid(1)
     if k < ids.shape[0]:
@@ -64,7 +64,7 @@ def sparse_mark(owner, count, ids):
         cuda.atomic.add(count, ids[k], np.int32(1))
 
 
-def sparse_apply(p, acc, mom, owner, count, ids, rows, gscale, lr, mu):
+def sparse_adagrad_apply(p, acc, mom, owner, count, ids, rows, gscale, lr, mu):
     """Block k: if slot k is its id's first occurrence, update row ids[k] of p, acc, mom [N, D] with the sum of
     the rows [K, D] of all slots of that id (in slot order), then reset owner/count [N] of the id."""
     k = cuda.blockIdx.x
@@ -130,9 +130,9 @@ _V = "float32[::1]"
 _M = "float32[:, ::1]"
 KERNELS = {
     "adagrad_dense": (adagrad_dense, [f"void({_V}, {_V}, {_V}, {_V}, {_V}, float32, float32)"]),
-    "sparse_mark": (sparse_mark, ["void(int32[::1], int32[::1], int32[::1])"]),
-    "sparse_apply": (sparse_apply, [f"void({_M}, {_M}, {_M}, int32[::1], int32[::1], int32[::1], {_M}, {_V}, "
-                                    "float32, float32)"]),
+    "sparse_adagrad_mark": (sparse_adagrad_mark, ["void(int32[::1], int32[::1], int32[::1])"]),
+    "sparse_adagrad_apply": (sparse_adagrad_apply, [f"void({_M}, {_M}, {_M}, int32[::1], int32[::1], int32[::1], "
+                                                    f"{_M}, {_V}, float32, float32)"]),
     "sumsq_partial": (sumsq_partial, [f"void({_V}, {_V}, int32)"]),
     "clip_scale": (clip_scale, [f"void({_V}, {_V}, float32)"]),
 }
@@ -159,13 +159,13 @@ def launch_adagrad_dense(p, g, acc, mom, gscale, lr, mu, threads=None, stream=0)
     get_kernel(KERNELS, "adagrad_dense")[max(ceil_div(P, t), 1), t, stream](p, g, acc, mom, gscale, lr, mu)
 
 
-def launch_sparse_mark(owner, count, ids, threads=None, stream=0):
+def launch_sparse_adagrad_mark(owner, count, ids, threads=None, stream=0):
     """owner / count [N] int32 (INT32_MAX / 0 on entry) <- first slot and multiplicity of each id of ids [K]."""
     (N,) = check("owner", owner, np.int32, 1)
     check("count", count, np.int32, 1, (N,))
     (K,) = check("ids", ids, np.int32, 1)
     t = check_threads(THREADS["elementwise"] if threads is None else threads)
-    get_kernel(KERNELS, "sparse_mark")[max(ceil_div(K, t), 1), t, stream](owner, count, ids)
+    get_kernel(KERNELS, "sparse_adagrad_mark")[max(ceil_div(K, t), 1), t, stream](owner, count, ids)
 
 
 def _check_sparse(p, acc, mom, owner, count, ids, rows, gscale, lr, mu):
@@ -180,22 +180,25 @@ def _check_sparse(p, acc, mom, owner, count, ids, rows, gscale, lr, mu):
     return (*_hyper(lr, mu), K)
 
 
-def launch_sparse_apply(p, acc, mom, owner, count, ids, rows, gscale, lr, mu, threads=None, stream=0):
-    """p, acc, mom [N, D] at the ids [K] with the rows [K, D] (duplicates summed; after launch_sparse_mark)."""
+def launch_sparse_adagrad_apply(p, acc, mom, owner, count, ids, rows, gscale, lr, mu, threads=None, stream=0):
+    """p, acc, mom [N, D] at the ids [K] with the rows [K, D] (duplicates summed; after
+    launch_sparse_adagrad_mark)."""
     lr, mu, K = _check_sparse(p, acc, mom, owner, count, ids, rows, gscale, lr, mu)
     t = check_threads(THREADS["sparse"] if threads is None else threads)
     if K > 0:
-        get_kernel(KERNELS, "sparse_apply")[K, t, stream](p, acc, mom, owner, count, ids, rows, gscale, lr, mu)
+        get_kernel(KERNELS, "sparse_adagrad_apply")[K, t, stream](p, acc, mom, owner, count, ids, rows, gscale, lr,
+                                                                  mu)
 
 
 def launch_sparse_adagrad(p, acc, mom, ids, rows, owner, count, gscale, lr, mu, threads=None, stream=0):
     """Sparse Adagrad: p, acc, mom [N, D] updated at the ids [K] (int32) with rows [K, D], duplicates summed
     first. owner / count: [N] int32 scratch holding INT32_MAX / 0 (restored on exit). Every argument is checked
-    before anything runs; then sparse_mark + sparse_apply."""
+    before anything runs; then sparse_adagrad_mark + sparse_adagrad_apply."""
     _check_sparse(p, acc, mom, owner, count, ids, rows, gscale, lr, mu)
     check_threads(THREADS["sparse"] if threads is None else threads)
-    launch_sparse_mark(owner, count, ids, threads=threads, stream=stream)
-    launch_sparse_apply(p, acc, mom, owner, count, ids, rows, gscale, lr, mu, threads=threads, stream=stream)
+    launch_sparse_adagrad_mark(owner, count, ids, threads=threads, stream=stream)
+    launch_sparse_adagrad_apply(p, acc, mom, owner, count, ids, rows, gscale, lr, mu, threads=threads,
+                                stream=stream)
 
 
 def launch_sumsq_partial(partials, x, slot, threads=None, stream=0):

@@ -135,22 +135,27 @@ def block_max(sh, tid, nt, v):
 
 
 @cuda.jit(device=True, inline="always")
+def _tree_sum_rows(sh, tid, nt, rows):
+    """sh[q, 0] <- sum of sh[q, :nt] for q < rows, as a fixed pairwise tree (deterministic): the one tree behind
+    block_sum4 / block_isum2. Starts with the barrier that publishes every thread's entries."""
+    cuda.syncthreads()
+    s = nt // 2
+    while s > 0:
+        if tid < s:
+            for q in range(rows):
+                sh[q, tid] += sh[q, tid + s]
+        cuda.syncthreads()
+        s //= 2
+
+
+@cuda.jit(device=True, inline="always")
 def block_sum4(sh, tid, nt, v0, v1, v2, v3):
     """Four sums over the block through ``sh`` [4, MAX_THREADS], as a fixed tree (deterministic)."""
     sh[0, tid] = v0
     sh[1, tid] = v1
     sh[2, tid] = v2
     sh[3, tid] = v3
-    cuda.syncthreads()
-    s = nt // 2
-    while s > 0:
-        if tid < s:
-            sh[0, tid] += sh[0, tid + s]
-            sh[1, tid] += sh[1, tid + s]
-            sh[2, tid] += sh[2, tid + s]
-            sh[3, tid] += sh[3, tid + s]
-        cuda.syncthreads()
-        s //= 2
+    _tree_sum_rows(sh, tid, nt, 4)
     r0 = sh[0, 0]
     r1 = sh[1, 0]
     r2 = sh[2, 0]
@@ -164,14 +169,7 @@ def block_isum2(sh, tid, nt, v0, v1):
     """Two integer sums over the block through the int32 ``sh`` [2, MAX_THREADS]."""
     sh[0, tid] = v0
     sh[1, tid] = v1
-    cuda.syncthreads()
-    s = nt // 2
-    while s > 0:
-        if tid < s:
-            sh[0, tid] += sh[0, tid + s]
-            sh[1, tid] += sh[1, tid + s]
-        cuda.syncthreads()
-        s //= 2
+    _tree_sum_rows(sh, tid, nt, 2)
     r0 = sh[0, 0]
     r1 = sh[1, 0]
     cuda.syncthreads()
