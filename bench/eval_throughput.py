@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     full = g.SessionData.from_pandas(df_train)
     train = tt.first_sessions(full, args.max_sessions) if args.max_sessions else full
     test = g.SessionData.from_pandas(df_test)
-    warm_test = tt.first_sessions(test, min(200, test.n_sessions))
+    # the official iterator needs at least batch_size sessions left after unknown items are dropped
+    warm_test = tt.first_sessions(test, min(3 * args.batch_size, test.n_sessions))
     bs = args.batch_size
     res = {"what": "all-item evaluation time, gru4rec_kernels.evaluate vs official evaluation.batch_eval, CPU",
            "command": "python bench/eval_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
