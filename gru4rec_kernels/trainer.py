@@ -147,6 +147,7 @@ class Trainer:
                 sampler_state=None if sampler is None else sampler.state(), epoch=epoch, step=step_box[0],
                 partial=partial_ or {}, history=history, fingerprint=fingerprint, keep=keep_checkpoints)
 
+        self._warmup(be)
         step_box = [step]
         model = None
         best = {"value": -np.inf, "epoch": None, "params": None, "since": 0}
@@ -191,6 +192,16 @@ class Trainer:
         model.history = history
         model.best_epoch = best["epoch"]
         return model
+
+    def _warmup(self, be) -> None:
+        """Compile the backend's kernels before the first step and say so: the first use of a backend compiles
+        them (tens of seconds; cached on disk afterwards), which must not count in epoch 1's throughput."""
+        t0 = time.perf_counter()
+        log.info("preparing the %s kernels (compiled on first use, then loaded from Numba's on-disk cache) ...",
+                 self.backend_name)
+        be.warmup(self.cfg.batch_size, self.cfg.n_sample)
+        self.compile_seconds = time.perf_counter() - t0
+        log.info("kernels ready in %.1f s", self.compile_seconds)
 
     @staticmethod
     def _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep):

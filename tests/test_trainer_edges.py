@@ -109,3 +109,27 @@ def test_logq_follows_the_official_code():
     t, s = logq_columns(g.TrainConfig(logq=0.7, sample_alpha=0.3), support)
     np.testing.assert_allclose(t, 0.7 * np.log(support))
     np.testing.assert_allclose(s, 0.7 * np.log(support ** 0.3))
+
+
+def test_warmup_changes_nothing_and_is_timed(data):
+    """A zero-step chunk compiles the cpu kernels and leaves every state as it was."""
+    from gru4rec_kernels.backends.cpu import CpuBackend
+    from gru4rec_kernels.layout import init_params
+    train, _ = data
+    c = cfg()
+    _, params = init_params(c, train.n_items)
+    be = CpuBackend(c, train.n_items, params)
+    before = (be.get_params(), be.get_opt_state())
+    be.warmup(c.batch_size, c.n_sample)
+    after = (be.get_params(), be.get_opt_state())
+    def same(x, y):
+        if isinstance(x, dict):
+            assert x.keys() == y.keys()
+            for k in x:
+                same(x[k], y[k])
+        else:
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    same({"p": before[0], "o": before[1]}, {"p": after[0], "o": after[1]})
+    tr = g.Trainer(c, backend="cpu", show_progress=False)
+    tr.fit(train)
+    assert tr.compile_seconds >= 0

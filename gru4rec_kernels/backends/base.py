@@ -81,6 +81,10 @@ class Backend(ABC):
     @abstractmethod
     def eval_step(self, X, targets, reset, active, candidates=None) -> tuple[np.ndarray, np.ndarray]: ...
 
+    def warmup(self, batch_size: int, n_sample: int) -> None:
+        """Compile (or load from the on-disk cache) the training kernels without changing any state, so that
+        the first epoch's throughput measures training, not compilation. Default: nothing to compile."""
+
     def close(self) -> None:
         """Release worker threads / device memory."""
 

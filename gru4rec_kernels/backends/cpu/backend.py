@@ -73,13 +73,21 @@ class CpuBackend(Backend):
         return self._train
 
     # ------------------------------------------------------------------ training
+    def warmup(self, batch_size: int, n_sample: int) -> None:
+        """A chunk of zero steps: Numba types and compiles the whole call graph of the step (or loads it from
+        its cache) and no step runs, so parameters, optimizer state and the hidden state are untouched."""
+        B, S = int(batch_size), int(n_sample)
+        z = np.zeros((0, B), dtype=np.int32)
+        self.train_chunk(z, z, z.astype(np.bool_), z.astype(np.bool_), np.zeros((0, S), dtype=np.int32), 0)
+
     def train_chunk(self, inputs, targets, active, reset, samples, step0: int) -> np.ndarray:
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         targets = np.ascontiguousarray(targets, dtype=np.int32)
         active = np.ascontiguousarray(active, dtype=np.bool_)
         reset = np.ascontiguousarray(reset, dtype=np.bool_)
         T, B = inputs.shape
-        samples = np.ascontiguousarray(samples, dtype=np.int32).reshape(T, -1)
+        samples = np.ascontiguousarray(samples, dtype=np.int32)
+        samples = samples.reshape(T, samples.shape[-1] if samples.ndim == 2 else -1)
         S = samples.shape[1]
         self._check_ids(inputs, "inputs")
         self._check_ids(targets, "targets")
