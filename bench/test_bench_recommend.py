@@ -186,6 +186,45 @@ def test_serving_click_and_recommend(benchmark, model):
     benchmark.pedantic(one, rounds=500, iterations=1)
 
 
+@pytest.mark.parametrize("clients", [1, 8])
+def test_serving_under_concurrent_clients(benchmark, model, clients):
+    """click + recommend latency when ``clients`` threads serve their own sessions at once (3,000 calls in all):
+    the tail that a serving process sees under load. One session is scored on one thread, so requests run side
+    by side instead of queueing for a parallel region."""
+    import threading
+    _skip_unless_enabled(benchmark)
+    if model.n_items > 100_000:
+        pytest.skip("serving latency is measured at 40k items")
+    srv = g.SessionRecommender(model, max_sessions=10_000)
+    per = 3000 // clients
+    lat: list = [[] for _ in range(clients)]
+    for c in range(clients):  # warm-up (compilation) before the clock starts
+        srv.click(f"w{c}", int(model.item_ids[c]))
+        srv.recommend(f"w{c}", k=K)
+
+    def client(c):
+        rng = np.random.default_rng(100 + c)
+        items = model.item_ids[rng.integers(0, model.n_items, per)]
+        for j in range(per):
+            sid = f"c{c}-{j % 50}"
+            t0 = time.perf_counter_ns()
+            srv.click(sid, int(items[j]))
+            srv.recommend(sid, k=K)
+            lat[c].append(time.perf_counter_ns() - t0)
+
+    t0 = time.perf_counter()
+    ths = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    [t.start() for t in ths]
+    [t.join() for t in ths]
+    wall = time.perf_counter() - t0
+    stats = _percentiles([x for L in lat for x in L])
+    stats.update(clients=clients, calls_per_s=stats["calls"] / wall, n_items=model.n_items, H=H, k=K)
+    _save(f"serving_{clients}_clients_{model.n_items}", stats)
+    print(f"\nserving, {clients} clients, N={model.n_items}: p50 {stats['p50_us']:.0f} us  p99 {stats['p99_us']:.0f} us"
+          f"  max {stats['max_us']:.0f} us  {stats['calls_per_s']:.0f} calls/s")
+    benchmark.pedantic(lambda: srv.recommend("c0-0", k=K), rounds=50, iterations=1)
+
+
 def test_cuda_batch_scoring(benchmark, model):
     """GPU variant: hidden states from the CPU replay, then scores (cuBLAS GEMM through CuPy) and top-k on the
     GPU. Skipped where no GPU is usable (cupy is only imported here)."""

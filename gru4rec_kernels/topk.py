@@ -149,7 +149,7 @@ def _topk_one_body(h, Wy, By, code, a, k, cand, use_cand, excl, n_chunks):
 # many requests run at once and a parallel region per request would make them queue behind each other (and
 # abort under the workqueue layer). Both give the same top-k: ties are broken by index, not by chunk order.
 _topk_one = njit(parallel=True, fastmath=True, cache=True)(_topk_one_body)
-_topk_one_serial = njit(fastmath=True, cache=True)(_topk_one_body)
+_topk_one_serial = njit(fastmath=True, cache=True, nogil=True)(_topk_one_body)  # requests run side by side
 
 
 @njit(inline="always")

@@ -255,7 +255,7 @@ def gru_fwd_prefix(params, hyper, work, hid, Xt, m_t):
             hid[l][:m, :] = work.layers[l].out[:m]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", nogil=True)  # nogil: concurrent serving requests run side by side
 def gru_fwd_row(items, state, mode, emb, layers, work):
     """Advance one hidden state (all layers concatenated, float32) by the item indices ``items``, serially.
 
