@@ -21,6 +21,7 @@ measured 5x slower.
 from __future__ import annotations
 
 import llvmlite.binding as llvm
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -51,6 +52,11 @@ def prefetch_row(base, row, row_bytes):
     start = base + row * row_bytes
     for off in range(0, row_bytes, 64):
         prefetch(start + off)
+
+
+if numba.config.DISABLE_JIT:  # pure Python (coverage runs): a prefetch is only a hint
+    def prefetch_row(base, row, row_bytes):  # noqa: F811
+        return None
 
 
 # ============================================================================================== GEMMs
@@ -163,12 +169,37 @@ def _microkernel(NV: int, transposed_store: bool = False, accumulate: bool = Fal
     return kernel
 
 
-mk_rows2 = _microkernel(2)
-mk_rows1 = _microkernel(1)
-mk_cols2 = _microkernel(2, transposed_store=True)
-mk_cols1 = _microkernel(1, transposed_store=True)
-mk_acc2 = _microkernel(2, accumulate=True)
-mk_acc1 = _microkernel(1, accumulate=True)
+def _python_microkernel(NV: int, transposed_store: bool = False, accumulate: bool = False):
+    """The micro-kernel's contract in plain Python over the raw addresses, for NUMBA_DISABLE_JIT=1 (coverage
+    and debugging runs, where an LLVM intrinsic cannot execute). Same tile, masks and summation order."""
+    import ctypes
+
+    def view(addr, n):
+        return np.ctypeslib.as_array(ctypes.cast(int(addr), ctypes.POINTER(ctypes.c_float)), shape=(int(n),))
+
+    def kernel(a_addr, a_rs, a_ks, b_addr, b_ks, c_addr, c_rs, c_cs, K, mvalid, nvalid):
+        W = NV * VW
+        n = min(W, nvalid) if not transposed_store else W
+        A = view(a_addr, (mvalid - 1) * a_rs + max(K - 1, 0) * a_ks + 1)
+        B = view(b_addr, max(K - 1, 0) * b_ks + n)
+        C = view(c_addr, (MR - 1) * c_rs + (W - 1) * c_cs + 1)
+        for r in range(min(MR, mvalid)):
+            acc = np.zeros(n, dtype=np.float32)
+            for k in range(K):
+                acc += np.float32(A[r * a_rs + k * a_ks]) * B[k * b_ks:k * b_ks + n]
+            idx = r * c_rs + np.arange(n) * c_cs
+            C[idx] = C[idx] + acc if accumulate else acc
+
+    return kernel
+
+
+_make = _python_microkernel if numba.config.DISABLE_JIT else _microkernel
+mk_rows2 = _make(2)
+mk_rows1 = _make(1)
+mk_cols2 = _make(2, transposed_store=True)
+mk_cols1 = _make(1, transposed_store=True)
+mk_acc2 = _make(2, accumulate=True)
+mk_acc1 = _make(1, accumulate=True)
 
 
 @njit(cache=True, error_model="numpy", inline="always")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -40,6 +41,14 @@ def _i32_as_f32(typingctx, x):
         return builder.bitcast(args[0], ir.FloatType())
 
     return sig, codegen
+
+
+if numba.config.DISABLE_JIT:  # pure Python (coverage runs): the same bit casts through numpy views
+    def _i64_as_f64(x):  # noqa: F811
+        return np.array([x], dtype=np.int64).view(np.float64)[0]
+
+    def _i32_as_f32(x):  # noqa: F811
+        return np.array([x], dtype=np.int32).view(np.float32)[0]
 
 
 _LOG2E = 1.4426950408889634
