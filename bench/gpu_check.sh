@@ -31,7 +31,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --f
 
 T_TESTS=${T_TESTS:-240}; T_KBENCH=${T_KBENCH:-90}; T_BENCH=${T_BENCH:-240}
 timeout "$T_TESTS" "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" \
-    tests/test_kernels_sim.py tests/test_cuda_backend.py tests/test_cuda_fit.py -m "gpu or not slow" 2>&1 \
+    tests/test_kernels_sim.py tests/test_kernels_gemm.py tests/test_cuda_backend.py tests/test_cuda_fit.py -m "gpu or not slow" 2>&1 \
     | tee "$OUT/gpu_tests.log" | tail -25
 echo "pytest rc=${PIPESTATUS[0]}"
 if [ -f bench/kernel_bench.py ]; then
