@@ -20,6 +20,7 @@ machine without one. Block sizes are launcher arguments; their defaults live in 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 from numba import cuda
@@ -50,6 +51,40 @@ except ImportError:  # pragma: no cover
     from numba.core import config as _cfg
 #: True when the kernels run in Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1 before numba.cuda was imported).
 SIM = bool(_cfg.ENABLE_CUDASIM)
+
+
+def _sim_shared_array(self, shape, dtype, alignment=None):
+    """Race-free twin of the simulator's ``FakeCUDAShared.array`` (same semantics: one array per launch and
+    calling source line; shape 0 is the dynamic buffer).
+
+    Why: numba-cuda's version does ``res = allocations.get(line)``; ``if res is None: res = np.empty(...)``;
+    ``allocations[line] = res`` with no lock. A thread preempted between the lookup and the store (the GIL is
+    handed over after each C call; likely under CPU load) keeps its own array while the others get another, so
+    in block 0 of that launch the threads no longer share memory: a GEMM tile or a tree reduction reads
+    uninitialised values and the training step goes wrong at random. ``dict.setdefault`` publishes the first
+    array atomically under the GIL, so every thread gets the same one."""
+    if alignment is not None or shape == 0:
+        return _SIM_SHARED_ORIG(self, shape, dtype, alignment)  # an error / the one dynamic buffer: no race
+    if isinstance(dtype, _simapi.types.Type):
+        dtype = _simapi.numpy_support.as_dtype(dtype)
+    f = sys._getframe(1)  # the kernel line (the original's extract_stack()[-2], without reading the source)
+    key = (f.f_code.co_filename, f.f_lineno)
+    res = self._allocations.get(key)
+    if res is None:
+        res = self._allocations.setdefault(key, np.empty(shape, dtype))
+    return res
+
+
+_SIM_SHARED_ORIG = None
+if SIM:
+    from numba.cuda.simulator import kernelapi as _simapi
+
+    # only over the internals it was written against (a later numba-cuda may have fixed or changed them)
+    if (hasattr(_simapi, "types") and hasattr(_simapi, "numpy_support")
+            and "_allocations" in vars(_simapi.FakeCUDAShared(0))
+            and _simapi.FakeCUDAShared.array is not _sim_shared_array):
+        _SIM_SHARED_ORIG = _simapi.FakeCUDAShared.array
+        _simapi.FakeCUDAShared.array = _sim_shared_array
 
 INT32_MAX = np.int32(2**31 - 1)
 
