@@ -256,7 +256,8 @@ def compile_one(pyfunc, sig, arch: str, ptxas: Path, workdir: Path, stem: str) -
         return {"ok": False, "stage": "ptxas", "error": text.strip() + hint, "nvvm_release": rel}
     rec = parse_ptxas(text)
     if rec["registers"] is None:
-        return {"ok": False, "stage": "ptxas", "error": f"could not parse ptxas -v output:\n{text}", "nvvm_release": rel}
+        return {"ok": False, "stage": "ptxas", "error": f"could not parse ptxas -v output:\n{text}",
+                "nvvm_release": rel}
     rec.update(ok=True, nvvm_release=rel, ptx_bytes=len(ptx))
     return rec
 
@@ -360,7 +361,8 @@ def main(argv=None) -> int:
         env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
         print("compile_kernels: NUMBA_ENABLE_CUDASIM is set; re-running without it (compile_ptx needs the real "
               "numba.cuda, not the simulator)", file=sys.stderr)
-        return subprocess.call([sys.executable, str(Path(__file__).resolve()), *(argv if argv is not None else sys.argv[1:])],
+        args = argv if argv is not None else sys.argv[1:]
+        return subprocess.call([sys.executable, str(Path(__file__).resolve()), *args],
                                env=env)
     for a in args.arch:
         if not re.fullmatch(r"sm_\d\d", a):
@@ -394,7 +396,8 @@ def main(argv=None) -> int:
         print("\nFAILED " + format_failure(r), file=sys.stderr)
     spills = default_spills(records)
     for r in spills:
-        print(f"SPILL {r['module']}.{r['kernel']} sig {r['sig_index']} [{r['arch']}]: {r['spill_stores']} bytes stores, "
+        print(f"SPILL {r['module']}.{r['kernel']} sig {r['sig_index']} [{r['arch']}]: "
+              f"{r['spill_stores']} bytes stores, "
               f"{r['spill_loads']} bytes loads (a default kernel must not spill)", file=sys.stderr)
     n_ok = len(records) - len(bad)
     print(f"{n_ok}/{len(records)} compiled; {len(bad)} failed; {len(spills)} default-kernel spill(s)")

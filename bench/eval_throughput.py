@@ -34,8 +34,9 @@ def main(argv=None) -> int:
     ap.add_argument("--param-file", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    import gru4rec_kernels as g
     from peers import official
+
+    import gru4rec_kernels as g
 
     df_train, df_test = tt.load_frames(args.dataset)
     if df_train is None:

@@ -182,6 +182,7 @@ def _cpu_backend_available() -> bool:
 def _train_log(n_items: int, n_events: int, seed: int = 0):
     """A SessionData over an item map of ``n_items`` ids with ``n_events`` events (Zipf-like items)."""
     import numpy as np
+
     import gru4rec_kernels as g
     rng = np.random.default_rng(seed)
     lens = 1 + rng.geometric(1 / 4.5, size=n_events)
@@ -201,6 +202,7 @@ def _child_train(n_items: int, n_events: int, H: int, backend: str | None) -> di
     import gc
 
     import numpy as np
+
     import gru4rec_kernels as g
     from gru4rec_kernels.backends import backend_class
     from gru4rec_kernels.layout import init_params

@@ -67,7 +67,7 @@ class Workload:
     constrained: bool = True
 
     @property
-    def O(self) -> int:
+    def O(self) -> int:  # noqa: E743  (O: the output-column count of the GRU4Rec equations)
         return self.B + self.S
 
 
@@ -389,7 +389,8 @@ def report(result: dict) -> str:
     for k in ev["kernels"]:
         out.append(f"  {k['name']:<22} {k['flops'] / 1e9:9.2f} GFLOP {k['bytes'] / 1e6:9.1f} MB {k['bound']:<7} "
                    f"{us(k['time_s'])} us")
-    out.append(f"  per step {ev['step_s'] * 1e3:.3f} ms; total {ev['total_s']:.3f} s (occupancy {ev['total_s_occupancy']:.3f}"
+    out.append(f"  per step {ev['step_s'] * 1e3:.3f} ms; total {ev['total_s']:.3f} s "
+               f"(occupancy {ev['total_s_occupancy']:.3f}"
                f" s); {ev['events_per_s']:,.0f} events/s; FLOP floor {ev['flop_floor_s']:.3f} s")
     out.append("  batch sweep: " + ", ".join(f"{b}: {t:.3f} s" for b, t in result["eval_sweep"].items()))
     out.append(f"  note: {ev['assumes']}")
@@ -404,7 +405,8 @@ def verdicts(result: dict, dev: Device) -> list[str]:
         for col, key in (("ideal", "step_s"), ("occupancy", "step_s_occupancy")):
             ok = p[key] <= TARGET_W1_S and p["launches"] <= TARGET_LAUNCHES
             lines.append(f"W1 {plan:<26} {col:<9}: {p[key] * 1e6:6.1f} us/step ({1 / p[key]:,.0f} steps/s), "
-                         f"{p['launches']} launches -> {'meets' if ok else 'MISSES'} the target <= 50 us, <= 20 launches")
+                         f"{p['launches']} launches -> {'meets' if ok else 'MISSES'} the target <= 50 us, "
+                         "<= 20 launches")
         work = p["work_s"]
         budget = (TARGET_W1_S - work) / dev.node_overhead_s
         lines.append(f"   {plan}: node overhead that would just meet 50 us with {p['launches']} nodes: "

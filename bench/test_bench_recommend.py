@@ -234,6 +234,7 @@ def test_cuda_batch_scoring(benchmark, model):
     if not ok or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         pytest.skip(f"no usable GPU: {why}")
     import cupy as cp
+
     from gru4rec_kernels.recommend import _map_sessions, batch_hidden, engine_for
     sessions = _sessions(model, 1000, seed=3)
     eng = engine_for(model)

@@ -209,8 +209,9 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluate", action="store_true", help="recall@20 / MRR@20 (conservative) on the test split")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    import gru4rec_kernels as g
     from peers import official
+
+    import gru4rec_kernels as g
 
     df_train, df_test = load_frames(args.dataset)
     if df_train is None:

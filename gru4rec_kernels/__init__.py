@@ -3,13 +3,13 @@
 numba.cuda kernels on CuPy arrays for the GPU, a Numba parallel backend for the CPU, and a readable numpy
 reference that is the oracle for both. ``import gru4rec_kernels`` never imports cupy or numba.cuda.
 """
+from .baselines import POP, SPOP, ItemKNN
 from .config import TrainConfig
 from .data import SessionData
 from .evaluate import evaluate
 from .model import Model, ModelFileError, UnknownItemError
-from .trainer import Trainer, TrainingDivergedError
-from .baselines import POP, SPOP, ItemKNN
 from .serving import SessionRecommender
+from .trainer import Trainer, TrainingDivergedError
 
 __version__ = "0.1.0"
 

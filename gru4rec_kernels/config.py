@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .codes import (  # noqa: F401  (re-exported: config is where users look for them)
-    ACT_ELU, ACT_LEAKY, ACT_LINEAR, ACT_RELU, ACT_TANH, FINAL_ACTS, LOSS_CODES, LOSSES, MODE_CODES, parse_final_act,
+    ACT_ELU,
+    ACT_LEAKY,
+    ACT_LINEAR,
+    ACT_RELU,
+    ACT_TANH,
+    FINAL_ACTS,
+    LOSS_CODES,
+    LOSSES,
+    MODE_CODES,
+    parse_final_act,
 )
 
 

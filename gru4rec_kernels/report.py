@@ -33,7 +33,8 @@ def format_table(results: dict, title: str | None = None) -> str:
     if not results:
         raise ValueError("no results to tabulate")
     ks = _cutoffs(results)
-    extra = sorted({c for res in results.values() for c in res if c.split("@")[0] in ("coverage", "popularity", "gini")})
+    beyond = ("coverage", "popularity", "gini")
+    extra = sorted({c for res in results.values() for c in res if c.split("@")[0] in beyond})
     cols = [f"recall@{k}" for k in ks] + [f"mrr@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + extra
     name_w = max(len("model"), *(len(n) for n in results))
     col_w = max(9, *(len(c) for c in cols))

@@ -214,7 +214,8 @@ class Trainer:
         elif isinstance(checkpoint_every, int) and not isinstance(checkpoint_every, bool) and checkpoint_every >= 1:
             every = checkpoint_every
         else:
-            raise ValueError(f"checkpoint_every must be 'epoch' or a positive number of steps; got {checkpoint_every!r}")
+            raise ValueError(f"checkpoint_every must be 'epoch' or a positive number of steps; "
+                             f"got {checkpoint_every!r}")
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep_checkpoints must be an int >= 1; got {keep!r}")
         return every
@@ -265,7 +266,8 @@ class Trainer:
                 dt = max(time.perf_counter() - t0, 1e-9)
                 if bar is not None:
                     bar.update(T)
-                    bar.set_postfix(loss=f"{loss_sum * cfg.batch_size / max(n_events, 1):.4f}", mb_s=f"{n_steps / dt:.0f}",
+                    bar.set_postfix(loss=f"{loss_sum * cfg.batch_size / max(n_events, 1):.4f}",
+                                    mb_s=f"{n_steps / dt:.0f}",
                                     ev_s=f"{n_events / dt:.0f}", refresh=False)
                 if save is not None and since_ckpt >= every:
                     if not sched.done:  # the epoch-end checkpoint is written by fit
@@ -277,7 +279,8 @@ class Trainer:
                 bar.close()
         dt = seconds_before + max(time.perf_counter() - t0, 1e-9)
         # step losses are sums over rows / batch_size: back to a per-event mean
-        return {"epoch": epoch, "loss": loss_sum * cfg.batch_size / max(n_events, 1), "steps": n_steps, "events": n_events,
+        return {"epoch": epoch, "loss": loss_sum * cfg.batch_size / max(n_events, 1), "steps": n_steps,
+                "events": n_events,
                 "seconds": dt, "mb_per_s": n_steps / dt, "events_per_s": n_events / dt}
 
     def _check_finite(self, model: Model, epoch: int, step: int) -> None:

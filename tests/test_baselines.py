@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from conftest import dataset
 
 import gru4rec_kernels as g
-from conftest import dataset
 from gru4rec_kernels.evaluate import evaluate, evaluate_scorer
 
 

@@ -6,10 +6,9 @@ the cpu runs are compared at float32 tolerance.
 """
 import json
 
+import golden
 import numpy as np
 import pytest
-
-import golden
 
 RECORD = json.loads(golden.GOLDEN.read_text())
 SAME_HOST = RECORD["host_cpu"] == golden.host_cpu()

@@ -80,7 +80,8 @@ def test_kernel_modules_found():
 def test_every_kernel_compiles_for_every_arch(compiled):
     proc, records = compiled
     assert proc.returncode != 3, f"no kernel modules found:\n{proc.stderr}"
-    assert records is not None, f"compile_kernels.py wrote no JSON (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    assert records is not None, (f"compile_kernels.py wrote no JSON (exit {proc.returncode}):\n{proc.stdout}\n"
+                                 f"{proc.stderr}")
     failed = ck.failures(records)
     assert not failed, "kernels failed to compile:\n\n" + "\n\n".join(ck.format_failure(r) for r in failed)
     got = {(r["module"], r["kernel"], r["sig_index"], r["arch"]) for r in records}
@@ -175,7 +176,8 @@ def test_checker_on_a_small_module(tmp_path):
     got = {(r["module"], r["kernel"], r["sig_index"], r["arch"]) for r in recs}
     assert got == naive_expected_records({"small_family": {"scale_rows": 2, "helper_only": 1}}, ck.ARCHS)
     by = {(r["kernel"], r["sig_index"], r["arch"]): r for r in recs}
-    assert by[("scale_rows", 0, "sm_90")]["smem"] == 64 * 4 and by[("scale_rows", 1, "sm_80")]["smem"] == 64 * 4  # a float32 buffer in both
+    # a float32 buffer in both
+    assert by[("scale_rows", 0, "sm_90")]["smem"] == 64 * 4 and by[("scale_rows", 1, "sm_80")]["smem"] == 64 * 4
     assert by[("scale_rows", 0, "sm_80")]["default"] and not by[("helper_only", 0, "sm_80")]["default"]
     for r in recs:
         assert r["ok"] and r["registers"] > 0 and r["ptxas_version"] and r["numba_cuda_version"]

@@ -3,9 +3,9 @@ GRU4Rec beats popularity on recall@20 by a wide margin."""
 import os
 
 import pytest
+from conftest import dataset
 
 import gru4rec_kernels as g
-from conftest import dataset
 
 DATA = str(dataset("rsc15_100k_sessionrec"))
 TRAIN = os.path.join(DATA, "yoochoose-clicks-100k_train_full.txt.gz")

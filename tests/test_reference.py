@@ -5,11 +5,10 @@ import zlib
 
 import numpy as np
 import pytest
+from steps import make_cfg, make_problem
 
 from gru4rec_kernels import reference as ref
 from gru4rec_kernels.config import LOSSES
-
-from steps import make_cfg, make_problem
 
 
 def numeric_loss(params, cfg, H, step):
@@ -38,7 +37,8 @@ CASES = list(itertools.product(LOSSES, ("constrained", "embedding", "onehot"), (
 def test_gradients_match_finite_differences(loss, mode, layers, act):
     cfg = make_cfg(loss, mode, layers, act, logq=0.0)
     logq = loss == "cross-entropy"
-    params, _, H, step = make_problem(cfg, dropout=0.3, logq=logq, seed=zlib.crc32(repr((loss, mode, layers, act)).encode()) % 1000)
+    seed = zlib.crc32(repr((loss, mode, layers, act)).encode()) % 1000
+    params, _, H, step = make_problem(cfg, dropout=0.3, logq=logq, seed=seed)
     H = [np.where(step.reset[:, None], 0, h) for h in H]
     analytic = dense_grads(params, cfg, H, step)
     rng = np.random.default_rng(0)
@@ -113,7 +113,7 @@ def test_sparse_adagrad_sums_duplicate_ids():
 
 
 def test_adagrad_momentum_matches_the_formula():
-    p = np.array([1.0]); acc = np.zeros(1); mom = np.zeros(1)
+    p, acc, mom = np.array([1.0]), np.zeros(1), np.zeros(1)
     ref.adagrad_dense(p, np.array([2.0]), acc, mom, lr=0.5, momentum=0.9)
     u1 = -0.5 * 2 / np.sqrt(4 + 1e-6)
     assert p[0] == pytest.approx(1 + u1)

@@ -84,7 +84,8 @@ def test_early_stopping_argument_errors(data, kw, msg):
         g.Trainer(cfg(), backend="numpy", show_progress=False).fit(train, **kw)
 
 
-@pytest.mark.parametrize("kw,msg", [(dict(batch_size=10**12), "needs at least"), (dict(layers=[10**9]), "needs at least")])
+@pytest.mark.parametrize("kw,msg", [(dict(batch_size=10**12), "needs at least"),
+                                    (dict(layers=[10**9]), "needs at least")])
 def test_huge_configs_get_a_memory_error_that_says_how_much(data, kw, msg):
     train, _ = data
     with pytest.raises(ValueError, match=msg):

@@ -103,7 +103,7 @@ def test_save_load_roundtrip(tmp_path, synthetic):
 
 
 def test_load_rejects_misshaped_missing_and_extra_tensors(tmp_path):
-    from gru4rec_kernels.modelfile import encode_safetensors, FORMAT_NAME
+    from gru4rec_kernels.modelfile import FORMAT_NAME, encode_safetensors
     cfg = g.TrainConfig(layers=[4], n_sample=0)
     _, params = init_params(cfg, 5)
     base = dict(params, item_ids=np.arange(5, dtype=np.int64), item_support=np.ones(5))

@@ -34,8 +34,19 @@ from numba import cuda, float32
 
 from gru4rec_kernels.reference import ADAGRAD_EPS
 
-from .common import (F0, F1, INT32_MAX, MAX_THREADS, NORM_BLOCKS, THREADS, block_sum4, ceil_div, check,
-                     check_threads, get_kernel)
+from .common import (
+    F0,
+    F1,
+    INT32_MAX,
+    MAX_THREADS,
+    NORM_BLOCKS,
+    THREADS,
+    block_sum4,
+    ceil_div,
+    check,
+    check_threads,
+    get_kernel,
+)
 
 EPS = np.float32(ADAGRAD_EPS)
 

@@ -32,7 +32,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .common import (F0, F1, THREADS, ceil_div, check, check_threads, dropout_scale, get_kernel, sigmoid)
+from .common import F0, F1, THREADS, ceil_div, check, check_threads, dropout_scale, get_kernel, sigmoid
 
 _M = "float32[:, ::1]"
 _V = "float32[::1]"

@@ -46,8 +46,24 @@ from numba import cuda, float32
 from gru4rec_kernels.config import LOSS_CODES
 from gru4rec_kernels.reference import BPR_MAX_EPS
 
-from .common import (F0, F1, F2, MAX_THREADS, NEG_INF, THREADS, block_max, block_sum4, ceil_div, check,
-                     check_choice, check_threads, final_act, final_act_grad, get_kernel, sigmoid)
+from .common import (
+    F0,
+    F1,
+    F2,
+    MAX_THREADS,
+    NEG_INF,
+    THREADS,
+    block_max,
+    block_sum4,
+    ceil_div,
+    check,
+    check_choice,
+    check_threads,
+    final_act,
+    final_act_grad,
+    get_kernel,
+    sigmoid,
+)
 
 DEFAULT_SCORES = "plain"  # "plain" (GEMM + row_loss) or "fused" (score_loss_fused); see the module docstring
 

@@ -19,7 +19,6 @@ from ...reference import BPR_MAX_EPS
 from .gemm import MR, VW, mk_cols1, mk_cols2, prefetch_row, tiles
 from .mathf import exp32, exp64, final_act, final_act_grad, sigmoid
 
-
 _SG_CHUNK = 128  # output columns per chunk of score_grads
 SG_GROUPS = 8  # fixed groups of chunks, each with its own partial dh (never depends on the thread count)
 
