@@ -54,3 +54,49 @@ def make_problem(cfg: TrainConfig, n_items=13, B=3, S=4, dtype=np.float64, seed=
                       hidden_masks=hidden_masks, col_logq=col_logq)
     opt = {"acc": zeros_like_params(params), "mom": zeros_like_params(params)}
     return params, opt, H, step
+
+
+def make_schedule(T, B, S, n_items, seed):
+    """inputs, targets, active, reset [T, B], samples [T, S] of a train_chunk: inactive rows (input and target 0),
+    resets, an accidental hit, a duplicate sample, a duplicate target."""
+    rng = np.random.default_rng(seed)
+    inputs = rng.integers(0, n_items, (T, B)).astype(np.int32)
+    targets = rng.integers(0, n_items, (T, B)).astype(np.int32)
+    active = rng.random((T, B)) < 0.85
+    active[:, 0] = True
+    inputs[~active] = 0
+    targets[~active] = 0
+    reset = rng.random((T, B)) < 0.25
+    samples = rng.integers(0, n_items, (T, S)).astype(np.int32)
+    if S > 2:
+        samples[:, 0] = targets[:, 0]  # accidental hit
+        samples[:, 1] = samples[:, 2]  # duplicate sample
+    targets[:, -1] = targets[:, 0]  # duplicate target
+    return inputs, targets, active, reset, samples
+
+
+def logq_arrays(cfg, n_items, seed=0):
+    """(logq_target, logq_sample) as the trainer builds them from item supports, or None when cfg.logq == 0."""
+    if cfg.logq <= 0:
+        return None
+    rng = np.random.default_rng(seed)
+    supp = rng.integers(1, 50, n_items).astype(np.float64)
+    p0 = supp / supp.sum()
+    ps = supp ** 0.5 / (supp ** 0.5).sum()
+    return cfg.logq * np.log(p0), cfg.logq * np.log(ps)
+
+
+# Whole-run cases: each loss, each input mode and both depths; dropout, momentum, logq, accidental-hit masking,
+# gradient clipping, every final activation and both of the cuda backend's score versions appear somewhere.
+RUN_CASES = {
+    "ce-constrained-1": dict(loss="cross-entropy", mode="constrained", layers=(5,), final_act="linear",
+                             dropout_p_embed=0.2, dropout_p_hidden=0.3, momentum=0.5, logq=0.5),
+    "bprmax-onehot-2": dict(loss="bpr-max", mode="onehot", layers=(4, 5), final_act="tanh", dropout_p_hidden=0.2),
+    "top1max-embedding-1-fused": dict(loss="top1-max", mode="embedding", layers=(5,), final_act="elu-0.5",
+                                      dropout_p_embed=0.25, momentum=0.3, scores="fused"),
+    "bpr-constrained-2": dict(loss="bpr", mode="constrained", layers=(4, 5), final_act="relu",
+                              mask_accidental_hits=True, momentum=0.9),
+    "top1-onehot-1-clip": dict(loss="top1", mode="onehot", layers=(5,), final_act="leaky-0.1", grad_cap=0.05),
+    "ce-embedding-2-fused": dict(loss="cross-entropy", mode="embedding", layers=(4, 5), final_act="linear",
+                                 dropout_p_hidden=0.1, mask_accidental_hits=True, scores="fused"),
+}

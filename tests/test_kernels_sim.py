@@ -29,6 +29,8 @@ from gru4rec_kernels.kernels import scores_loss as ksl
 from gru4rec_kernels.kernels import step as kstep
 from gru4rec_kernels.kernels.common import INT32_MAX, NORM_BLOCKS, SIM
 
+from tolerance import assert_within_reference_error
+
 MULT = 4.0
 FLOOR = 2e-7
 N, H, S = 97, 7, 5
@@ -75,17 +77,7 @@ def naive_adagrad_dense(p, g, acc, mom, lr, mu, dtype):
 
 # ============================================================================================ helpers
 def assert_close(name, got, ref32, ref64, mult=MULT, floor=FLOOR):
-    got, ref32, ref64 = (np.asarray(a, np.float64) for a in (got, ref32, ref64))
-    assert got.shape == ref64.shape, f"{name}: shape {got.shape} != {ref64.shape}"
-    err_k = np.abs(got - ref64).max(initial=0.0)
-    err_r = np.abs(ref32 - ref64).max(initial=0.0)
-    scale = max(1.0, np.abs(ref64).max(initial=0.0))
-    bound = mult * err_r + floor * scale
-    if not err_k <= bound:
-        bad = np.argwhere(np.abs(got - ref64) > bound)[:5]
-        rows = [(tuple(i), got[tuple(i)], ref64[tuple(i)]) for i in bad]
-        pytest.fail(f"{name}: kernel error {err_k:.3g} > {mult} x float32 reference error {err_r:.3g} + floor "
-                    f"({bound:.3g}); first mismatches (index, kernel, float64 ref): {rows}")
+    assert_within_reference_error(name, got, ref32, ref64, mult, floor, relative_floor=True)
 
 
 @pytest.fixture(params=["numpy", pytest.param("cupy", marks=pytest.mark.gpu)])
