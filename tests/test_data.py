@@ -34,7 +34,7 @@ def _check_invariants(d: SessionData) -> None:
     for ids in (d.item_ids, d.session_ids):
         assert ids.dtype != object or all(type(v) is str for v in ids)
     assert d.offsets[0] == 0 and d.offsets[-1] == d.n_events and np.all(np.diff(d.offsets) >= 1)
-    assert np.all(np.diff(d.item_ids) > 0)
+    assert np.all(d.item_ids[1:] > d.item_ids[:-1])
     assert d.items.min() >= 0 and d.items.max() < d.n_items
     first = d.times[d.offsets[:-1]]
     key = list(zip(first, d.session_ids))
