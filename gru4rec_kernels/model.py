@@ -83,8 +83,8 @@ class Model:
 
         Returns (item_ids, scores), best first, in original ids: the type of ids the model was trained on (int64,
         or Python str in an object array); the ids given must be of that type too. ``exclude``: ids never to
-        recommend (e.g. the session's own items); ``candidates``: restrict to these ids. Unknown ids are skipped with a warning
-        (``on_unknown='raise'`` to raise). A session with no known item gets the most popular items.
+        recommend (e.g. the session's own items); ``candidates``: restrict to these ids. Unknown ids are skipped
+        with a warning (``on_unknown='raise'`` to raise). A session with no known item gets the most popular items.
         """
         from .recommend import recommend_one
         return recommend_one(self, session_items, k=k, exclude=exclude, candidates=candidates,
