@@ -243,7 +243,8 @@ class SessionData:
         ``time_key=None``: the row order within a session is its time.
         ``id_type``: 'str' (default) reads the ids as the exact strings of the file ("NA" is an id too; an
         empty field is an error), so distinct ids never merge; 'int' reads integer ids ("007" is 7); 'auto'
-        takes pandas' type inference (ids that all look like integers become integers).
+        reads the strings and makes a column integers only if every id is an integer written canonically
+        ("7", "-12"; not "007", "+7" or " 7"), which no two distinct ids share.
         """
         check_id_type(id_type)
         path = os.fspath(path)
@@ -254,15 +255,18 @@ class SessionData:
         missing = [c for c in need if c not in header.columns]
         if missing:
             raise missing_columns_error(missing, list(header.columns), f"{path}")
-        if id_type == "str":
+        if id_type != "int":
             read_kwargs = _str_id_kwargs(read_kwargs, [session_key, item_key], time_key)
         df = read_csv_checked(path, sep=sep, usecols=need, **read_kwargs)
         if len(df) == 0:
             raise ValueError(f"{path}: the click log is empty (no rows)")
         try:
-            if id_type == "str":
+            if id_type != "int":
+                df = df.copy(deep=False)
                 for col in (session_key, item_key):
                     _check_no_empty(df[col], col)
+                    if id_type == "auto" and _canonical_ints(df[col]):
+                        df[col] = to_int_ids(df[col], col)
             return cls.from_pandas(df, session_key, item_key, time_key, min_session_length=min_session_length,
                                    id_type=id_type)
         except ValueError as e:
@@ -501,6 +505,17 @@ def _str_id_kwargs(kw: dict, id_cols: list, time_key: str | None) -> dict:
         kw["keep_default_na"] = False
         kw["na_values"] = {time_key: sorted(_NA_STRINGS)} if time_key is not None else {}
     return kw
+
+
+def _canonical_ints(s: pd.Series) -> bool:
+    """Every string an int64 in its one canonical spelling (so reading them as integers merges nothing)."""
+    if not (pd.api.types.is_string_dtype(s.dtype) or s.dtype == object):
+        return False
+    ok = s.astype(str).str.fullmatch(r"-?(?:0|[1-9][0-9]{0,18})").to_numpy(dtype=bool, na_value=False)
+    if not ok.all():
+        return False
+    n = pd.to_numeric(s, errors="coerce")
+    return bool(pd.api.types.is_integer_dtype(n.dtype) and (n.dtype != np.uint64 or n.max() < 2 ** 63))
 
 
 def _check_no_empty(s: pd.Series, col: str) -> None:
