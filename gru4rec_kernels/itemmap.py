@@ -51,9 +51,22 @@ def _str_array(a: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
-def as_item_array(x, what: str = "session_items") -> np.ndarray:
+_KIND_WORDS = {"int": "integers", "str": "strings"}
+
+
+def as_item_array(x, what: str = "session_items", kind: str | None = "int") -> np.ndarray:
     """A flat sequence of item ids -> int64 array (integers; floats that are exactly integer) or object array
-    of Python str (strings, exactly as given); anything else, or a mix of ints and strs, is a ValueError."""
+    of Python str (strings, exactly as given); anything else, or a mix of ints and strs, is a ValueError.
+
+    ``kind``: the ids' required type, 'int' (the default: integer ids only, as this function always took),
+    'str', or None (either)."""
+    a = _parse_ids(x, what)
+    if kind is not None and a.size and id_kind(a) != kind:
+        raise ValueError(f"{what}: expected {_KIND_WORDS[kind]} as item ids, got {a[:1].tolist()[0]!r}")
+    return a
+
+
+def _parse_ids(x, what: str) -> np.ndarray:
     if isinstance(x, (str, bytes, dict, set, frozenset)):
         raise ValueError(f"{what} must be {_NEED}; got {type(x).__name__}")
     if np.isscalar(x) or x is None:
@@ -105,6 +118,9 @@ def sorted_ids(ids, what: str = "item_ids") -> np.ndarray:
     a = np.asarray(ids)
     if a.ndim != 1 or a.size == 0:
         raise ValueError(f"{what} must be a non-empty 1-D array")
+    if a.dtype.kind == "U" and not isinstance(ids, np.ndarray):  # numpy made [7, "8"] all strings: check
+        a = np.empty(len(ids), dtype=object)
+        a[:] = list(ids)
     if a.dtype.kind in "OU":
         a = _str_array(a.astype(object, copy=False), what)
     else:
@@ -131,11 +147,14 @@ class ItemMap:
         """An id array of this map's dtype filled with the padding id: -1 (int maps) or None (str maps)."""
         return np.full(shape, None if self.kind == "str" else -1, dtype=self.ids.dtype)
 
-    def _check_kind(self, a: np.ndarray, what: str) -> None:
+    def as_ids(self, ids, what: str) -> np.ndarray:
+        """A flat sequence of ids of this map's kind -> int64 or object-str array (ValueError naming ``what``)."""
+        a = _parse_ids(ids, what)
         if a.size and id_kind(a) != self.kind:
-            have, got = ("strings", "integers") if self.kind == "str" else ("integers", "strings")
+            have, got = _KIND_WORDS[self.kind], _KIND_WORDS[id_kind(a)]
             raise ValueError(f"{what}: the item ids of {self.owner} are {have}, these are {got} (e.g. "
                              f"{a[:1].tolist()[0]!r}); pass ids of the same type as at training")
+        return a
 
     def lookup(self, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ids of the map's kind -> (positions clipped to [0, N), known mask)."""
@@ -153,10 +172,9 @@ class ItemMap:
         """Ids -> (indices of the known ones, int64; known mask). Unknown ids are skipped with a warning
         ('warn'), silently ('ignore') or raise UnknownItemError ('raise')."""
         check_on_unknown(on_unknown)
-        a = as_item_array(ids, what)
+        a = self.as_ids(ids, what)
         if a.size == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
-        self._check_kind(a, what)
         pos, known = self.lookup(a)
         if not known.all():
             unknown = a[~known]
@@ -171,10 +189,9 @@ class ItemMap:
         """exclude / candidates -> sorted unique item indices (None stays None); unknown ids are ignored."""
         if ids is None:
             return None
-        a = as_item_array(ids, what)
+        a = self.as_ids(ids, what)
         if a.size == 0:
             return np.zeros(0, dtype=np.int64)
-        self._check_kind(a, what)
         pos, known = self.lookup(a)
         return np.unique(pos[known])
 

@@ -146,7 +146,11 @@ def test_item_map_kinds():
     assert mi.index([7, 8], on_unknown="ignore")[0].tolist() == [1]
     with pytest.raises(ValueError, match="sorted and unique"):
         ItemMap(np.array(["b", "a"], dtype=object))
-    assert as_item_array(np.array(["a", "b"])).dtype == object  # numpy unicode -> Python str
+    with pytest.raises(ValueError, match="mixes string and integer"):
+        ItemMap([7, "8"])
+    assert as_item_array(np.array(["a", "b"]), kind="str").dtype == object  # numpy unicode -> Python str
+    with pytest.raises(ValueError, match="expected integers"):  # the default: integer ids, as it always took
+        as_item_array(["a"])
     assert m.full(2).tolist() == [None, None] and mi.full(2).tolist() == [-1, -1]
 
 
@@ -269,8 +273,10 @@ def test_any_ids_in_the_same_ids_out(given_ids, pick):
 
 
 @pytest.mark.xfail(raises=(RuntimeError, ValueError), strict=False,
-                   reason="recommend.recommend_batch builds its result as an int64 array; it needs "
-                          "`ids = eng.item_map.full((n, max(kk, 0)))` (recommend.py is being refactored elsewhere)")
+                   reason="recommend.recommend_batch parses sessions as integer ids and builds its result as an "
+                          "int64 array; it needs `_parse_sessions(sessions, eng.item_map.kind)` passing the kind to "
+                          "as_item_array, and `ids = eng.item_map.full((n, max(kk, 0)))` (recommend.py is being "
+                          "refactored elsewhere)")
 @settings(max_examples=30, deadline=None)
 @given(given_ids=st.lists(_TEXT, min_size=2, max_size=8, unique=True),
        pick=st.lists(st.integers(0, 7), min_size=1, max_size=4))
