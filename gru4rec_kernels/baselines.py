@@ -82,7 +82,8 @@ class _Baseline:
         return ItemMap(self.item_ids, type(self).__name__).index_set(ids, what)
 
     def recommend(self, session_items, k: int = 20, exclude=None, candidates=None, on_unknown: str = "warn"):
-        """Top-k next items for a session of original ids: (item_ids int64 [k'], scores float64 [k']), best first."""
+        """Top-k next items for a session of original ids: (item_ids [k'], scores float64 [k']), best first. Ids,
+        given and returned, are of the training data's type (int64, or str)."""
         self._check_fitted()
         k = check_k(k)
         idx = self._index(session_items, on_unknown, "session_items")

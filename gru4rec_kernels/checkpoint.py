@@ -18,7 +18,8 @@ import zlib
 import numpy as np
 
 from .config import TrainConfig
-from .modelfile import ModelFileError, atomic_write_bytes, decode_safetensors, encode_safetensors, read_regular_file
+from .modelfile import (ModelFileError, atomic_write_bytes, decode_safetensors, encode_safetensors, encode_str_ids,
+                        read_regular_file)
 
 CKPT_FORMAT = "gru4rec-kernels-checkpoint"
 CKPT_VERSION = 1
@@ -32,10 +33,14 @@ class CheckpointError(ValueError):
 
 
 def data_fingerprint(data) -> str:
-    """Cheap identity of a SessionData: sizes and CRC32s of its item and offset arrays."""
+    """Cheap identity of a SessionData: sizes and CRC32s of its item and offset arrays and of its item ids."""
     crc = zlib.crc32(np.ascontiguousarray(data.items).view(np.uint8))
     crc = zlib.crc32(np.ascontiguousarray(data.offsets).view(np.uint8), crc)
-    crc = zlib.crc32(np.ascontiguousarray(data.item_ids).view(np.uint8), crc)
+    if data.item_ids.dtype == object:  # string ids: their UTF-8 bytes and lengths, as the model file stores them
+        utf8, offsets = encode_str_ids(data.item_ids.tolist())
+        crc = zlib.crc32(offsets.view(np.uint8), zlib.crc32(utf8, crc))
+    else:
+        crc = zlib.crc32(np.ascontiguousarray(data.item_ids).view(np.uint8), crc)
     return f"{data.n_events}:{data.n_sessions}:{data.n_items}:{crc:08x}"
 
 

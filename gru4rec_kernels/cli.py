@@ -25,12 +25,31 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--item-key", default="ItemId", help="item id column (default ItemId)")
     p.add_argument("--time-key", default="Time",
                    help="time column (default Time); 'none' uses the row order within a session as time")
+    p.add_argument("--id-type", default=None, choices=["auto", "str", "int"],
+                   help="how session and item ids are read: 'str' (the exact strings: '007' and '7' are two "
+                        "items), 'int' (integers: '007' is 7), 'auto' (pandas' types). Default: the first data file "
+                        "as 'str' (csv/tsv) or 'auto' (parquet); every other file, and any data given with a "
+                        "--model, as that data's or model's id type")
 
 
-def _load_data(path: str, args):
+def _id_type_like(args, like) -> str | None:
+    """--id-type, else the id type of ``like`` (a SessionData or Model whose ids the data must match), else None
+    (the reader's default)."""
+    if args.id_type is not None:
+        return args.id_type
+    if like is not None:
+        from .itemmap import id_kind
+        return id_kind(like.item_ids)
+    return None
+
+
+def _load_data(path: str, args, like=None):
     from .data import SessionData
     tk = None if str(args.time_key).lower() == "none" else args.time_key
     kw = dict(session_key=args.session_key, item_key=args.item_key, time_key=tk)
+    id_type = _id_type_like(args, like)
+    if id_type is not None:
+        kw["id_type"] = id_type
     if str(path).endswith(".parquet"):
         return SessionData.from_parquet(path, **kw)
     return SessionData.from_csv(path, sep=args.sep, **kw)
@@ -151,12 +170,12 @@ def cmd_train(args) -> int:
             _input_file(path, "data file")
     if args.train:
         train = _load_data(args.train, args)
-        tests = {p: _load_data(p, args) for p in args.test or []}
+        tests = {p: _load_data(p, args, like=train) for p in args.test or []}
     else:
         print("no --train given: using the built-in SYNTHETIC click log (gru4rec_kernels.synthetic)")
         train, test = _default_data()
         tests = {"synthetic test": test}
-    valid = _load_data(args.valid, args) if args.valid else None
+    valid = _load_data(args.valid, args, like=train) if args.valid else None
     eval_cutoffs, metric = check_early_stopping(valid, cutoffs, args.patience, args.metric)
     every = args.checkpoint_every
     if every is not None and every != "epoch":
@@ -214,10 +233,10 @@ def cmd_evaluate(args) -> int:
     for path in [args.model, *args.test, *([args.train] if args.train else [])]:
         _input_file(path, "input file")
     model = Model.load(args.model)
-    train = _load_data(args.train, args) if args.baselines else None
+    train = _load_data(args.train, args, like=model) if args.baselines else None
     outs = {}
     for path in args.test:
-        test = _load_data(path, args)
+        test = _load_data(path, args, like=model)
         res = evaluate(model, test, cutoffs=cutoffs, mode=args.mode, backend=args.backend)
         if args.beyond_accuracy:
             from .evaluate import beyond_accuracy
@@ -244,9 +263,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _parse_id_tokens(line: str, where: str) -> list:
+def _parse_id_tokens(line: str, where: str, kind: str = "int") -> list:
+    """Ids separated by spaces or commas: strs as written for a str-id model, ints for an int-id one."""
     import re
     toks = [t for t in re.split(r"[,\s]+", line.strip()) if t]
+    if kind == "str":
+        return toks
     out = []
     for t in toks:
         try:
@@ -259,9 +281,10 @@ def _parse_id_tokens(line: str, where: str) -> list:
     return out
 
 
-def _read_sessions(path: str, args) -> tuple[list, list]:
+def _read_sessions(path: str, args, kind: str = "int") -> tuple[list, list]:
     """(labels, sessions) from a file: one session per line (ids separated by spaces or commas), or a click log
-    with a header naming the session and item columns (sessions by their first event time, events by time)."""
+    with a header naming the session and item columns (sessions by their first event time, events by time).
+    ``kind``: the model's id type; for 'str' the ids (and session labels) are the file's exact strings."""
     import re
     _input_file(path, "--sessions")
     import gzip
@@ -273,7 +296,11 @@ def _read_sessions(path: str, args) -> tuple[list, list]:
     if args.session_key in header and args.item_key in header:
         import pandas as pd
         sep = args.sep or ("\t" if "\t" in first else ("," if "," in first else r"\s+"))
-        df = pd.read_csv(path, sep=sep, engine="python" if sep == r"\s+" else "c")
+        str_kw = {}
+        if kind == "str":  # ids as written: no number parsing, "NA" is an id
+            str_kw = dict(dtype={args.session_key: str, args.item_key: str}, keep_default_na=False,
+                          na_values={args.time_key: ["", "NA", "NaN", "nan", "null", "NULL", "None"]})
+        df = pd.read_csv(path, sep=sep, engine="python" if sep == r"\s+" else "c", **str_kw)
         tk = None if str(args.time_key).lower() == "none" or args.time_key not in df.columns else args.time_key
         if tk is not None:
             df = df.sort_values(tk, kind="stable")
@@ -287,22 +314,28 @@ def _read_sessions(path: str, args) -> tuple[list, list]:
         if not ln.strip():
             continue
         labels.append(i)
-        sessions.append(_parse_id_tokens(ln, f"{path}, line {i}"))
+        sessions.append(_parse_id_tokens(ln, f"{path}, line {i}", kind))
     if not sessions:
         raise ValueError(f"{path}: no session found (one session per line: item ids separated by spaces or commas)")
     return labels, sessions
 
 
 def cmd_recommend(args) -> int:
+    import numpy as np
+
+    from .itemmap import id_kind
     from .model import Model
-    from .recommend import recommend_batch, recommend_one
+    from .recommend import recommend_one
     if (args.session is None) == (args.sessions is None):
         raise ValueError("give exactly one of --session ID [ID ...] or --sessions FILE")
     model = Model.load(_input_file(args.model, "--model"))
-    if (args.session is None) == (args.sessions is None):
-        raise ValueError("give exactly one of --session ID [ID ...] or --sessions FILE")
+    kind = id_kind(model.item_ids)
+    if args.id_type in ("str", "int") and args.id_type != kind:
+        raise ValueError(f"--id-type {args.id_type}: the model's item ids are "
+                         f"{'strings' if kind == 'str' else 'integers'}")
     if args.session is not None:
-        items = _parse_id_tokens(" ".join(args.session), "--session")
+        # a str model takes every argument as one id, exactly as given (spaces and commas included)
+        items = list(args.session) if kind == "str" else _parse_id_tokens(" ".join(args.session), "--session")
         ids, scores = recommend_one(model, items, k=args.k, exclude=items if args.exclude_seen else None)
         if args.json:
             print(json.dumps({"session": items, "items": ids.tolist(), "scores": [float(s) for s in scores]}))
@@ -311,17 +344,18 @@ def cmd_recommend(args) -> int:
             for r, (i, s) in enumerate(zip(ids, scores), 1):
                 print(f"{r}\t{i}\t{s:.6g}")
         return 0
-    labels, sessions = _read_sessions(args.sessions, args)
-    ids, scores = recommend_batch(model, sessions, k=args.k, exclude=sessions if args.exclude_seen else None)
+    labels, sessions = _read_sessions(args.sessions, args, kind)
+    ids, scores = model.recommend_batch(sessions, k=args.k, exclude=sessions if args.exclude_seen else None)
+    # padding (rows with fewer items available) has a NaN score; -1 may be a real id
     if args.json:
         out = []
         for lab, row_i, row_s in zip(labels, ids, scores):
-            keep = row_i >= 0
+            keep = ~np.isnan(row_s)
             out.append({"session": lab, "items": row_i[keep].tolist(), "scores": [float(v) for v in row_s[keep]]})
         print(json.dumps(out))
     else:
         for lab, row_i, row_s in zip(labels, ids, scores):
-            print(f"{lab}\t" + " ".join(f"{i}:{s:.6g}" for i, s in zip(row_i, row_s) if i >= 0))
+            print(f"{lab}\t" + " ".join(f"{i}:{s:.6g}" for i, s in zip(row_i, row_s) if not np.isnan(s)))
     return 0
 
 
@@ -337,7 +371,7 @@ def cmd_tune(args) -> int:
     else:
         print("no --train given: using the built-in SYNTHETIC click log (gru4rec_kernels.synthetic)")
         train, _ = _default_data()
-    valid = _load_data(args.valid, args) if args.valid else None
+    valid = _load_data(args.valid, args, like=train) if args.valid else None
     res = tune(train, space, valid=valid, base_config=base, metric=args.metric, n_trials=args.n_trials,
                timeout=args.timeout, backend=args.backend, seed=args.tune_seed, valid_days=args.valid_days)
     for t in res.trials:
@@ -463,10 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recommend", help="top-k next items for sessions from a saved model")
     r.add_argument("--model", required=True)
-    r.add_argument("--session", nargs="+", metavar="ID", help="one session: item ids, oldest first")
+    r.add_argument("--session", nargs="+", metavar="ID",
+                   help="one session: item ids, oldest first (for a model with string ids, each argument is one id "
+                        "exactly as written)")
     r.add_argument("--sessions", metavar="FILE",
                    help="one session per line (ids separated by spaces or commas), or a click log with a header "
-                        "naming the session and item columns")
+                        "naming the session and item columns; ids are read as the model's id type")
     r.add_argument("-k", "--k", type=int, default=20, help="how many items (default 20)")
     r.add_argument("--exclude-seen", action="store_true", help="never recommend an item already in the session")
     r.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -13,102 +13,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .columns import ID_TYPES, check_id_type, encode_ids, to_ids, to_int_ids, to_times  # noqa: F401  (re-exported)
+
 __all__ = ["SessionData"]
 
-_INT_RE = r"[+-]?\d+"
 
-
-# ---------------------------------------------------------------------------------------------------- column checks
-def _check_no_nan(values: Any, col: str) -> None:
-    na = pd.isna(values)
-    if np.any(na):
-        na = np.asarray(na)
-        raise ValueError(f"column {col!r} has {int(na.sum())} missing (NaN/None) value(s), first at row "
-                         f"{int(np.argmax(na))}; drop or fill those rows first")
-
-
-def _column_series(values: Any, col: str, requirement: str) -> pd.Series:
-    """The column as a Series (no copy), checked for missing values and booleans (which pandas counts as
-    numbers); ``requirement`` finishes the error message for booleans."""
-    s = values if isinstance(values, pd.Series) else pd.Series(values, copy=False)
-    _check_no_nan(s, col)
-    if pd.api.types.is_bool_dtype(s.dtype):
-        raise ValueError(f"column {col!r} holds booleans; {requirement}")
-    return s
-
-
-def to_int_ids(values: Any, col: str) -> np.ndarray:
-    """Ids -> int64. Accepts integers, floats that are exactly integer, strings of decimal integers."""
-    s = _column_series(values, col, "ids must be integers")
-    dt = s.dtype
-    if pd.api.types.is_integer_dtype(dt):
-        a = s.to_numpy()
-        if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
-            raise ValueError(f"column {col!r} has ids above 2**63-1; ids must fit in int64")
-        return a.astype(np.int64, copy=False)
-    if pd.api.types.is_float_dtype(dt):
-        a = s.to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(a) | (a != np.floor(a)) | (np.abs(a) > 2.0 ** 63 - 1024)
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ValueError(f"column {col!r} has non-integer id {a[i]!r} at row {i}; ids must be integers "
-                             f"(or floats that are exactly integer)")
-        return a.astype(np.int64)
-    if pd.api.types.is_object_dtype(dt) or pd.api.types.is_string_dtype(dt):
-        st = s.astype(str).str.strip()
-        ok = st.str.fullmatch(_INT_RE).to_numpy(dtype=bool)
-        if not ok.all():
-            i = int(np.argmax(~ok))
-            raise ValueError(f"column {col!r} has non-integer id {s.iloc[i]!r} at row {i}; ids must be integers, "
-                             f"floats that are exactly integer, or strings of decimal digits")
-        num = pd.to_numeric(st, errors="coerce")
-        if not pd.api.types.is_integer_dtype(num.dtype) or (num.dtype == np.uint64 and num.max() >= 2 ** 63):
-            raise ValueError(f"column {col!r} has ids that do not fit in int64")
-        return num.to_numpy().astype(np.int64)
-    raise ValueError(f"column {col!r} has dtype {dt}; ids must be integers")
-
-
-def to_times(values: Any, col: str) -> np.ndarray:
-    """Time column -> float64. Numbers are kept as they are; datetimes / ISO strings become epoch seconds (UTC)."""
-    s = _column_series(values, col, "time must be numeric or a date/time")
-    dt = s.dtype
-    if pd.api.types.is_numeric_dtype(dt):
-        a = s.to_numpy(dtype=np.float64)
-    elif pd.api.types.is_datetime64_any_dtype(dt):
-        a = _datetime_seconds(s)
-    elif pd.api.types.is_object_dtype(dt) or pd.api.types.is_string_dtype(dt):
-        num = pd.to_numeric(s, errors="coerce")
-        if not num.isna().any():
-            a = num.to_numpy(dtype=np.float64)
-        else:
-            try:
-                parsed = pd.to_datetime(s, utc=True, format="ISO8601")
-            except (ValueError, TypeError):
-                try:
-                    parsed = pd.to_datetime(s, utc=True, format="mixed")
-                except (ValueError, TypeError, OverflowError):
-                    bad = num.isna().to_numpy()
-                    i = int(np.argmax(bad))
-                    raise ValueError(f"column {col!r} has a value that is neither a number nor a date/time: "
-                                     f"{s.iloc[i]!r} at row {i}") from None
-            a = _datetime_seconds(parsed)
-    else:
-        raise ValueError(f"column {col!r} has dtype {dt}; time must be numeric or a date/time")
-    if not np.all(np.isfinite(a)):
-        i = int(np.argmax(~np.isfinite(a)))
-        raise ValueError(f"column {col!r} has a non-finite time {a[i]!r} at row {i}")
-    return a
-
-
-def _datetime_seconds(s: pd.Series) -> np.ndarray:
-    s = pd.Series(s, copy=False)
-    if s.dt.tz is not None:
-        s = s.dt.tz_convert("UTC").dt.tz_localize(None)  # naive datetimes are taken as UTC, never local time
-    ns = s.to_numpy().astype("datetime64[ns]").astype(np.int64)
-    # whole seconds + fraction, so 20:21:58.444 becomes the float nearest to ...318.444 (ns/1e9 is not)
-    return (ns // 1_000_000_000).astype(np.float64) + (ns % 1_000_000_000) / 1e9
-
-
+# ---------------------------------------------------------------------------------------------------- helpers
 def _release_arrow_memory() -> None:
     """Hand the memory Arrow's allocator keeps cached back to the OS (it would stay in the resident set)."""
     try:
@@ -123,6 +33,25 @@ def missing_columns_error(missing: list[str], have: list[Any], where: str) -> Va
     if len(have) == 1 and isinstance(have[0], str) and ("\t" in have[0] or "," in have[0] or ";" in have[0]):
         hint = " (only one column was found: is the separator right?)"
     return ValueError(f"{where}: missing column(s) {missing}; the columns are {list(have)}{hint}")
+
+
+def _id_array(a: Any) -> np.ndarray:
+    """An id array as SessionData keeps it: object (strs) stays object, anything else becomes int64."""
+    a = np.asarray(a)
+    return np.ascontiguousarray(a) if a.dtype == object else np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _flat(values: Any) -> Any:
+    """from_arrays input -> a 1-D array or Series. A list mixing ints and strs stays objects (numpy would turn
+    every element into a string, and 7 would become "7")."""
+    if isinstance(values, pd.Series):
+        return values
+    a = np.asarray(values)
+    if a.dtype.kind in "US" and not isinstance(values, np.ndarray) and a.ndim == 1:
+        o = np.empty(a.size, dtype=object)
+        o[:] = list(values)
+        return o
+    return a.ravel()
 
 
 # ---------------------------------------------------------------------------------------------------- building
@@ -208,24 +137,28 @@ class SessionData:
 
     Attributes
     ----------
-    item_ids : int64 [n_items]     sorted unique original item ids; the position is the item index.
+    item_ids : [n_items]           sorted unique original item ids (int64, or object-dtype Python str); the
+                                   position is the item index.
     items    : int32 [n_events]    item index of every event, grouped by session.
     offsets  : int64 [n_sessions+1] session ``s`` is events ``offsets[s]:offsets[s+1]``.
-    session_ids : int64 [n_sessions] original session ids, in session order.
+    session_ids : [n_sessions]     original session ids (int64, or object-dtype str), in session order.
     times    : float64 [n_events]  event times (the file's numeric unit; dates become epoch seconds, UTC).
 
     Sessions are ordered by their first time (ties by session id), events by time within a session, stable.
     One-event sessions are kept unless ``min_session_length`` says otherwise: they give no training pair but
     count in evaluation statistics. A log in which no session has 2+ events is rejected.
     When ``time_key=None`` the row order within a session is its time (``times`` is then the row number).
+
+    Ids are integers or strings (``id_type``, see ``encode_ids``): distinct ids never merge ("007" and "7" are
+    two items). ``from_csv`` reads ids as strings unless told ``id_type='int'``.
     """
 
     def __init__(self, item_ids: np.ndarray, items: np.ndarray, offsets: np.ndarray, session_ids: np.ndarray,
                  times: np.ndarray):
-        self.item_ids = np.ascontiguousarray(item_ids, dtype=np.int64)
+        self.item_ids = _id_array(item_ids)
         self.items = np.ascontiguousarray(items, dtype=np.int32)
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        self.session_ids = np.ascontiguousarray(session_ids, dtype=np.int64)
+        self.session_ids = _id_array(session_ids)
         self.times = np.ascontiguousarray(times, dtype=np.float64)
         if self.offsets.ndim != 1 or self.offsets.size != self.session_ids.size + 1 or self.offsets[0] != 0 \
                 or self.offsets[-1] != self.items.size or self.times.size != self.items.size:
@@ -264,26 +197,29 @@ class SessionData:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_arrays(cls, session_ids: Any, item_ids: Any, times: Any = None, *,
-                    min_session_length: int = 1) -> "SessionData":
-        """Build from three equally long 1-D arrays. ``times=None``: the array order is the time."""
-        sess = to_int_ids(np.asarray(session_ids).ravel() if not isinstance(session_ids, pd.Series)
-                           else session_ids, "SessionId")
-        its = to_int_ids(np.asarray(item_ids).ravel() if not isinstance(item_ids, pd.Series)
-                          else item_ids, "ItemId")
+    def from_arrays(cls, session_ids: Any, item_ids: Any, times: Any = None, *, min_session_length: int = 1,
+                    id_type: str = "auto") -> "SessionData":
+        """Build from three equally long 1-D arrays. ``times=None``: the array order is the time.
+        ``id_type``: how ids are read ('auto', 'str', 'int'; see ``encode_ids``)."""
+        check_id_type(id_type)
+        sess = encode_ids(_flat(session_ids), "SessionId", id_type)
+        its = encode_ids(_flat(item_ids), "ItemId", id_type)
         if times is None:
-            t = np.arange(sess.size, dtype=np.float64)
+            t = np.arange(sess[0].size, dtype=np.float64)
         else:
-            t = to_times(np.asarray(times).ravel() if not isinstance(times, pd.Series) else times, "Time")
-        if not (sess.size == its.size == t.size):
+            t = to_times(_flat(times), "Time")
+        if not (sess[0].size == its[0].size == t.size):
             raise ValueError(f"session_ids, item_ids and times must have the same length; got "
-                             f"{sess.size}, {its.size}, {t.size}")
+                             f"{sess[0].size}, {its[0].size}, {t.size}")
         return cls._build(sess, its, t, min_session_length)
 
     @classmethod
     def from_pandas(cls, df: pd.DataFrame, session_key: str = "SessionId", item_key: str = "ItemId",
-                    time_key: str | None = "Time", *, min_session_length: int = 1) -> "SessionData":
-        """Build from a DataFrame (never modified). ``time_key=None``: the row order within a session is its time."""
+                    time_key: str | None = "Time", *, min_session_length: int = 1,
+                    id_type: str = "auto") -> "SessionData":
+        """Build from a DataFrame (never modified). ``time_key=None``: the row order within a session is its time.
+        ``id_type``: how ids are read ('auto', 'str', 'int'; see ``encode_ids``)."""
+        check_id_type(id_type)
         if not isinstance(df, pd.DataFrame):
             raise ValueError(f"from_pandas expects a pandas DataFrame; got {type(df).__name__}")
         need = [session_key, item_key] + ([time_key] if time_key is not None else [])
@@ -292,20 +228,25 @@ class SessionData:
             raise missing_columns_error(missing, list(df.columns), "from_pandas")
         if len(df) == 0:
             raise ValueError("the click log is empty (no rows)")
-        sess = to_int_ids(df[session_key], session_key)
-        its = to_int_ids(df[item_key], item_key)
+        sess = encode_ids(df[session_key], session_key, id_type)
+        its = encode_ids(df[item_key], item_key, id_type)
         t = to_times(df[time_key], time_key) if time_key is not None else np.arange(len(df), dtype=np.float64)
         return cls._build(sess, its, t, min_session_length)
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike, sep: str | None = ",", session_key: str = "SessionId",
                  item_key: str = "ItemId", time_key: str | None = "Time", *, min_session_length: int = 1,
-                 **read_kwargs: Any) -> "SessionData":
+                 id_type: str = "str", **read_kwargs: Any) -> "SessionData":
         """Read a csv / tsv (optionally compressed, e.g. ``.gz``) with a header row.
 
         ``sep=None`` infers it from the extension: ``.tsv`` / ``.txt`` -> tab, otherwise comma.
         ``time_key=None``: the row order within a session is its time.
+        ``id_type``: 'str' (default) reads the ids as the exact strings of the file ("NA" is an id too; an
+        empty field is an error), so distinct ids never merge; 'int' reads integer ids ("007" is 7); 'auto'
+        reads the strings and makes a column integers only if every id is an integer written canonically
+        ("7", "-12"; not "007", "+7" or " 7"), which no two distinct ids share.
         """
+        check_id_type(id_type)
         path = os.fspath(path)
         if sep is None:
             sep = _infer_sep(path)
@@ -314,18 +255,30 @@ class SessionData:
         missing = [c for c in need if c not in header.columns]
         if missing:
             raise missing_columns_error(missing, list(header.columns), f"{path}")
+        if id_type != "int":
+            read_kwargs = _str_id_kwargs(read_kwargs, [session_key, item_key], time_key)
         df = read_csv_checked(path, sep=sep, usecols=need, **read_kwargs)
         if len(df) == 0:
             raise ValueError(f"{path}: the click log is empty (no rows)")
         try:
-            return cls.from_pandas(df, session_key, item_key, time_key, min_session_length=min_session_length)
+            if id_type != "int":
+                df = df.copy(deep=False)
+                for col in (session_key, item_key):
+                    _check_no_empty(df[col], col)
+                    if id_type == "auto" and _canonical_ints(df[col]):
+                        df[col] = to_int_ids(df[col], col)
+            return cls.from_pandas(df, session_key, item_key, time_key, min_session_length=min_session_length,
+                                   id_type=id_type)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
 
     @classmethod
     def from_parquet(cls, path: str | os.PathLike, session_key: str = "SessionId", item_key: str = "ItemId",
-                     time_key: str | None = "Time", *, min_session_length: int = 1) -> "SessionData":
-        """Read a parquet file (or dataset directory). ``time_key=None``: row order within a session is time."""
+                     time_key: str | None = "Time", *, min_session_length: int = 1,
+                     id_type: str = "auto") -> "SessionData":
+        """Read a parquet file (or dataset directory). ``time_key=None``: row order within a session is time.
+        ``id_type``: how ids are read ('auto': integer columns as integers, string columns as strings)."""
+        check_id_type(id_type)
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no such file: {path}")
@@ -348,10 +301,10 @@ class SessionData:
         # Column by column, each converted to its final numpy form and its Arrow buffers dropped at once: the
         # peak is the Arrow table plus one column (pd.read_parquet would hold the table and a whole DataFrame).
         n = table.num_rows
-        conv = {session_key: to_int_ids, item_key: to_int_ids}
+        conv = {session_key: lambda v, c: encode_ids(v, c, id_type), item_key: lambda v, c: encode_ids(v, c, id_type)}
         if time_key is not None:
             conv[time_key] = to_times
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, Any] = {}
         try:
             for key in need:
                 if key in out:
@@ -379,19 +332,27 @@ class SessionData:
             _release_arrow_memory()
 
     @classmethod
-    def _build(cls, sess: np.ndarray, its: np.ndarray, t: np.ndarray, min_session_length: int) -> "SessionData":
+    def _build(cls, sess_enc: tuple, its_enc: tuple, t: np.ndarray, min_session_length: int) -> "SessionData":
         """Group by session (time-ordered within, stable), order sessions by (first time, id), map the items.
+
+        ``sess_enc`` / ``its_enc`` are ``encode_ids`` results: (int64 ids, None) or (codes, sorted unique strs).
+        String ids are grouped and sorted by their codes, which order like the strings.
 
         Memory: besides the inputs and the outputs (items int32 + times float64 = 12 bytes/event), at most one
         event permutation (int32 below 2**31 events; none when the rows are already grouped and time-ordered),
         a few per-session and per-item arrays and O(_CHUNK) temporaries; no per-event Python objects and no
         full-size copies of the inputs."""
+        sess, sess_names = sess_enc
+        its, item_names = its_enc
         if sess.size == 0:
             raise ValueError("the click log is empty (no rows)")
         if int(min_session_length) < 1:
             raise ValueError(f"min_session_length must be >= 1; got {min_session_length!r}")
         n = sess.size
-        item_ids, to_index = _item_map(its)
+        if item_names is None:
+            item_ids, to_index = _item_map(its)
+        else:  # the codes are already the sorted item indices
+            item_ids, to_index = item_names, lambda x: x.astype(np.int32)
         if item_ids.size >= 2 ** 31:
             raise ValueError(f"too many distinct items ({item_ids.size}); at most 2**31-1 are supported")
         # order: grouped position -> input row (None: the input is already grouped and time-ordered);
@@ -409,6 +370,8 @@ class SessionData:
         # sessions by first time (events are time-ordered within a session), ties by session id
         sess_order = np.lexsort((sess[first], t[first]))
         session_ids = sess[first[sess_order]]
+        if sess_names is not None:
+            session_ids = sess_names[session_ids]
         del first
         offsets = np.zeros(lengths.size + 1, dtype=np.int64)
         np.cumsum(lengths[sess_order], out=offsets[1:])
@@ -487,16 +450,25 @@ class SessionData:
         ``(data, report)`` with report keys unknown_events, dropped_sessions, kept_events, kept_sessions.
         Raises ``ValueError`` if nothing is left (unless ``allow_empty``).
         """
+        from .itemmap import ItemMap, id_kind
         target = np.asarray(item_ids)
         if target.ndim != 1 or target.size == 0:
             raise ValueError("remap: item_ids must be a non-empty 1-D array of item ids")
-        target = to_int_ids(target, "item_ids")
-        if target.size > 1 and not np.all(target[1:] > target[:-1]):
-            raise ValueError("remap: item_ids must be sorted and unique (as SessionData.item_ids / model.item_ids)")
-        orig = self.item_ids[self.items]
-        pos = np.searchsorted(target, orig)
-        np.minimum(pos, target.size - 1, out=pos)
-        known = target[pos] == orig
+        if target.dtype.kind in "fb":  # exact-integer floats as before; booleans rejected by name
+            target = to_int_ids(target, "item_ids")
+        try:
+            imap = ItemMap(target)
+        except ValueError as e:
+            raise ValueError(f"remap: {e} (as SessionData.item_ids / model.item_ids)") from None
+        if imap.kind != id_kind(self.item_ids):
+            kinds = {"str": "strings", "int": "integers"}
+            raise ValueError(f"the model's item ids are {kinds[imap.kind]}, the test data's are "
+                             f"{kinds[id_kind(self.item_ids)]}: read both with the same id_type")
+        target = imap.ids
+        # one lookup per distinct item, then per event by index
+        item_pos, item_known = imap.lookup(self.item_ids)
+        pos = item_pos[self.items]
+        known = item_known[self.items]
         sess_idx = np.repeat(np.arange(self.n_sessions), self.session_lengths())
         kept_len = np.bincount(sess_idx[known], minlength=self.n_sessions)
         keep = kept_len >= 2
@@ -515,6 +487,45 @@ class SessionData:
 
 
 # ---------------------------------------------------------------------------------------------------- file reading
+try:  # pandas' default missing-value strings, for the time column only
+    from pandas._libs.parsers import STR_NA_VALUES as _NA_STRINGS
+except ImportError:  # pragma: no cover - other pandas versions
+    _NA_STRINGS = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+                   "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}
+
+
+def _str_id_kwargs(kw: dict, id_cols: list, time_key: str | None) -> dict:
+    """read_csv arguments that read the id columns as exact strings ("NA", "007" and " 7 " stay ids as written)
+    and the time column as before. The caller's own dtype / NA settings win."""
+    kw = dict(kw)
+    dtype = kw.get("dtype")
+    if dtype is None or isinstance(dtype, dict):
+        kw["dtype"] = {**{c: str for c in id_cols}, **(dtype or {})}
+    if "keep_default_na" not in kw and "na_values" not in kw:
+        kw["keep_default_na"] = False
+        kw["na_values"] = {time_key: sorted(_NA_STRINGS)} if time_key is not None else {}
+    return kw
+
+
+def _canonical_ints(s: pd.Series) -> bool:
+    """Every string an int64 in its one canonical spelling (so reading them as integers merges nothing)."""
+    if not (pd.api.types.is_string_dtype(s.dtype) or s.dtype == object):
+        return False
+    ok = s.astype(str).str.fullmatch(r"-?(?:0|[1-9][0-9]{0,18})").to_numpy(dtype=bool, na_value=False)
+    if not ok.all():
+        return False
+    n = pd.to_numeric(s, errors="coerce")
+    return bool(pd.api.types.is_integer_dtype(n.dtype) and (n.dtype != np.uint64 or n.max() < 2 ** 63))
+
+
+def _check_no_empty(s: pd.Series, col: str) -> None:
+    """An empty field of a string id column is a missing value, not the id ''."""
+    empty = (s == "").to_numpy(dtype=bool, na_value=False)
+    if empty.any():
+        raise ValueError(f"column {col!r} has {int(empty.sum())} missing (empty) value(s), first at row "
+                         f"{int(np.argmax(empty))}; drop or fill those rows first")
+
+
 def _infer_sep(path: str) -> str:
     p = path.lower()
     for comp in (".gz", ".bz2", ".xz", ".zst", ".zip"):

@@ -149,7 +149,8 @@ def check_protocol_args(cutoffs, mode: str, batch_size: int) -> tuple:
 def prepare_test(item_ids, test, candidates=None):
     """The protocol's first half, for any recommender over the item map ``item_ids`` (sorted original ids):
     test events with unknown items dropped, then sessions left shorter than 2 (counted in the report, logged);
-    ``candidates`` (original ids) -> sorted unique item indices (unknown ones ignored), or None.
+    ``candidates`` (original ids) -> sorted unique item indices (unknown ones ignored), or None. Test ids of
+    another type than ``item_ids`` (strings vs integers) are a ValueError: nothing is converted to match.
     Returns (remapped SessionData, report, cand_idx)."""
     from .data import SessionData
     from .itemmap import ItemMap

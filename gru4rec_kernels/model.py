@@ -81,9 +81,10 @@ class Model:
     def recommend(self, session_items, k: int = 20, exclude=None, candidates=None, on_unknown: str = "warn"):
         """Top-k next items for one session (a sequence of original item ids, oldest first).
 
-        Returns (item_ids, scores), best first, in original ids. ``exclude``: ids never to recommend (e.g. the
-        session's own items); ``candidates``: restrict to these ids. Unknown ids are skipped with a warning
-        (``on_unknown='raise'`` to raise). A session with no known item gets the most popular items.
+        Returns (item_ids, scores), best first, in original ids: the type of ids the model was trained on (int64,
+        or Python str in an object array); the ids given must be of that type too. ``exclude``: ids never to
+        recommend (e.g. the session's own items); ``candidates``: restrict to these ids. Unknown ids are skipped
+        with a warning (``on_unknown='raise'`` to raise). A session with no known item gets the most popular items.
         """
         from .recommend import recommend_one
         return recommend_one(self, session_items, k=k, exclude=exclude, candidates=candidates,
@@ -92,7 +93,12 @@ class Model:
     def recommend_batch(self, sessions, k: int = 20, exclude=None, candidates=None, on_unknown: str = "warn"):
         """Top-k for many sessions at once: (item_ids [n, k], scores [n, k]); see ``recommend``."""
         from .recommend import recommend_batch
-        return recommend_batch(self, sessions, k=k, exclude=exclude, candidates=candidates, on_unknown=on_unknown)
+        ids, scores = recommend_batch(self, sessions, k=k, exclude=exclude, candidates=candidates,
+                                      on_unknown=on_unknown)
+        if ids.dtype != self.item_ids.dtype:  # an int64 result of a str model would be ids converted by int()
+            raise RuntimeError("recommend_batch returned item ids of another type than the model's; it must build "
+                               "its result with model.item_map.full(shape)")
+        return ids, scores
 
     def __repr__(self) -> str:
         return (f"Model(layers={self.cfg.layers}, loss={self.cfg.loss!r}, items={self.n_items}, "

@@ -7,9 +7,13 @@ files the format name / version, the stored config, and every tensor's shape, dt
 against that config. Saving is atomic (temporary file in the same directory, fsync, rename, fsync of the
 directory).
 
-A model file holds every parameter under its layout name (``layout.param_specs``), ``item_ids`` (int64, the
-original ids, sorted) and ``item_support`` (float64, training event counts: the popularity fallback and logq);
-its metadata holds the format name and version, the config and the training history as JSON.
+A model file holds every parameter under its layout name (``layout.param_specs``), the original item ids,
+sorted, and ``item_support`` (float64, training event counts: the popularity fallback and logq); its metadata
+holds the format name and version, the config and the training history as JSON. Integer ids are one int64
+tensor ``item_ids`` (format version 1, as files always were); string ids, which safetensors has no dtype for,
+are their UTF-8 bytes concatenated (``item_ids_utf8``, uint8) and the byte offsets of every id
+(``item_ids_offsets``, int64, n_items + 1 entries); a reader that predates them finds no ``item_ids``
+and says so.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ from .layout import param_specs
 FORMAT_NAME = "gru4rec-kernels"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit; a larger header is not ours
-_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "U8": np.uint8}
 _DTYPE_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 _CRC_KEYS = ("payload_crc32", "header_crc32")
 
@@ -274,10 +278,43 @@ def decode_safetensors(buf, what: str = "model file") -> tuple[dict, dict]:
 
 
 # ---------------------------------------------------------------------------------------------------- model file
+def encode_str_ids(ids) -> tuple[np.ndarray, np.ndarray]:
+    """Python strs -> (their UTF-8 bytes concatenated, uint8; byte offsets int64 [n + 1])."""
+    try:
+        enc = [v.encode("utf-8") for v in ids]
+    except UnicodeEncodeError as e:
+        raise ValueError(f"item id {e.object!r} cannot be stored: it is not valid Unicode ({e.reason})") from None
+    offsets = np.zeros(len(enc) + 1, dtype=np.int64)
+    np.cumsum([len(b) for b in enc], out=offsets[1:])
+    return np.frombuffer(b"".join(enc), dtype=np.uint8), offsets
+
+
+def decode_str_ids(utf8: np.ndarray, offsets: np.ndarray, what: str) -> np.ndarray:
+    """The inverse of ``encode_str_ids`` -> object array of str; ModelFileError if the tensors do not fit."""
+    if utf8.dtype != np.uint8 or utf8.ndim != 1 or offsets.dtype != np.int64 or offsets.ndim != 1:
+        raise ModelFileError(f"{what}: item_ids_utf8 must be 1-D uint8 and item_ids_offsets 1-D int64")
+    if offsets.size < 2 or offsets[0] != 0 or offsets[-1] != utf8.size or np.any(np.diff(offsets) < 0):
+        raise ModelFileError(f"{what}: item_ids_offsets must rise from 0 to the size of item_ids_utf8 "
+                             f"({utf8.size} bytes), one entry per item plus one")
+    blob = utf8.tobytes()
+    bounds = offsets.tolist()
+    try:
+        ids = [blob[a:b].decode("utf-8") for a, b in zip(bounds[:-1], bounds[1:])]
+    except UnicodeDecodeError:
+        raise ModelFileError(f"{what}: item_ids_utf8 is not valid UTF-8") from None
+    out = np.empty(len(ids), dtype=object)
+    out[:] = ids
+    return out
+
+
 def encode_model(cfg: TrainConfig, item_ids, item_support, params: dict, history: list) -> list:
     """The chunks of a model file (see the module docstring)."""
     tensors = dict(params)
-    tensors["item_ids"] = np.asarray(item_ids, dtype=np.int64)
+    item_ids = np.asarray(item_ids)
+    if item_ids.dtype == object:
+        tensors["item_ids_utf8"], tensors["item_ids_offsets"] = encode_str_ids(item_ids.tolist())
+    else:
+        tensors["item_ids"] = item_ids.astype(np.int64, copy=False)
     tensors["item_support"] = np.asarray(item_support, dtype=np.float64)
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": cfg.to_json(),
             "history": json.dumps(history, default=float)}
@@ -316,12 +353,19 @@ def decode_model(buf, what: str = "model file") -> dict:
         raise ModelFileError(f"{what}: stored history is not valid JSON") from None
     if not isinstance(history, list):
         raise ModelFileError(f"{what}: stored history is not a list")
-    for name, dt in (("item_ids", np.int64), ("item_support", np.float64)):
+    str_ids = "item_ids_utf8" in arrays or "item_ids_offsets" in arrays
+    if str_ids and "item_ids" in arrays:
+        raise ModelFileError(f"{what}: both integer (item_ids) and string (item_ids_utf8) item ids")
+    needed = (("item_ids_utf8", np.uint8), ("item_ids_offsets", np.int64)) if str_ids else (("item_ids", np.int64),)
+    for name, dt in needed + (("item_support", np.float64),):
         if name not in arrays:
             raise ModelFileError(f"{what}: missing tensor {name!r}")
         if arrays[name].dtype != dt or arrays[name].ndim != 1:
             raise ModelFileError(f"{what}: tensor {name!r} must be 1-D {np.dtype(dt).name}")
-    item_ids = arrays.pop("item_ids")
+    if str_ids:
+        item_ids = decode_str_ids(arrays.pop("item_ids_utf8"), arrays.pop("item_ids_offsets"), what)
+    else:
+        item_ids = arrays.pop("item_ids")
     support = arrays.pop("item_support")
     if item_ids.size == 0 or (item_ids.size > 1 and not np.all(item_ids[1:] > item_ids[:-1])):
         raise ModelFileError(f"{what}: item_ids must be non-empty, sorted and unique")

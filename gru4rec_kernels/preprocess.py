@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from .data import missing_columns_error, read_csv_checked, to_int_ids, to_times
+from .data import missing_columns_error, read_csv_checked, to_ids, to_int_ids, to_times
 
 __all__ = ["filter_support", "split_by_time", "preprocess", "write_splits", "preprocess_rsc15"]
 
@@ -55,7 +55,7 @@ def split_by_time(df: pd.DataFrame, days: float = 1.0, min_session_length: int =
 
 def preprocess(df: pd.DataFrame, session_key: str = "SessionId", item_key: str = "ItemId",
                time_key: str = "Time", min_item_support: int = 5, min_session_length: int = 2,
-               test_days: float = 1.0, iterate: bool = True) -> dict[str, pd.DataFrame]:
+               test_days: float = 1.0, iterate: bool = True, id_type: str = "auto") -> dict[str, pd.DataFrame]:
     """The official GRU4Rec protocol on a click log (time in seconds; dates / ISO strings are parsed).
 
     1. drop sessions shorter than ``min_session_length``, items with fewer than ``min_item_support`` events,
@@ -63,6 +63,7 @@ def preprocess(df: pd.DataFrame, session_key: str = "SessionId", item_key: str =
     2. test = sessions whose last event is in the last ``test_days`` days; train_full = the rest; test events
        of items not in train_full dropped, then test sessions shorter than ``min_session_length``;
     3. train_tr / train_valid: the same split of train_full.
+    Ids are read as ``SessionData`` reads them (``id_type``: 'auto', 'str' or 'int'; distinct ids never merge).
     Returns DataFrames with columns SessionId, ItemId, Time (float seconds), sorted by session then time.
     The input is not modified.
     """
@@ -71,8 +72,8 @@ def preprocess(df: pd.DataFrame, session_key: str = "SessionId", item_key: str =
         raise missing_columns_error(missing, list(df.columns), "preprocess")
     if len(df) == 0:
         raise ValueError("the click log is empty (no rows)")
-    d = pd.DataFrame({"SessionId": to_int_ids(df[session_key], session_key),
-                      "ItemId": to_int_ids(df[item_key], item_key),
+    d = pd.DataFrame({"SessionId": to_ids(df[session_key], session_key, id_type),
+                      "ItemId": to_ids(df[item_key], item_key, id_type),
                       "Time": to_times(df[time_key], time_key)})
     d = filter_support(d, min_item_support, min_session_length, iterate)
     if len(d) == 0:
@@ -116,7 +117,8 @@ def preprocess_rsc15(clicks_path: str | os.PathLike, out_dir: str | os.PathLike,
                      min_session_length: int = 2, test_days: float = 1.0, iterate: bool = True) -> dict[str, Any]:
     """Preprocess a raw YooChoose / RSC15 ``yoochoose-clicks.dat`` the official GRU4Rec way (see ``preprocess``).
 
-    The input is comma separated without header: SessionId, Timestamp (ISO, UTC), ItemId, Category. Writes
+    The input is comma separated without header: SessionId, Timestamp (ISO, UTC), ItemId, Category; its ids
+    are integers (read as such, as the official script does). Writes
     ``train_full.tsv``, ``test.tsv``, ``train_tr.tsv``, ``train_valid.tsv`` into ``out_dir`` (atomically) and
     returns counts: ``raw`` / ``filtered`` / each split -> {events, sessions, items}, plus ``paths``.
     """
