@@ -20,7 +20,6 @@ no neighbour it still returns its top-k by score, zeros ranked by id). Scores ar
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from .evaluate import evaluate_scorer

@@ -18,8 +18,14 @@ import zlib
 import numpy as np
 
 from .config import TrainConfig
-from .modelfile import (ModelFileError, atomic_write_bytes, decode_safetensors, encode_safetensors, encode_str_ids,
-                        read_regular_file)
+from .modelfile import (
+    ModelFileError,
+    atomic_write_bytes,
+    decode_safetensors,
+    encode_safetensors,
+    encode_str_ids,
+    read_regular_file,
+)
 
 CKPT_FORMAT = "gru4rec-kernels-checkpoint"
 CKPT_VERSION = 1

@@ -93,12 +93,7 @@ class Model:
     def recommend_batch(self, sessions, k: int = 20, exclude=None, candidates=None, on_unknown: str = "warn"):
         """Top-k for many sessions at once: (item_ids [n, k], scores [n, k]); see ``recommend``."""
         from .recommend import recommend_batch
-        ids, scores = recommend_batch(self, sessions, k=k, exclude=exclude, candidates=candidates,
-                                      on_unknown=on_unknown)
-        if ids.dtype != self.item_ids.dtype:  # an int64 result of a str model would be ids converted by int()
-            raise RuntimeError("recommend_batch returned item ids of another type than the model's; it must build "
-                               "its result with model.item_map.full(shape)")
-        return ids, scores
+        return recommend_batch(self, sessions, k=k, exclude=exclude, candidates=candidates, on_unknown=on_unknown)
 
     def __repr__(self) -> str:
         return (f"Model(layers={self.cfg.layers}, loss={self.cfg.loss!r}, items={self.n_items}, "

@@ -254,7 +254,7 @@ def recommend_one(model, session_items, k: int = 20, exclude=None, candidates=No
     return eng.item_ids[order], scores
 
 
-def _parse_sessions(sessions) -> list:
+def _parse_sessions(sessions, kind="int") -> list:
     """sessions -> list of int64 id arrays (ValueError naming the bad element)."""
     if isinstance(sessions, np.ndarray) and sessions.ndim == 2:
         rows = list(sessions)
@@ -269,7 +269,7 @@ def _parse_sessions(sessions) -> list:
         if np.isscalar(s) or s is None:
             raise ValueError(f"sessions must be a sequence of sessions (each a sequence of item ids); element {j} "
                              f"is {s!r} (for one session use recommend_one / Model.recommend)")
-        arrays.append(as_item_array(s, f"sessions[{j}]"))
+        arrays.append(as_item_array(s, f"sessions[{j}]", kind))
     return arrays
 
 
@@ -342,14 +342,14 @@ def recommend_batch(model, sessions, k: int = 20, exclude=None, candidates=None,
     """
     k = check_k(k)
     eng = engine_for(model)
-    arrays = _parse_sessions(sessions)
+    arrays = _parse_sessions(sessions, eng.item_map.kind)
     n = len(arrays)
     g_excl, row_excl = _batch_excl(eng, exclude, n)
     cand = eng.index_set(candidates, "candidates")
     flat_idx, lens = _map_sessions(eng, arrays, on_unknown)
     g_excl, cand = eng.restrict(g_excl, cand)
     kk = min(k, eng.n_available(g_excl, cand))
-    ids = np.full((n, max(kk, 0)), -1, dtype=np.int64)
+    ids = eng.item_map.full((n, max(kk, 0)))  # -1 (int ids) or None (str ids) where a row runs short
     scores = np.full((n, max(kk, 0)), np.nan, dtype=np.float32)
     if n == 0 or kk <= 0:
         return ids, scores

@@ -18,15 +18,14 @@ import itertools
 
 import numpy as np
 import pytest
+from steps import RUN_CASES, logq_arrays, make_cfg, make_problem, make_schedule
+from tolerance import assert_within_reference_error
 
 from gru4rec_kernels.backends.cpu import CpuBackend
 from gru4rec_kernels.backends.numpy import NumpyBackend
 from gru4rec_kernels.config import LOSSES
 from gru4rec_kernels.layout import init_params
 from gru4rec_kernels.reference import final_act
-
-from steps import RUN_CASES, logq_arrays, make_cfg, make_problem, make_schedule
-from tolerance import assert_within_reference_error
 
 BACKENDS = ["cpu", "cuda"]
 MODES = ("constrained", "embedding", "onehot")
@@ -401,9 +400,6 @@ def test_training_ids_out_of_range(backend, which, bad_id):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("which", ["targets", "active", "reset", "samples"])
 def test_training_wrong_shapes(backend, which):
-    if backend == "cpu":
-        # not called: the unchecked Numba kernels would read and write out of bounds and corrupt the process
-        pytest.xfail("CpuBackend.train_chunk does not check that targets/active/reset/samples match inputs' [T, B]")
     _, _, be = small_backend(backend)
     sched = dict(zip(("inputs", "targets", "active", "reset", "samples"), make_schedule(2, 3, 4, RUN_ITEMS, seed=0)))
     sched[which] = sched[which][:1]  # T = 1 where inputs has T = 2
@@ -427,9 +423,6 @@ def test_eval_bad_input(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("which", ["X", "targets", "candidates"])
 def test_eval_ids_out_of_range(backend, which):
-    if backend == "cuda":
-        # not called: on a GPU the kernels would read out of bounds
-        pytest.xfail("CudaBackend.eval_step does not check X / targets / candidates against n_items")
     _, _, be = small_backend(backend)
     be.reset_eval(3)
     args = dict(X=np.array([1, 2, 3]), targets=np.array([4, 5, 6]), candidates=np.array([0, 4, 9]))
@@ -454,9 +447,6 @@ def test_bad_params_and_hidden(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_wrong_hidden_shape(backend, request):
-    if backend == "cuda":
-        request.applymarker(pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-            "CudaBackend.set_hidden does not check each layer's shape; numpy's reshape error names no hidden state")))
     _, _, be = small_backend(backend)
     with pytest.raises(ValueError, match="hidden"):
         be.set_hidden([np.zeros((3, 4), np.float32)])  # the layer has 5 units

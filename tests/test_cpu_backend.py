@@ -8,13 +8,11 @@ through raw pointers).
 import numba
 import numpy as np
 import pytest
+from steps import make_cfg, make_problem
 
 from gru4rec_kernels import rng as grng
-from gru4rec_kernels.backends.cpu import gemm, gru
-from gru4rec_kernels.backends.cpu import CpuBackend
+from gru4rec_kernels.backends.cpu import CpuBackend, gemm, gru
 from gru4rec_kernels.backends.numpy import NumpyBackend
-
-from steps import make_cfg, make_problem
 
 N_ITEMS = 97
 

@@ -13,10 +13,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from steps import RUN_CASES, logq_arrays, make_cfg, make_schedule
 
 from gru4rec_kernels.layout import init_params
-
-from steps import RUN_CASES, logq_arrays, make_cfg, make_schedule
 
 N_ITEMS = 17
 

@@ -267,16 +267,10 @@ def test_any_ids_in_the_same_ids_out(given_ids, pick):
     assert ids_live.tolist() == model.recommend(session, k=len(given_ids))[0].tolist()
     np.testing.assert_allclose(scores_live, model.recommend(session, k=len(given_ids))[1], rtol=1e-5, atol=1e-6)
     _check_returned(rec.history("live"), given_ids)
-    if isinstance(given_ids[0], int):  # str models: test_recommend_batch_str_ids (see there)
-        b_ids, _ = model.recommend_batch([session, session[:1]], k=2)
-        _check_returned(b_ids.ravel(), given_ids)
+    b_ids, _ = model.recommend_batch([session, session[:1]], k=2)
+    _check_returned(b_ids.ravel(), given_ids)
 
 
-@pytest.mark.xfail(raises=(RuntimeError, ValueError), strict=False,
-                   reason="recommend.recommend_batch parses sessions as integer ids and builds its result as an "
-                          "int64 array; it needs `_parse_sessions(sessions, eng.item_map.kind)` passing the kind to "
-                          "as_item_array, and `ids = eng.item_map.full((n, max(kk, 0)))` (recommend.py is being "
-                          "refactored elsewhere)")
 @settings(max_examples=30, deadline=None)
 @given(given_ids=st.lists(_TEXT, min_size=2, max_size=8, unique=True),
        pick=st.lists(st.integers(0, 7), min_size=1, max_size=4))
@@ -345,8 +339,6 @@ def test_cli_recommend_on_a_str_model(str_model_files, capsys):
     assert "read both with the same id_type" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=False,
-                   reason="--sessions goes through recommend_batch (see test_recommend_batch_str_ids)")
 def test_cli_recommend_sessions_file_on_a_str_model(str_model_files, capsys):
     d, _, model = str_model_files
     m = g.Model.load(model)

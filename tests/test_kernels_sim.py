@@ -15,12 +15,10 @@ import itertools
 
 import numpy as np
 import pytest
+from tolerance import assert_within_reference_error
 
 from gru4rec_kernels import reference as ref
 from gru4rec_kernels.config import LOSSES, TrainConfig
-from gru4rec_kernels.reference import StepInputs
-from gru4rec_kernels.rng import dropout_key, dropout_mask_np
-
 from gru4rec_kernels.kernels import adagrad as kad
 from gru4rec_kernels.kernels import embedding as kemb
 from gru4rec_kernels.kernels import evaluate as kev
@@ -28,8 +26,8 @@ from gru4rec_kernels.kernels import gru as kgru
 from gru4rec_kernels.kernels import scores_loss as ksl
 from gru4rec_kernels.kernels import step as kstep
 from gru4rec_kernels.kernels.common import INT32_MAX, NORM_BLOCKS, SIM
-
-from tolerance import assert_within_reference_error
+from gru4rec_kernels.reference import StepInputs
+from gru4rec_kernels.rng import dropout_key, dropout_mask_np
 
 MULT = 4.0
 FLOOR = 2e-7

@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 import gru4rec_kernels as g
 from gru4rec_kernels.batching import EpochSchedule
 from gru4rec_kernels.data import SessionData
-from gru4rec_kernels.preprocess import preprocess
 from gru4rec_kernels.layout import init_params
+from gru4rec_kernels.preprocess import preprocess
 
 ITEM_POOL = 6  # small: many duplicate items
 

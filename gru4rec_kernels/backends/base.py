@@ -54,6 +54,35 @@ class Backend(ABC):
             losses[t] = self.train_step(inputs[t], Y, active[t], reset[t], step0 + t)
         return losses
 
+    def check_ids(self, a, name: str) -> None:
+        """ValueError unless every id of ``a`` is an item index in [0, n_items): kernels index without bounds
+        checks, so an out-of-range id would read or write outside the parameter arrays."""
+        a = np.asarray(a)
+        if a.size and (a.min() < 0 or a.max() >= self.n_items):
+            raise ValueError(f"{name} holds item ids outside [0, {self.n_items}): min {a.min()}, max {a.max()}")
+
+    @staticmethod
+    def check_chunk_shapes(inputs, targets, active, reset, samples) -> tuple[int, int, int]:
+        """(T, B, S) of a schedule chunk, or a ValueError naming the argument whose shape does not fit: the
+        kernels trust these shapes, so a mismatch must never reach them."""
+        shape = np.shape(inputs)
+        if len(shape) != 2:
+            raise ValueError(f"inputs must be [T, B]; got shape {shape}")
+        T, B = shape
+        for name, a in (("targets", targets), ("active", active), ("reset", reset)):
+            if np.shape(a) != (T, B):
+                raise ValueError(f"{name} must have shape {(T, B)} like inputs; got {np.shape(a)}")
+        ss = np.shape(samples)
+        if len(ss) != 2 or ss[0] != T:
+            raise ValueError(f"samples must be [T, S] with T = {T}; got shape {ss}")
+        return T, B, ss[1]
+
+    @staticmethod
+    def check_step_y(X, Y) -> None:
+        if np.ndim(Y) != 1 or np.shape(Y)[0] < np.shape(X)[0]:
+            raise ValueError(f"Y must be [O] with O >= B = {np.shape(X)[0]} (targets, then samples); "
+                             f"got shape {np.shape(Y)}")
+
     @abstractmethod
     def reset_hidden(self) -> None: ...
 

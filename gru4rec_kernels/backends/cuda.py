@@ -512,6 +512,10 @@ class CudaBackend(Backend):
         H = [np.asarray(h, np.float32) for h in H]
         if len(H) != len(self.cfg.layers):
             raise ValueError(f"set_hidden needs one array per layer ({len(self.cfg.layers)}); got {len(H)}")
+        for l, (h, units) in enumerate(zip(H, self.cfg.layers)):
+            if h.ndim != 2 or h.shape != (H[0].shape[0], units):
+                raise ValueError(f"set_hidden: the hidden state of layer {l} must be [B, {units}] (B rows for "
+                                 f"every layer); got shape {h.shape}")
         if self._tb is not None and self._tb.B == H[0].shape[0]:
             with self._on_stream():
                 for l, h in enumerate(H):
@@ -545,6 +549,10 @@ class CudaBackend(Backend):
             raise RuntimeError("call reset_eval(batch_size) before eval_step")
         if np.shape(X) != (eb.B,):
             raise ValueError(f"X must have shape ({eb.B},) (the reset_eval batch size); got {np.shape(X)}")
+        self.check_ids(X, "X")
+        self.check_ids(targets, "targets")
+        if candidates is not None:
+            self.check_ids(candidates, "candidates")
         A, D = eb.a, eb.d
         top = len(self.cfg.layers) - 1
         with self._on_stream():

@@ -81,14 +81,12 @@ class CpuBackend(Backend):
         self.train_chunk(z, z, z.astype(np.bool_), z.astype(np.bool_), np.zeros((0, S), dtype=np.int32), 0)
 
     def train_chunk(self, inputs, targets, active, reset, samples, step0: int) -> np.ndarray:
+        T, B, S = self.check_chunk_shapes(inputs, targets, active, reset, samples)
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         targets = np.ascontiguousarray(targets, dtype=np.int32)
         active = np.ascontiguousarray(active, dtype=np.bool_)
         reset = np.ascontiguousarray(reset, dtype=np.bool_)
-        T, B = inputs.shape
-        samples = np.ascontiguousarray(samples, dtype=np.int32)
-        samples = samples.reshape(T, samples.shape[-1] if samples.ndim == 2 else -1)
-        S = samples.shape[1]
+        samples = np.ascontiguousarray(samples, dtype=np.int32).reshape(T, S)
         self._check_ids(inputs, "inputs")
         self._check_ids(targets, "targets")
         self._check_ids(samples, "samples")
@@ -108,6 +106,7 @@ class CpuBackend(Backend):
         X = np.asarray(X)
         B = X.shape[0]
         Y = np.asarray(Y)
+        self.check_step_y(X, Y)
         return float(self.train_chunk(X[None], Y[None, :B], np.asarray(active)[None], np.asarray(reset)[None],
                                       Y[None, B:], step)[0])
 
