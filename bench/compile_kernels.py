@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 KERNELS_DIR = REPO / "gru4rec_kernels" / "kernels"
 DEFAULT_OUT = REPO / "bench" / "results" / "kernels.json"
 ARCHS = ("sm_80", "sm_90")
-# The families DESIGN.md section 5 names, plus gemm (the step's GEMMs; cuBLAS cannot be graph-captured through
+# The families docs/kernels.md names, plus gemm (the step's GEMMs; cuBLAS cannot be graph-captured through
 # CuPy) and step (the device step counter); the compile test requires each of them.
 FAMILIES = ("gru", "scores_loss", "adagrad", "embedding", "evaluate", "gemm", "step")
 PACKAGE = "gru4rec_kernels.kernels"

@@ -10,7 +10,7 @@ For each workload (the same as bench/roofline.py's MODEL):
 it first checks correctness on its own inputs (a few steps of the cuda backend and of the torch step against the
 numpy reference backend, same parameters and schedule), then, after a warm-up chunk (compilation, graph capture),
 times ``CudaBackend.train_chunk`` over a random schedule chunk of T steps with CUDA events (and the wall clock), once
-per score/loss version (``scores="plain"``: GEMM + row kernel, ``"fused"``: one kernel; DESIGN.md section 5), and
+per score/loss version (``scores="plain"``: GEMM + row kernel, ``"fused"``: one kernel; docs/kernels.md), and
 the PyTorch step over the same chunk. Then all-item evaluation: ``CudaBackend.reset_eval`` / ``eval_step`` over
 100k events against 700k items (H=100), and the same in PyTorch.
 

@@ -1,6 +1,6 @@
 """MODEL, not a measurement: a roofline of one GRU4Rec v2 training step and of all-item evaluation on an H100.
 
-Nothing here runs on a GPU. For every kernel of the cuda backend's step plan (DESIGN.md sections 3 and 5) it
+Nothing here runs on a GPU. For every kernel of the cuda backend's step plan (docs/design.md sections 3 and 5) it
 counts FLOPs and bytes moved (float32, int32 ids; every operand read once from memory and every result written
 once, at HBM bandwidth: L2-resident reuse between kernels is ignored, which overstates traffic), and predicts
 

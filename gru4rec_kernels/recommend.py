@@ -1,6 +1,6 @@
 """Next-item recommendation from a trained model: top-k for one session, for many, and greedy continuation.
 
-What is computed (DESIGN.md s.3, the inference half of ``reference.hidden_step`` / ``reference.score_all``):
+What is computed (docs/design.md section 2, the inference half of ``reference.hidden_step`` / ``reference.score_all``):
 replay the session's items through the GRU layers from a zero hidden state (no dropout), then score every item
 ``f(h @ Wy.T + By)`` with the model's final activation ``f`` and return the k best, best first, in ORIGINAL item
 ids, with their scores (float32).

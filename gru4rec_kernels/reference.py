@@ -2,7 +2,9 @@
 
 Readable, never optimised: this is the oracle that the Numba CPU backend and the numba.cuda kernels are tested
 against, and it is itself checked against central finite differences in float64 (tests/test_reference.py).
-The math is DESIGN.md section 3; the notation is:
+GRU4Rec: Hidasi, Karatzoglou, Baltrunas, Tikk, ICLR 2016 (doi:10.48550/arXiv.1511.06939); its v2 losses, extra
+samples and constrained embeddings: Hidasi & Karatzoglou, CIKM 2018 (doi:10.1145/3269206.3271761).
+The math is docs/design.md section 2; the notation is:
 
     B rows (session-parallel slots), H_l units of layer l, N items, S extra samples, O = B + S output columns,
     X [B] input item ids, Y [O] = [targets (B) | samples (S)], column i of row i is row i's target.

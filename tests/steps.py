@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from gru4rec_kernels.config import TrainConfig
-from gru4rec_kernels.layout import init_params
+from gru4rec_kernels.layout import embed_width, init_params
 from gru4rec_kernels.reference import StepInputs, zeros_like_params
 
 
@@ -41,7 +41,7 @@ def make_problem(cfg: TrainConfig, n_items=13, B=3, S=4, dtype=np.float64, seed=
             active[i] = False
     reset = rng.random(B) < 0.3
     H = [rng.uniform(-hidden_scale, hidden_scale, (B, h)).astype(dtype) for h in cfg.layers]
-    in0 = {"constrained": cfg.layers[-1], "embedding": cfg.embedding, "onehot": 0}[cfg.input_mode]
+    in0 = embed_width(cfg)
     emb_mask = hidden_masks = None
     if dropout > 0:
         keep = lambda shape: ((rng.random(shape) >= dropout) / (1 - dropout)).astype(dtype)

@@ -1,6 +1,6 @@
 """Every numba.cuda kernel compiles to PTX for sm_80 and sm_90 and through ``ptxas -v``; default kernels do not spill.
 
-No GPU is needed (DESIGN.md section 6). The compile check runs ``bench/compile_kernels.py`` in a fresh process
+No GPU is needed (docs/kernels.md). The compile check runs ``bench/compile_kernels.py`` in a fresh process
 with NUMBA_ENABLE_CUDASIM removed from its environment: under the simulator ``numba.cuda`` cannot compile to PTX,
 and the simulator may be switched on for the rest of the test session. Skipped only when numba-cuda or the
 nvidia-cuda-nvcc wheel (its ptxas) is not installed.

@@ -28,7 +28,7 @@ def naive_gemm_flops(M, N, K):
 
 
 def naive_w1_matmul_flops(B=32, H=100, S=2048):
-    """Every GEMM of one W1 step, counted by hand from DESIGN.md section 3 (forward, scores, backward)."""
+    """Every GEMM of one W1 step, counted by hand from docs/design.md section 2 (forward, scores, backward)."""
     O = B + S
     fwd = naive_gemm_flops(B, 3 * H, H) + naive_gemm_flops(B, 2 * H, H) + naive_gemm_flops(B, H, H)
     scores = naive_gemm_flops(B, O, H)

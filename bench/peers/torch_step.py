@@ -5,7 +5,7 @@ tensors, autograd does the backward, ``F.embedding(..., sparse=True)`` gives Wy 
 an Adagrad-with-momentum optimizer (``IndexedAdagradM``) coalesces each sparse gradient and updates only its rows
 with ``index_add_``. No CUDA graphs, no torch.compile, no custom kernels.
 
-Math: DESIGN.md section 3, as ``gru4rec_kernels.reference``: one GRU layer with gate blocks [h | r | z]
+Math: docs/design.md section 2, as ``gru4rec_kernels.reference``: one GRU layer with gate blocks [h | r | z]
 (Wx = [W_h | W_r | W_z], Wrz = [U_r | U_z], Wh = U_h, bias Bh, no hidden-side biases), constrained embedding
 (x = Wy[X]), scores R = f(h' Wy[Y]^T + By[Y]) over O = B + S columns (column i of row i is row i's target),
 sampled cross-entropy or bpr-max, a linear / tanh / relu / elu-a / leaky-a final activation, the step loss =

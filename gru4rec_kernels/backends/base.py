@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ..config import TrainConfig
-from ..layout import param_specs
+from ..layout import embed_width, param_specs
 from ..rng import dropout_mask_np
 
 
@@ -123,7 +123,7 @@ class Backend(ABC):
         cfg = self.cfg
         emb = None
         if cfg.dropout_p_embed > 0 and cfg.input_mode != "onehot":
-            width = cfg.layers[-1] if cfg.input_mode == "constrained" else cfg.embedding
+            width = embed_width(cfg)
             emb = dropout_mask_np(cfg.seed, -1, step, B, width, cfg.dropout_p_embed)
         hidden = None
         if cfg.dropout_p_hidden > 0:

@@ -1,7 +1,7 @@
 """GRU gates: fused elementwise forward and backward kernels around the GEMMs, with in-kernel dropout.
 
 Shape letters: B rows (session-parallel slots), H units of the layer, N items. Gate blocks are stacked
-[h | r | z] (DESIGN.md section 3; ``gru4rec_kernels.layout``). Per layer the backend runs
+[h | r | z] (docs/design.md section 2; ``gru4rec_kernels.layout``). Per layer the backend runs
 
     forward                                        must match reference.gru_fwd (+ forward's gather)
         xw  = x Wx                    [B, 3H]  GEMM (one-hot first layer: no GEMM, xw = Wx0 and row = X[b])

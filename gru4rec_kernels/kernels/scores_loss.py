@@ -1,7 +1,7 @@
 """Sampled scores, the five losses and dL/dZ, fused per row; and the bias-gradient column sums.
 
 Shape letters: B rows, H units of the last layer, N items, S extra samples, O = B + S output columns,
-Y [O] = [targets (B) | samples (S)]; column i of row i is row i's target. Equations (DESIGN.md section 3):
+Y [O] = [targets (B) | samples (S)]; column i of row i is row i's target. Equations (docs/design.md section 2):
 
     Z[i, j] = h[i] . Wy[Y[j]] + By[Y[j]] - logq_j        logq_j = logq_t[Y[j]] (j < B) or logq_s[Y[j]] (j >= B)
     R = f(Z)                                             f: linear, tanh, relu, elu-a, leaky-a

@@ -1,4 +1,4 @@
-"""The Numba CPU backend: GRU4Rec v2 training and evaluation steps (DESIGN.md section 3) in Numba kernels.
+"""The Numba CPU backend: GRU4Rec v2 training and evaluation steps (docs/design.md section 2) in Numba kernels.
 
 It computes exactly ``reference.train_step`` (forward in the three input modes, scores, the five losses with
 the reference's negatives mask, backward, global-norm clipping, dense and sparse Adagrad with momentum) and
