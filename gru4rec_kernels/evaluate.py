@@ -1,4 +1,6 @@
-"""The official GRU4Rec evaluation: session-parallel replay, the target's rank among ALL items (docs/design.md section 3).
+"""The official GRU4Rec evaluation: session-parallel replay, the target's rank among ALL items.
+
+The protocol is docs/design.md section 3.
 
 Test events whose item is not in the model's item map are dropped and counted; sessions left shorter than 2
 are dropped and counted. Test sessions are replayed session-parallel from a zero hidden state; at every event

@@ -2,8 +2,8 @@
 
 Shape letters: P dense parameters in one flat buffer (``layout.allocate``), N rows of a sparse parameter
 (items), D its row width (H for Wy, 1 for By, E, 3H for the one-hot Wx0), K row slots of a step (O = B + S
-output columns for Wy / By, plus B input rows in the constrained mode; B for E and Wx0). Equations (docs/design.md section 2
-section 3; as the official IndexedAdagradM), with g = grad * gscale[0] (gradient clipping, else 1):
+output columns for Wy / By, plus B input rows in the constrained mode; B for E and Wx0). Equations
+(docs/design.md section 2.10; as the official IndexedAdagradM), with g = grad * gscale[0] (gradient clipping, else 1):
 
     acc += g^2;   upd = -lr g / sqrt(acc + 1e-6);   mom = mu mom + upd;   p += mom     (p += upd when mu = 0)
 
