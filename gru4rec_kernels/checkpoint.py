@@ -18,6 +18,7 @@ import zlib
 import numpy as np
 
 from .config import TrainConfig
+from .layout import param_specs
 from .modelfile import (
     ModelFileError,
     atomic_write_bytes,
@@ -144,4 +145,40 @@ def load(path: str) -> dict:
     if any(h is None for h in out["hidden"]):
         raise CheckpointError(f"checkpoint {path!r} is missing hidden-state tensors")
     out["sched"] = None if sched_scalars is None else {**sched, **sched_scalars}
+    _check_contents(out, path)
     return out
+
+
+def _check_contents(ck: dict, path: str) -> None:
+    """Every tensor where the config says, with its shape: a crafted or corrupt checkpoint must never be
+    broadcast, zero-filled or cut to fit."""
+    def bad(msg):
+        raise CheckpointError(f"checkpoint {path!r}: {msg}")
+    if ck["epoch"] < 0 or ck["step"] < 0:
+        bad(f"negative epoch ({ck['epoch']}) or step ({ck['step']})")
+    params = ck["params"]
+    if "Wy" not in params or np.ndim(params["Wy"]) != 2:
+        bad("missing or malformed tensor 'Wy'")
+    try:
+        want = {sp.name: sp.shape for sp in param_specs(ck["cfg"], int(params["Wy"].shape[0]))}
+    except ValueError as e:
+        bad(str(e))
+    for what, group in (("parameter", params), ("Adagrad accumulator", ck["opt"]["acc"])):
+        if set(group) != set(want):
+            bad(f"{what} tensors {sorted(group)} do not match the config's {sorted(want)}")
+    if ck["opt"]["mom"] and set(ck["opt"]["mom"]) != set(want):
+        bad(f"momentum tensors {sorted(ck['opt']['mom'])} do not match the config's {sorted(want)}")
+    for group in (params, ck["opt"]["acc"], ck["opt"]["mom"]):
+        for k, v in group.items():
+            if v.shape != want[k] or v.dtype != np.float32:
+                bad(f"tensor {k!r} is {v.dtype} {v.shape}; the config needs float32 {want[k]}")
+            if not np.all(np.isfinite(v)):
+                bad(f"tensor {k!r} holds NaN or Inf")
+    hidden = ck["hidden"]
+    if hidden:
+        if len(hidden) != len(ck["cfg"].layers):
+            bad(f"{len(hidden)} hidden-state tensors for {len(ck['cfg'].layers)} layers")
+        rows = hidden[0].shape[0] if hidden[0].ndim == 2 else -1
+        for h, units in zip(hidden, ck["cfg"].layers):
+            if h.ndim != 2 or h.shape != (rows, units):
+                bad(f"a hidden-state tensor is {h.shape}; expected ({rows}, {units})")

@@ -251,7 +251,7 @@ class SessionData:
         if sep is None:
             sep = _infer_sep(path)
         need = [session_key, item_key] + ([time_key] if time_key is not None else [])
-        header = read_csv_checked(path, sep=sep, nrows=0, **read_kwargs)
+        header = read_csv_checked(path, sep=sep, **{**read_kwargs, "nrows": 0})
         missing = [c for c in need if c not in header.columns]
         if missing:
             raise missing_columns_error(missing, list(header.columns), f"{path}")

@@ -134,3 +134,34 @@ def test_warmup_changes_nothing_and_is_timed(data):
     tr = g.Trainer(c, backend="cpu", show_progress=False)
     tr.fit(train)
     assert tr.compile_seconds >= 0
+
+
+@pytest.mark.parametrize("craft,msg", [
+    ("shape", "the config needs"), ("missing", "do not match"), ("epoch", "negative epoch"), ("nan", "NaN"),
+])
+def test_crafted_checkpoints_are_refused(tmp_path, data, craft, msg):
+    from gru4rec_kernels import checkpoint as ckpt
+    from gru4rec_kernels.modelfile import decode_safetensors, encode_safetensors
+    train, _ = data
+    g.Trainer(cfg(n_epochs=1), backend="numpy", show_progress=False).fit(train, checkpoint_dir=tmp_path)
+    path = ckpt.list_checkpoints(str(tmp_path))[-1]
+    arrays, meta = decode_safetensors(open(path, "rb").read())
+    if craft == "shape":
+        arrays["Bh0"] = arrays["Bh0"][:1].copy()  # would broadcast if not checked
+    elif craft == "missing":
+        del arrays["acc.Wy"]
+    elif craft == "epoch":
+        meta["epoch"] = "-3"
+    else:
+        arrays["Wy"][0, 0] = np.nan
+    with open(path, "wb") as f:
+        for chunk in encode_safetensors(arrays, meta):
+            f.write(chunk)
+    with pytest.raises(ckpt.CheckpointError, match=msg):
+        ckpt.load(path)
+
+
+def test_from_csv_passes_nrows(tmp_path):
+    p = tmp_path / "c.csv"
+    p.write_text("SessionId,ItemId,Time\n" + "".join(f"{i // 3},{i % 5},{i}\n" for i in range(30)))
+    assert g.SessionData.from_csv(p, nrows=12).n_events == 12
