@@ -53,6 +53,41 @@ def split_by_time(df: pd.DataFrame, days: float = 1.0, min_session_length: int =
     return train, test
 
 
+def split_by_sessions(df: pd.DataFrame, n_sessions: int, min_session_length: int = 2, session_key: str = "SessionId",
+                      item_key: str = "ItemId", time_key: str = "Time") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The same split by count: the ``n_sessions`` sessions that end last form the test set (ties by id), with
+    their items unknown to train and then sessions shorter than ``min_session_length`` dropped."""
+    if isinstance(n_sessions, bool) or not isinstance(n_sessions, int) or n_sessions < 1:
+        raise ValueError(f"n_sessions must be a positive int; got {n_sessions!r}")
+    ends = df.groupby(session_key, sort=False)[time_key].max()
+    last = ends.sort_values(kind="stable").index[-n_sessions:]
+    is_test = df[session_key].isin(last).to_numpy()
+    train, test = df[~is_test], df[is_test]
+    test = test[test[item_key].isin(pd.unique(train[item_key])).to_numpy()]
+    tlen = test.groupby(session_key, sort=False)[session_key].transform("size")
+    return train, test[tlen.to_numpy() >= min_session_length]
+
+
+def validation_split(data, days: float | None = None, sessions: int | None = None):
+    """(train, valid) SessionData cut off the end of ``data`` the official way: the sessions that end in the
+    last ``days`` days (time in seconds), or the last ``sessions`` sessions. For early stopping:
+    ``Trainer(cfg).fit(*validation_split(train, days=1), patience=2)``."""
+    from .data import SessionData
+    if (days is None) == (sessions is None):
+        raise ValueError("give exactly one of days= or sessions=")
+    df = data.to_pandas()
+    if days is not None:
+        tr, va = split_by_time(df, days=days, min_session_length=2)
+        what = f"the last {days} day(s)"
+    else:
+        tr, va = split_by_sessions(df, sessions)
+        what = f"the last {sessions} session(s)"
+    if len(va) == 0 or len(tr) == 0:
+        raise ValueError(f"splitting {what} off the data left {'no validation' if len(va) == 0 else 'no training'} "
+                         "events (is Time in seconds?)")
+    return SessionData.from_pandas(tr), SessionData.from_pandas(va)
+
+
 def preprocess(df: pd.DataFrame, session_key: str = "SessionId", item_key: str = "ItemId",
                time_key: str = "Time", min_item_support: int = 5, min_session_length: int = 2,
                test_days: float = 1.0, iterate: bool = True, id_type: str = "auto") -> dict[str, pd.DataFrame]:

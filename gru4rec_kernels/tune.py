@@ -170,17 +170,9 @@ def _suggest(trial, space: dict) -> dict:
 
 
 def split_validation(train, valid_days: float = 1.0):
-    """(train_tr, valid) SessionData: sessions ending in the last ``valid_days`` days become the validation set
-    (their items unknown to train_tr dropped, sessions shorter than 2 dropped), as the official split."""
-    from .data import SessionData
-    from .preprocess import split_by_time
-    df = train.to_pandas()
-    tr, va = split_by_time(df, days=valid_days, min_session_length=2)
-    if len(va) == 0 or len(tr) == 0:
-        raise ValueError(f"splitting the last {valid_days} day(s) off the training data left "
-                         f"{'no validation' if len(va) == 0 else 'no training'} sessions (is Time in seconds?); "
-                         "pass a validation set explicitly (--valid)")
-    return SessionData.from_pandas(tr), SessionData.from_pandas(va)
+    """(train_tr, valid): the sessions ending in the last ``valid_days`` days split off (validation_split)."""
+    from .preprocess import validation_split
+    return validation_split(train, days=valid_days)
 
 
 @dataclass

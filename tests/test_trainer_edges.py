@@ -165,3 +165,16 @@ def test_from_csv_passes_nrows(tmp_path):
     p = tmp_path / "c.csv"
     p.write_text("SessionId,ItemId,Time\n" + "".join(f"{i // 3},{i % 5},{i}\n" for i in range(30)))
     assert g.SessionData.from_csv(p, nrows=12).n_events == 12
+
+
+def test_validation_split_by_days_and_sessions():
+    from gru4rec_kernels.preprocess import validation_split
+    rows = [(s, (s * 7 + k) % 20, s * 3600.0 + k) for s in range(40) for k in range(4)]
+    import pandas as pd
+    d = g.SessionData.from_pandas(pd.DataFrame(rows, columns=["SessionId", "ItemId", "Time"]))
+    tr, va = validation_split(d, sessions=5)
+    assert va.n_sessions == 5 and set(va.session_ids) == set(range(35, 40)) and tr.n_sessions == 35
+    tr, va = validation_split(d, days=2.5 / 24)  # sessions ending in the last 2.5 hours
+    assert set(va.session_ids) == {37, 38, 39}
+    with pytest.raises(ValueError, match="exactly one"):
+        validation_split(d)
