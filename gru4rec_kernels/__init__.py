@@ -12,10 +12,11 @@ from .config import TrainConfig
 from .data import SessionData
 from .evaluate import evaluate
 from .model import Model, ModelFileError, UnknownItemError
+from .preprocess import validation_split
 from .serving import SessionRecommender
 from .trainer import Trainer, TrainingDivergedError
 
 __version__ = "0.1.0"
 
 __all__ = ["TrainConfig", "SessionData", "Trainer", "TrainingDivergedError", "Model", "ModelFileError",
-           "UnknownItemError", "evaluate", "SessionRecommender", "POP", "SPOP", "ItemKNN", "__version__"]
+           "UnknownItemError", "evaluate", "validation_split", "SessionRecommender", "POP", "SPOP", "ItemKNN", "__version__"]
