@@ -19,4 +19,5 @@ from .trainer import Trainer, TrainingDivergedError
 __version__ = "0.1.0"
 
 __all__ = ["TrainConfig", "SessionData", "Trainer", "TrainingDivergedError", "Model", "ModelFileError",
-           "UnknownItemError", "evaluate", "validation_split", "SessionRecommender", "POP", "SPOP", "ItemKNN", "__version__"]
+           "UnknownItemError", "evaluate", "validation_split", "SessionRecommender", "POP", "SPOP", "ItemKNN",
+           "__version__"]
