@@ -41,21 +41,6 @@ def _draw_one(cdf, key, refill, i):
     return min(lo, cdf.size - 1)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def _fill_parallel(cdf, key, refill, out):
-    n = out.size
-    n_chunks = (n + _CHUNK - 1) // _CHUNK
-    for c in prange(n_chunks):
-        start = c * _CHUNK
-        stop = min(start + _CHUNK, n)
-        for i in range(start, stop):
-            out[i] = _draw_one(cdf, key, refill, i)
-
-
-@njit(nogil=True, cache=True)
-def _fill_serial(cdf, key, refill, out):
-    for i in range(out.size):
-        out[i] = _draw_one(cdf, key, refill, i)
 
 
 @njit(parallel=True, nogil=True, cache=True)
