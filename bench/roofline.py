@@ -224,7 +224,7 @@ def _nbytes(a) -> int:
 
 
 def _gemm_cost(L: Launch, ctx) -> Cost:
-    C, A, B = L.args[0], L.args[1], L.args[2]
+    C, A = L.args[0], L.args[1]
     M, N = _shape(C)
     ta = L.name in ("gemm_tn",)
     K = _shape(A)[0] if ta else _shape(A)[1]
@@ -247,13 +247,14 @@ def _elementwise(flops_per: float, skip=()):
 
 def _gather_rows(L: Launch, ctx) -> Cost:
     out, table, ids = L.args[0], L.args[1], L.args[2]
-    return Cost(0.0, 2 * _nbytes(out) + _nbytes(ids), chain=3, latency="dram", note=f"{_shape(out)} rows of {_shape(table)}")
+    return Cost(0.0, 2 * _nbytes(out) + _nbytes(ids), chain=3, latency="dram",
+                note=f"{_shape(out)} rows of {_shape(table)}")
 
 
 def _row_kernel(flops_per: float):
     """One block per row of S [B, O]: passes over the row (max, sums, dZ)."""
     def cost(L: Launch, ctx) -> Cost:
-        dZ, S = L.args[0], L.args[2]
+        S = L.args[2]
         B, O = _shape(S)
         row = F * 2 * O
         passes = math.ceil(O / L.threads)
@@ -408,7 +409,8 @@ def report(res: dict) -> str:
     out = [f"=== {LABEL} ===",
            f"device {d['name']}: HBM {d['hbm_bw'] / 1e12:.2f} TB/s, fp32 {d['fp32_peak'] / 1e12:.0f} TFLOP/s, "
            f"{d['n_sm']} SMs; node {d['node_overhead_s'] * 1e6:.1f} us, DRAM/L2/L1 latency "
-           f"{d['dram_latency_s'] * 1e6:.2f}/{d['l2_latency_s'] * 1e6:.2f}/{d['l1_latency_s'] * 1e6:.3f} us, per-SM {d['sm_bw'] / 1e9:.0f} GB/s, "
+           f"{d['dram_latency_s'] * 1e6:.2f}/{d['l2_latency_s'] * 1e6:.2f}/{d['l1_latency_s'] * 1e6:.3f} us, "
+           f"per-SM {d['sm_bw'] / 1e9:.0f} GB/s, "
            f"GEMM slab {d['gemm_slab_s'] * 1e6:.2f} us (calibrated); ids: {res['ids']}"]
     for name, m in res["workloads"].items():
         w = m["workload"]
