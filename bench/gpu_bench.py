@@ -115,16 +115,24 @@ def make_cfg(w: dict, **kw):
                        learning_rate=0.05, momentum=0.0, **kw)
 
 
-def random_schedule(T: int, B: int, S: int, N: int, seed: int, reset_p: float = 0.1) -> dict:
-    """A random session-parallel chunk: inputs / targets / active / reset [T, B], samples [T, S]. Uniform items
-    (the real sampler draws supp^alpha: more duplicates, so slightly less sparse-update traffic than here)."""
+def random_schedule(T: int, B: int, S: int, N: int, seed: int, reset_p: float = 0.1, ids: str = "zipf") -> dict:
+    """A random session-parallel chunk: inputs / targets / active / reset [T, B], samples [T, S].
+
+    ids "zipf" (default): items drawn like real click data, inputs and targets from a Zipf (s = 1) popularity
+    over a random permutation of the items, samples from popularity^0.5 as the sampler does (duplicate ids:
+    what the sparse update pays for on real data); "uniform": every item equally likely (few duplicates)."""
     rng = np.random.default_rng(seed)
     reset = rng.random((T, B)) < reset_p
     reset[0] = True
-    return {"inputs": rng.integers(0, N, (T, B), dtype=np.int32),
-            "targets": rng.integers(0, N, (T, B), dtype=np.int32),
-            "active": np.ones((T, B), dtype=bool), "reset": reset,
-            "samples": rng.integers(0, N, (T, S), dtype=np.int32)}
+    if ids == "uniform":
+        draw = lambda p, shape: rng.integers(0, N, shape, dtype=np.int32)  # noqa: E731
+    elif ids == "zipf":
+        pop = rng.permutation(1.0 / np.arange(1, N + 1))
+        draw = lambda p, shape: rng.choice(N, shape, p=pop ** p / (pop ** p).sum()).astype(np.int32)  # noqa: E731
+    else:
+        raise ValueError(f"ids must be 'zipf' or 'uniform'; got {ids!r}")
+    return {"inputs": draw(1.0, (T, B)), "targets": draw(1.0, (T, B)), "active": np.ones((T, B), dtype=bool),
+            "reset": reset, "samples": draw(0.5, (T, S))}
 
 
 def _sched_args(s: dict):
@@ -205,14 +213,15 @@ def check_workload(name: str, w: dict, torch_mod, scores=("plain", "fused")) -> 
 
 
 def bench_workload(name: str, w: dict, steps: int, repeats: int, torch_mod, timer: Timer,
-                   scores=("plain", "fused")) -> dict:
+                   scores=("plain", "fused"), ids: str = "zipf") -> dict:
     from gru4rec_kernels.backends.cuda import CudaBackend
     from gru4rec_kernels.layout import init_params
 
     cfg = make_cfg(w)
     _, params = init_params(cfg, N_ITEMS)
-    s = random_schedule(steps, w["B"], w["S"], N_ITEMS, seed=11)
-    res: dict = {"config": cfg.to_dict(), "n_items": N_ITEMS, "steps_per_chunk": steps, "repeats": repeats}
+    s = random_schedule(steps, w["B"], w["S"], N_ITEMS, seed=11, ids=ids)
+    res: dict = {"config": cfg.to_dict(), "n_items": N_ITEMS, "steps_per_chunk": steps, "repeats": repeats,
+                 "ids": ids}
 
     res["gru4rec_kernels"] = {}
     for version in scores:
@@ -326,7 +335,7 @@ def load_torch_peer(disabled: bool):
         return None, f"torch is not installed ({e}); pip install torch to time the PyTorch peer"
 
 
-def model_prediction() -> dict:
+def model_prediction(ids: str = "zipf") -> dict:
     """The roofline MODEL's µs per step for the tree being measured, to print beside the measurement. The model
     traces the step in the CUDA simulator, which cannot share a process with a real GPU: a subprocess."""
     import tempfile
@@ -335,10 +344,10 @@ def model_prediction() -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "roofline.json"
             env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
-            subprocess.run([sys.executable, str(REPO / "bench" / "roofline.py"), "--ids", "uniform", "--out", str(out)],
+            subprocess.run([sys.executable, str(REPO / "bench" / "roofline.py"), "--ids", ids, "--out", str(out)],
                            env=env, check=True, capture_output=True, timeout=300)
             m = json.loads(out.read_text())
-        return {n: wr["step_s"] * 1e6 for n, wr in m["workloads"].items()} | {"ids": "uniform", "label": m["label"]}
+        return {n: wr["step_s"] * 1e6 for n, wr in m["workloads"].items()} | {"ids": ids, "label": m["label"]}
     except Exception as e:  # the model is a bonus next to the measurement
         return {"error": str(e)}
 
@@ -350,6 +359,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="timed chunks per workload (median reported)")
     ap.add_argument("--scores", nargs="+", default=["plain", "fused"], choices=["plain", "fused"],
                     help="score/loss versions of the cuda backend to time (default: both)")
+    ap.add_argument("--ids", choices=["zipf", "uniform"], default="zipf",
+                    help="item ids of the timed steps: zipf (like real clicks, default) or uniform")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check against the reference")
     ap.add_argument("--no-eval", action="store_true", help="skip the all-item evaluation benchmark")
@@ -370,7 +381,7 @@ def main(argv=None) -> int:
     result = {"label": "MEASURED", "device": dev, "git": git_info(),
               "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "args": {k: str(v) for k, v in vars(args).items()}, "torch_peer": torch_note,
-              "model_us_per_step": model_prediction(), "workloads": {}, "errors": []}
+              "model_us_per_step": model_prediction(args.ids), "workloads": {}, "errors": []}
     print(f"gpu_bench: {dev['name']} (cc {dev['compute_capability']}), commit {result['git']['commit']}"
           f"{' (dirty)' if result['git']['dirty'] else ''}; torch peer: {torch_note}")
     timer = Timer()
@@ -388,7 +399,8 @@ def main(argv=None) -> int:
                     for v, cv in c["cuda"].items())
                     + (f", torch {c['torch_loss_rel_err']:.2e} ({'ok' if c['torch_ok'] else 'MISMATCH'})"
                        if "torch_ok" in c else ""))
-            entry |= bench_workload(name, w, args.steps, args.repeats, torch_mod, timer, scores=args.scores)
+            entry |= bench_workload(name, w, args.steps, args.repeats, torch_mod, timer, scores=args.scores,
+                                    ids=args.ids)
             line = f"  {name}: " + " | ".join(
                 f"gru4rec_kernels[{v}] {g['us_per_step_median']:8.1f} us/step ({g['steps_per_s']:,.0f} steps/s)"
                 for v, g in entry["gru4rec_kernels"].items())
@@ -398,7 +410,7 @@ def main(argv=None) -> int:
                          f" | speedup " + ", ".join(f"{v} {x:.1f}x" for v, x in entry["speedup_vs_torch"].items()))
             model = result["model_us_per_step"].get(name)
             if isinstance(model, float):
-                line += f" | MODEL (uniform ids) {model:.1f} us"
+                line += f" | MODEL {model:.1f} us"
             print(line)
         except Exception as e:
             failed = True
