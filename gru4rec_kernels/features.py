@@ -159,7 +159,8 @@ class ItemFeatures:
         """Rows (matrix m, ids) -> the [N, D] matrix in the map's item order."""
         dup = pd.Index(ids).duplicated()
         if dup.any():
-            raise ValueError(f"features {name!r}: item id {ids[np.argmax(dup)]!r} has more than one feature row "
+            raise ValueError(f"features {name!r}: item id {ids[[np.argmax(dup)]].tolist()[0]!r} has more than one "
+                             f"feature row "
                              f"({int(dup.sum())} duplicate id(s)); give one row per item")
         N = len(imap)
         if ids.size:
@@ -308,9 +309,8 @@ def _column_names(columns, D: int, name: str) -> tuple[str, ...]:
 
 def _factorize(s: pd.Series, col: str) -> tuple[np.ndarray, list]:
     """(code of every row, sorted distinct values) of a categorical column."""
-    try:
-        codes, uniques = pd.factorize(s, sort=True)
-    except TypeError:
-        raise ValueError(f"item features: column {col!r} mixes value types that cannot be ordered (e.g. numbers "
-                         f"and strings); convert it to one type") from None
+    if s.dtype == object and pd.api.types.infer_dtype(s, skipna=False).startswith("mixed"):
+        raise ValueError(f"item features: column {col!r} mixes value types (e.g. numbers and strings), so "
+                         f"1 and '1' would be two categories of one name; convert it to one type")
+    codes, uniques = pd.factorize(s, sort=True)
     return codes.astype(np.int64), list(uniques)
