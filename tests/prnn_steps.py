@@ -113,3 +113,47 @@ def make_prnn_problem(layout: PRNNLayout, B=3, S=4, dtype=np.float64, seed=0, in
     step = StepInputs(X=X.astype(np.int64), Y=Y, active=active, reset=reset, col_logq=col_logq)
     opt = {"acc": zeros_like_params(params), "mom": zeros_like_params(params)}
     return params, opt, H, step, masks
+
+
+# --------------------------------------------------------------------------------------------- tiny training runs
+def fit_reference(layout: PRNNLayout, data, seed: int = 0, dtype=np.float32):
+    """Train with the reference for cfg.n_epochs epochs of the session-parallel schedule (extra samples drawn
+    by supp^alpha with numpy, dropout masks as the backends draw them, the strategy's phase at every step)."""
+    from gru4rec_kernels.batching import EpochSchedule
+    from gru4rec_kernels.reference_prnn import dropout_masks, train_step
+    cfg, prnn = layout.cfg, layout.prnn
+    _, params = init_prnn_params(layout, dtype)
+    opt = {"acc": zeros_like_params(params), "mom": zeros_like_params(params)}
+    p = data.item_support() ** cfg.sample_alpha
+    p /= p.sum()
+    rng = np.random.default_rng(seed)
+    B, step = cfg.batch_size, 0
+    for epoch in range(cfg.n_epochs):
+        H = [[np.zeros((B, h), dtype) for h in sub.layers] for sub in layout.subnets]
+        for ch in EpochSchedule(data.offsets, data.items, B).chunks(1024):
+            for t in range(ch.n_steps):
+                Y = np.concatenate([ch.targets[t], rng.choice(p.size, cfg.n_sample, p=p)]).astype(np.int64)
+                st = StepInputs(X=ch.inputs[t].astype(np.int64), Y=Y, active=ch.active[t], reset=ch.reset[t])
+                _, H = train_step(params, opt, layout, H, st, dropout_masks(layout, step, B, dtype),
+                                  prnn.phase(epoch, step, cfg.n_epochs))
+                step += 1
+    return params
+
+
+def rank_reference(params, layout: PRNNLayout, data, batch_size: int = 64):
+    """The official protocol's standard rank (1 + items scoring above the target, all items ranked) of every
+    test event, and the event's input item: (ranks, inputs)."""
+    from gru4rec_kernels.batching import EpochSchedule
+    from gru4rec_kernels.reference_prnn import hidden_step, score_all
+    dtype = params["Wy"].dtype
+    H = [[np.zeros((batch_size, h), dtype) for h in sub.layers] for sub in layout.subnets]
+    ranks, inputs = [], []
+    for ch in EpochSchedule(data.offsets, data.items, batch_size).chunks(1024):
+        for t in range(ch.n_steps):
+            H = [[np.where(ch.reset[t][:, None], 0, h) for h in Hk] for Hk in H]
+            H = hidden_step(params, layout, H, ch.inputs[t].astype(np.int64))
+            a = ch.active[t]
+            s, tg = score_all(params, layout, H)[a], ch.targets[t][a]
+            ranks.append(1 + (s > s[np.arange(tg.size), tg][:, None]).sum(axis=1))
+            inputs.append(ch.inputs[t][a])
+    return np.concatenate(ranks), np.concatenate(inputs)
