@@ -7,18 +7,21 @@ made once (``cuda.as_cuda_array``, no sync). Under the CUDA simulator (``NUMBA_E
 numpy and the very same step code and kernels run on the CPU; that is how the tests check whole training steps
 against the numpy backend without a GPU.
 
-One training step (``_step``; shape letters B rows, S samples, O = B + S, N items, H_l units):
+One training step (``_step``; shape letters B rows, S samples, O = B + S, N items, H_l units; docs/kernels.md
+lists its launches, 15 besides the sparse Adagrad for one layer; the GEMMs are plans built with the buffers,
+several independent products per launch, K split where few tiles meet a long K):
 
-    step_begin          row ctr[0] of the uploaded chunk -> ids = [Y (O) | X (B)], active, reset
-    hidden_reset        h_in_l = 0 on reset rows, else the state hid_l
-    layer 0 input       gather_rows: x0 = Wy[X] / E[X] times the embedding dropout (one-hot: fused below)
-    per layer           xw = x Wx (GEMM), hU = h_in Wrz (GEMM), gru_fwd_rz, rhU = rh Wh (GEMM), gru_fwd_out
-                        -> hid_l (the output after dropout = the next hidden state)
-    scores + loss       gather_rows WyY = Wy[Y]; plain (default): S = h WyY^T (GEMM) + row_loss;
-                        fused: score_loss_fused -> dZ [B, O], row_loss [B]
-    backward            dh = dZ WyY, dWy rows = dZ^T h (GEMMs), dBy rows = col_sum(dZ); per layer gru_bwd_cz,
-                        drh = dc Wh^T, gru_bwd_r, dWrz / dWh / dWx (GEMMs into the flat gradient buffer), dBh =
-                        col_sum(da), dx = da Wx^T; the input gradient times the embedding mask (dropout_inplace)
+    step_begin          row ctr[0] of the uploaded chunk -> ids = [Y (O) | X (B)], active, reset; h_in_l = 0 on
+                        reset rows, else the state hid_l (every layer); x0 = Wy[X] / E[X] times the embedding
+                        dropout (one-hot: gathered inside the gate kernels); WyY = Wy[Y]
+    per layer           [xw = x Wx, hU = h_in Wrz] (one GEMM launch), gru_fwd_rz, rhU = rh Wh (GEMM),
+                        gru_fwd_out -> hid_l (the output after dropout = the next hidden state)
+    scores + loss       plain (default): S = h WyY^T (GEMM) + row_loss (row_loss_partial, row_loss_grad: each row
+                        over several blocks); fused: score_loss_fused -> dZ [B, O], row_loss [B]
+    backward            [dh = dZ WyY, dWy rows = dZ^T h, dBy = 1^T dZ] (one GEMM launch); per layer gru_bwd_cz,
+                        drh = dc Wh^T (GEMM), gru_bwd_r, [dWrz, dWh, dBh = 1^T da, dWx, dx = da Wx^T] (one GEMM
+                        launch, into the flat gradient buffer); the input gradient times the embedding mask
+                        (dropout_inplace, only when dropout_p_embed > 0)
     clipping            (grad_cap > 0) sumsq_partial + clip_scale -> gscale
     optimizer           adagrad_dense over the flat buffer; sparse Adagrad (duplicates summed) on Wy, By, E, Wx0
     step_end            losses[ctr[0]] = sum(row_loss); ctr += 1

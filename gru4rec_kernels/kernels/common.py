@@ -15,7 +15,10 @@ Device functions (``cuda.jit(device=True)``, inlined into the kernels that call 
 Compilation: each family module exposes ``KERNELS = {name: (pyfunc, [signature, ...])}``; ``get_kernel``
 compiles a kernel on first use with its explicit signatures (eagerly, every signature at once, cached on disk),
 so that importing a module never touches a device, and ``numba.cuda.compile_ptx(pyfunc, sig, cc=...)`` works on a
-machine without one. Block sizes are launcher arguments; their defaults live in ``THREADS`` below.
+machine without one. Block sizes are launcher arguments; their defaults live in ``THREADS`` below, and
+``target_blocks()`` (one wave: the SM count) is what the split-K GEMMs and the chunked row loss size grids for.
+Every launcher calls ``get_kernel`` once per launch, so ``record_launches()`` lists the launches of a block of
+code (tests/test_step_launches.py counts a training step's: its CUDA graph nodes).
 """
 from __future__ import annotations
 

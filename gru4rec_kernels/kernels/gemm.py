@@ -18,23 +18,29 @@ memory and its stores to C hit consecutive addresses). K advances in BK-wide sla
 slab loads are bounds-checked (zero outside A, B), so any M, N, K >= 0 works. The tile sizes are compile-time
 constants (``make_kernels``): the default tile (64 x 64, 4 x 4 per thread, 256 threads) for a GPU, tiny ones for
 the CUDA simulator, where every thread is a Python thread. The single-product kernels fix the transposes at
-compile time; the grouped kernel reads them from the descriptor (a block-uniform branch in the slab loads).
+compile time; the grouped kernel reads them from the descriptor and branches (block-uniformly) to one of three
+inlined copies of the tile code, one per transpose pair: with the transposes as run-time values the kernel took
+158 registers on sm_90 (one 256-thread block per SM) against 125 so (two, as the single kernels).
 
 Split-K (``split_k``). A block walks its K range slab by slab, one global-load latency per slab, so a product with
 few output tiles and a long K is latency-bound on a few SMs: on an H200, dh = dZ Wy[Y] of the W1 step (32 x 100,
-K = 2080: 2 tiles of 64 x 64) took ~360 us on 2 blocks. Such a product is cut into ``splits`` K ranges of ``kc``
-(a multiple of BK) so that the launch has at least ``target_blocks`` blocks (one wave; the SM count), each split
-at least ``min_slabs`` slabs long (every split adds a partial tile to sum). Each split block writes its partial
-tile to a workspace; the last block of the tile to finish (an integer ticket per tile, ``atomic.add``) sums the
-partials in split order 0, 1, ..., splits-1 and stores C, then resets the ticket to 0 for the next launch (or
-graph replay). Why this and not a second reduction kernel: no extra launch (the point of this module is fewer
-graph nodes), and the partials are read while still in L2. Deterministic: the summation order is fixed whichever
-block finishes last, and without a split each C element is one thread's sum over k in increasing order (the
-compiler may contract multiply-adds into FMAs: the same on every run). The workspace and tickets are the caller's
-(``GemmPlan.work_size`` floats, ``GemmPlan.tickets_size`` int32 zeros), so a launch allocates nothing and can be
-captured; consecutive launches on one stream may share them. Products are planned once (``plan_gemm``: shapes
-checked, splits chosen, descriptors built) and launched many times (``launch_plan``); ``launch_gemm`` plans and
-launches one product.
+K = 2080: 2 tiles of 64 x 64) took ~360 us on 2 blocks. So K is cut into ``splits`` ranges of ``kc`` (a multiple
+of BK) such that no block of the launch walks more than L slabs: L = the launch's total slabs over
+``target_blocks`` (its average work per SM; the SM count), but at least ``min_slabs`` (every split adds a
+partial tile to sum). A launch of little work gets about one wave of blocks, and in a group only the products
+whose K is long against the rest are split. W1 on an H200: dh into 33 ranges of 64 (66 blocks, beside the 99 of
+its group's dWy rows and dBy), S = h Wy[Y]^T, x Wx, h U_rz, (r h) U_h and dc U_h^T into 2, dx0 = da Wx^T into 5.
+
+Each split block writes its partial tile to a workspace; the last block of the tile to finish (an integer ticket
+per tile, ``atomic.add``, after a ``threadfence``) sums the partials in split order 0, 1, ..., splits-1 and
+stores C, then resets the ticket to 0 for the next launch (or graph replay). Why this and not a second reduction
+kernel: no extra launch (the point here is fewer graph nodes), and the partials are read while still in L2.
+Deterministic: the summation order is fixed whichever block finishes last, and without a split each C element is
+one thread's sum over k in increasing order (the compiler may contract multiply-adds into FMAs: the same on every
+run). The workspace and tickets are the caller's (``GemmPlan.work_size`` floats, ``GemmPlan.tickets_size`` int32
+zeros), so a launch allocates nothing and can be captured; launches in one stream may share them. Products are
+planned once (``plan_gemm``: shapes checked, splits chosen, descriptors built) and launched many times
+(``launch_plan``); ``launch_gemm`` plans and launches one product (split only when given a workspace).
 
 Reference: ``a @ b`` in numpy (reference.py's matrix products); tests/test_kernels_gemm.py compares them. A
 column sum is the product 1^T a with a ones column, summed in row order exactly (the step's dBy, dBh).
@@ -315,15 +321,16 @@ def _kc(K: int, splits: int, BK: int) -> tuple:
     return ceil_div(K, kc), kc
 
 
-def split_k(M: int, N: int, K: int, tile, target: int, min_slabs: int) -> tuple:
-    """(splits, kc): the K split of one product. None when its tiles fill ``target`` blocks already or K is at most
-    ``min_slabs`` slabs; else enough splits for ``target`` blocks, each at least ``min_slabs`` slabs long."""
+def split_k(shapes, tile, target: int, min_slabs: int) -> list:
+    """[(splits, kc)] of the products (M, N, K) of one launch. Every block walks at most L slabs of BK,
+    L = max(min_slabs, ceil(total / target)) with total = the launch's slabs (sum of tiles x ceil(K / BK)): no
+    block is longer than the launch's average work per SM (a long-K product is not the critical path of its
+    group), and a launch of little work still gets about ``target`` blocks (one wave)."""
     BM, BN, BK, _, _ = tile
-    tiles = ceil_div(M, BM) * ceil_div(N, BN)
-    min_k = max(1, int(min_slabs)) * BK
-    if tiles == 0 or tiles >= target or K <= min_k:
-        return 1, K
-    return _kc(K, min(ceil_div(target, tiles), ceil_div(K, min_k)), BK)
+    tiles = [ceil_div(M, BM) * ceil_div(N, BN) for M, N, _ in shapes]
+    total = sum(t * ceil_div(K, BK) for t, (_, _, K) in zip(tiles, shapes))
+    L = max(1, int(min_slabs), ceil_div(total, max(1, int(target))))
+    return [_kc(K, ceil_div(ceil_div(K, BK), L), BK) if t else (1, K) for t, (_, _, K) in zip(tiles, shapes)]
 
 
 class GemmPlan:
@@ -359,7 +366,7 @@ class GemmPlan:
 def plan_gemm(problems, tile=None, target=None, min_slabs=None, splits=None) -> GemmPlan:
     """Plan 1..MAX_PROBLEMS independent products (GemmProblem or (C, A, B[, ta, tb, accumulate]) tuples).
 
-    ``splits``: None chooses each product's split (``split_k`` for ``target`` blocks, default the device's
+    ``splits``: None chooses the splits (``split_k`` for ``target`` blocks, default the device's
     ``target_blocks()``, and ``min_slabs``); an int asks every product for that many K ranges (1: no split; fewer
     when K is short: no range is empty)."""
     problems = [p if isinstance(p, GemmProblem) else GemmProblem(*p) for p in problems]
@@ -370,15 +377,12 @@ def plan_gemm(problems, tile=None, target=None, min_slabs=None, splits=None) -> 
     min_slabs = default_min_slabs() if min_slabs is None else int(min_slabs)
     if splits is not None and (not isinstance(splits, (int, np.integer)) or splits < 1):
         raise ValueError(f"splits must be None or an int >= 1; got {splits!r}")
-    chosen, kcs = [], []
-    for n, p in enumerate(problems):
-        M, N, K = _shape(p, f"product {n}: " if len(problems) > 1 else "")
-        if splits is None:
-            s, kc = split_k(M, N, K, tile, target, min_slabs)
-        else:
-            s, kc = _kc(K, int(splits), tile[2])
-        chosen.append(s)
-        kcs.append(kc)
+    shapes = [_shape(p, f"product {n}: " if len(problems) > 1 else "") for n, p in enumerate(problems)]
+    if splits is None:
+        chosen, kcs = zip(*split_k(shapes, tile, target, min_slabs))
+    else:
+        chosen, kcs = zip(*[_kc(K, int(splits), tile[2]) for _, _, K in shapes])
+    chosen, kcs = list(chosen), list(kcs)
     if len(problems) == 1:  # grid (N tiles, M tiles, splits): y and z are at most 65535
         tm = ceil_div(problems[0].C.shape[0], tile[0])
         if tm > 65535 or chosen[0] > 65535:
