@@ -94,6 +94,25 @@ def test_every_kernel_compiles_for_every_arch(compiled):
     assert proc.returncode in (0, 4), f"exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
 
 
+# The kernels of the training step's families (the others, adagrad and evaluate, are checked by inventory only):
+# a kernel added, renamed or removed must show up here and in docs/kernels.md.
+STEP_KERNELS = {
+    "gemm": {"gemm_nn", "gemm_nt", "gemm_tn", "gemm_grouped"},
+    "step": {"step_begin", "step_end"},
+    "gru": {"hidden_reset", "gru_fwd_rz", "gru_fwd_out", "gru_bwd_cz", "gru_bwd_r", "dropout_inplace"},
+    "embedding": {"gather_rows", "scatter_add_rows"},
+    "scores_loss": {"row_loss_partial", "row_loss_grad", "score_loss_fused"},
+}
+
+
+def test_step_kernels_are_the_listed_ones(compiled):
+    proc, records = compiled
+    assert records, f"no kernels were compiled (exit {proc.returncode}):\n{proc.stderr}"
+    inv = _kernel_inventory(records)
+    for module, names in STEP_KERNELS.items():
+        assert set(inv.get(module, {})) == names, f"kernels/{module}.py: compiled {sorted(inv.get(module, {}))}"
+
+
 def test_default_kernels_do_not_spill(compiled):
     proc, records = compiled
     assert records, f"no kernels were compiled (exit {proc.returncode}):\n{proc.stderr}"

@@ -199,21 +199,32 @@ def test_gru_forward_backward(xp, B, gather, p):
     np.testing.assert_array_equal(host(drz), host(da)[:, H:])
 
 
+def naive_hidden_reset(hid_layers, reset):
+    """reference.train_step's reset: every layer's state zeroed on reset rows, as the flat [layer][b][j] buffer."""
+    return np.concatenate([np.where(reset[:, None] != 0, 0, h).ravel() for h in hid_layers])
+
+
 def test_hidden_reset(xp):
+    """Every layer in one launch over the flat states (layers of 7 and 3 units)."""
     rng = np.random.default_rng(3)
-    hid = rng.normal(size=(3, H)).astype(np.float32)
+    widths = np.array([H, 3], np.int32)
+    hid = [rng.normal(size=(3, w)).astype(np.float32) for w in widths]
     reset = np.array([1, 0, 1], np.uint8)
-    h_in = dev(xp, np.full((3, H), 9.0, np.float32))
-    kgru.launch_hidden_reset(h_in, dev(xp, hid), dev(xp, reset), threads=T)
-    np.testing.assert_array_equal(host(h_in), np.where(reset[:, None] == 1, 0, hid))
+    h_in = dev(xp, np.full(3 * widths.sum(), 9.0, np.float32))
+    flat = np.concatenate([h.ravel() for h in hid])
+    kgru.launch_hidden_reset(h_in, dev(xp, flat), dev(xp, widths), dev(xp, reset), threads=T)
+    np.testing.assert_array_equal(host(h_in), naive_hidden_reset(hid, reset))
 
 
 # ============================================================================================ scores + loss
+# versions: "fused", or "plain-C": the plain version with each row in C chunks (C = 3 at B = 1 leaves the last
+# chunk empty: O = 6 columns in chunks of 2)
 SL_CASES = [(loss, act, version, 3, False, False) for loss, act, version
-            in itertools.product(LOSSES, ACTS, ("plain", "fused"))]
-SL_CASES += [(loss, "linear", "plain", 1, False, False) for loss in LOSSES]
+            in itertools.product(LOSSES, ACTS, ("plain-2", "fused"))]
+SL_CASES += [(loss, "tanh", "plain-1", 3, False, False) for loss in LOSSES]
+SL_CASES += [(loss, "linear", "plain-4", 1, False, False) for loss in LOSSES]
 SL_CASES += [("cross-entropy", act, version, B, True, mah) for act, version, B, mah
-             in [("linear", "plain", 3, False), ("tanh", "fused", 3, True), ("elu-0.5", "plain", 1, True)]]
+             in [("linear", "plain-3", 3, False), ("tanh", "fused", 3, True), ("elu-0.5", "plain-3", 1, True)]]
 SL_CASES += [(loss, "linear", "fused", 3, False, True) for loss in LOSSES if loss != "cross-entropy"]
 
 
@@ -231,9 +242,10 @@ def test_scores_loss(xp, loss, act, version, B, logq, mah):
     lq = (dev(xp, logq_t), dev(xp, logq_s)) if logq else None
     kw = dict(loss=cfg.loss_code, act=code, act_a=a, bpreg=cfg.bpreg, mah=mah, inv_batch=1.0 / cfg.batch_size,
               threads=T if B > 1 else 8)
-    if version == "plain":
+    if version.startswith("plain"):
         Sm = dev(xp, h @ Wy[Y].T)
-        ksl.launch_row_loss(dZ, rl, Sm, dev(xp, By), dev(xp, Y), dev(xp, active), lq, **kw)
+        part = dev(xp, np.full((B, int(version[6:]), ksl.N_STATS), np.nan, np.float32))  # every entry read is written
+        ksl.launch_row_loss(dZ, rl, part, Sm, dev(xp, By), dev(xp, Y), dev(xp, active), lq, **kw)
     else:
         ksl.launch_score_loss_fused(dZ, rl, Sm, dev(xp, h), dev(xp, Wy), dev(xp, By), dev(xp, Y), dev(xp, active),
                                     lq, **kw)
@@ -243,11 +255,26 @@ def test_scores_loss(xp, loss, act, version, B, logq, mah):
     assert np.all(host(rl)[active == 0] == 0) and np.all(host(dZ)[active == 0] == 0)
 
 
-def test_col_sum(xp):
-    a = np.random.default_rng(4).normal(size=(3, 11)).astype(np.float32)
-    out = dev(xp, np.zeros(11, np.float32))
-    ksl.launch_col_sum(out, dev(xp, a), threads=T)
-    np.testing.assert_array_equal(host(out), a.sum(axis=0))  # same (row) order as numpy
+@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max", "bpr"])
+def test_row_loss_chunks_repeat_and_agree(xp, loss):
+    """The chunked row loss gives the same bits on every run, and any chunking gives the one-chunk result up to
+    float32 rounding (the sums are added in another order, and rescaled for the softmax losses)."""
+    B = 3
+    h, Wy, By, Y, active, _, _ = scores_problem(B, seed=11, scale=3.0)
+    cfg = TrainConfig(loss=loss, final_act="linear", bpreg=0.5, batch_size=B, layers=[H])
+    O = len(Y)
+    kw = dict(loss=cfg.loss_code, bpreg=cfg.bpreg, inv_batch=1.0 / B, threads=T)
+    got = {}
+    for C in (1, 2, 2, 3):
+        dZ, rl = dev(xp, np.zeros((B, O), np.float32)), dev(xp, np.zeros(B, np.float32))
+        part = dev(xp, np.zeros((B, C, ksl.N_STATS), np.float32))
+        ksl.launch_row_loss(dZ, rl, part, dev(xp, h @ Wy[Y].T), dev(xp, By), dev(xp, Y), dev(xp, active), **kw)
+        if C in got:
+            assert host(dZ).tobytes() == got[C][0].tobytes() and host(rl).tobytes() == got[C][1].tobytes()
+        got[C] = (host(dZ), host(rl))
+    for C in (2, 3):
+        np.testing.assert_allclose(got[C][0], got[1][0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got[C][1], got[1][1], rtol=1e-5, atol=1e-7)
 
 
 # ============================================================================================ Adagrad
@@ -339,23 +366,44 @@ def test_rank_counts(xp, act, cand, B):
 
 
 # ============================================================================================ step counter
-def test_step_begin_end(xp):
+@pytest.mark.parametrize("x0_width,p", [(H, 0.3), (4, 0.0), (None, 0.0)])
+def test_step_begin_end(xp, x0_width, p):
+    """step_begin stages row t of the chunk and does the step's first gathers: the hidden reset of two layers,
+    x0 = emb[X] with the embedding dropout (x0_width H: the constrained Wy; 4: an embedding E; None: one-hot,
+    no x0) and WyY = Wy[Y], each against reference.forward's arrays."""
     rng = np.random.default_rng(9)
-    Tn, B = 3, 2
+    Tn, B, t, step = 3, 2, 1, 100
     inputs = rng.integers(0, N, (Tn, B)).astype(np.int32)
     targets = rng.integers(0, N, (Tn, B)).astype(np.int32)
     samples = rng.integers(0, N, (Tn, S)).astype(np.int32)
     act_s = (rng.random((Tn, B)) < 0.5).astype(np.uint8)
-    rst_s = (rng.random((Tn, B)) < 0.5).astype(np.uint8)
+    rst_s = np.array([[0, 0], [1, 0], [0, 1]], np.uint8)
     ids, active, reset = dev(xp, np.zeros(2 * B + S, np.int32)), dev(xp, np.zeros(B, np.uint8)), dev(
         xp, np.zeros(B, np.uint8))
-    ctr = ctr_of(xp, 100, t=1)
+    widths = np.array([3, H], np.int32)
+    hid = [rng.normal(size=(B, w)).astype(np.float32) for w in widths]
+    h_in = dev(xp, np.full(B * widths.sum(), 9.0, np.float32))
+    Wy = rng.normal(size=(N, H)).astype(np.float32)
+    WyY = dev(xp, np.zeros((B + S, H), np.float32))
+    x0 = emb = None
+    if x0_width is not None:
+        table = Wy if x0_width == H else rng.normal(size=(N, x0_width)).astype(np.float32)
+        x0, emb = dev(xp, np.zeros((B, x0_width), np.float32)), dev(xp, table)
+    ctr = ctr_of(xp, step, t=t)
     losses = dev(xp, np.zeros(Tn, np.float32))
-    kstep.launch_step_begin(ids, active, reset, *(dev(xp, a) for a in (inputs, targets, samples, act_s, rst_s)), ctr,
-                            threads=T)
-    np.testing.assert_array_equal(host(ids), np.concatenate([targets[1], samples[1], inputs[1]]))
-    np.testing.assert_array_equal(host(active), act_s[1])
-    np.testing.assert_array_equal(host(reset), rst_s[1])
+    chunk = tuple(dev(xp, a) for a in (inputs, targets, samples, act_s, rst_s))
+    hidden = (h_in, dev(xp, np.concatenate([h.ravel() for h in hid])), dev(xp, widths))
+    kstep.launch_step_begin(ids, active, reset, chunk, ctr, hidden, WyY, dev(xp, Wy), x0=x0, emb=emb,
+                            key=dropout_key(5, -1), p=p, threads=T)
+    Y = np.concatenate([targets[t], samples[t]])
+    np.testing.assert_array_equal(host(ids), np.concatenate([Y, inputs[t]]))
+    np.testing.assert_array_equal(host(active), act_s[t])
+    np.testing.assert_array_equal(host(reset), rst_s[t])
+    np.testing.assert_array_equal(host(h_in), naive_hidden_reset(hid, rst_s[t]))
+    np.testing.assert_array_equal(host(WyY), Wy[Y])
+    if x0 is not None:
+        mask = dropout_mask_np(5, -1, step, B, x0_width, p) if p > 0 else 1.0
+        np.testing.assert_array_equal(host(x0), table[inputs[t]] * mask)
     rl = np.array([0.25, 0.5, 0.125], np.float32)
     kstep.launch_step_end(losses, dev(xp, rl), ctr, threads=2)
     assert host(losses)[1] == 0.875 and list(host(ctr)) == [2, 101]
@@ -365,8 +413,9 @@ def test_step_begin_end(xp):
 def _ok_row_loss_args(B=3):
     h, Wy, By, Y, active, logq_t, logq_s = scores_problem(B)
     O = len(Y)
-    return dict(dZ=np.zeros((B, O), np.float32), row_loss_=np.zeros(B, np.float32), S=np.zeros((B, O), np.float32),
-                By=By, Y=Y, active=active)
+    return dict(dZ=np.zeros((B, O), np.float32), row_loss_=np.zeros(B, np.float32),
+                part=np.zeros((B, 2, ksl.N_STATS), np.float32), S=np.zeros((B, O), np.float32), By=By, Y=Y,
+                active=active)
 
 
 @pytest.mark.parametrize("arg,bad,msg", [
@@ -376,12 +425,15 @@ def _ok_row_loss_args(B=3):
     ("Y", lambda a: a[:-1], "Y"),
     ("active", lambda a: a.astype(bool), "active"),
     ("row_loss_", lambda a: np.zeros(len(a) + 1, np.float32), "row_loss"),
+    ("part", lambda a: np.zeros((a.shape[0], 2, 4), np.float32), "part"),
+    ("part", lambda a: np.zeros((a.shape[0], 0, a.shape[2]), np.float32), "part"),
 ])
 def test_row_loss_launcher_rejects(arg, bad, msg):
     kw = _ok_row_loss_args()
     kw[arg] = bad(kw[arg])
     with pytest.raises(ValueError, match=msg):
-        ksl.launch_row_loss(kw["dZ"], kw["row_loss_"], kw["S"], kw["By"], kw["Y"], kw["active"], loss=0, threads=T)
+        ksl.launch_row_loss(kw["dZ"], kw["row_loss_"], kw["part"], kw["S"], kw["By"], kw["Y"], kw["active"], loss=0,
+                            threads=T)
 
 
 def test_launchers_reject_bad_arguments():
@@ -419,7 +471,8 @@ def test_launchers_reject_bad_arguments():
     with pytest.raises(ValueError, match="lr"):
         kad.launch_adagrad_dense(f32(5), f32(5), f32(5), f32(5), np.ones(1, np.float32), 0.0, 0.0)
     with pytest.raises(ValueError, match="threads"):
-        ksl.launch_col_sum(f32(4), f32(2, 4), threads=0)
+        ksl.launch_row_loss(f32(B, 8), f32(B), f32(B, 1, ksl.N_STATS), f32(B, 8), f32(N), np.zeros(8, np.int32),
+                            np.ones(B, np.uint8), loss=0, threads=6)
     with pytest.raises(ValueError, match="threads"):
         kev.launch_rank_counts(np.zeros(B, np.int64), np.zeros(B, np.int64), f32(B, N), f32(N),
                                np.zeros(B, np.int32), threads=6)
@@ -427,9 +480,21 @@ def test_launchers_reject_bad_arguments():
         kev.launch_rank_counts(np.zeros(B, np.int64), np.zeros(B, np.int64), f32(B, N), f32(N),
                                np.zeros(B + 1, np.int32))
     with pytest.raises(ValueError, match="loss"):
-        ksl.launch_row_loss(f32(B, 8), f32(B), f32(B, 8), f32(N), np.zeros(8, np.int32), np.ones(B, np.uint8),
-                            loss=7)
+        ksl.launch_row_loss(f32(B, 8), f32(B), f32(B, 1, ksl.N_STATS), f32(B, 8), f32(N), np.zeros(8, np.int32),
+                            np.ones(B, np.uint8), loss=7)
+    with pytest.raises(ValueError, match="widths"):
+        kgru.launch_hidden_reset(f32(B * H), f32(B * H), np.array([H], np.int64), np.zeros(B, np.uint8))
+    with pytest.raises(ValueError, match="h_in must hold"):
+        kgru.launch_hidden_reset(f32(B * H + 1), f32(B * H + 1), np.array([H], np.int32), np.zeros(B, np.uint8))
+    chunk = (np.zeros((2, B), np.int32), np.zeros((2, B), np.int32), np.zeros((3, S), np.int32),
+             np.zeros((2, B), np.uint8), np.zeros((2, B), np.uint8))
+    hidden = (f32(B * H), f32(B * H), np.array([H], np.int32))
+    step_bufs = (np.zeros(2 * B + S, np.int32), np.zeros(B, np.uint8), np.zeros(B, np.uint8))
     with pytest.raises(ValueError, match="samples"):
-        kstep.launch_step_begin(np.zeros(2 * B + S, np.int32), np.zeros(B, np.uint8), np.zeros(B, np.uint8),
-                                np.zeros((2, B), np.int32), np.zeros((2, B), np.int32), np.zeros((3, S), np.int32),
-                                np.zeros((2, B), np.uint8), np.zeros((2, B), np.uint8), np.zeros(2, np.int64))
+        kstep.launch_step_begin(*step_bufs, chunk, np.zeros(2, np.int64), hidden, f32(B + S, H), f32(N, H))
+    chunk = chunk[:2] + (np.zeros((2, S), np.int32),) + chunk[3:]
+    with pytest.raises(ValueError, match="WyY"):
+        kstep.launch_step_begin(*step_bufs, chunk, np.zeros(2, np.int64), hidden, f32(B, H), f32(N, H))
+    with pytest.raises(ValueError, match="emb"):
+        kstep.launch_step_begin(*step_bufs, chunk, np.zeros(2, np.int64), hidden, f32(B + S, H), f32(N, H),
+                                x0=f32(B, 4), emb=f32(N, 5))

@@ -7,18 +7,21 @@ made once (``cuda.as_cuda_array``, no sync). Under the CUDA simulator (``NUMBA_E
 numpy and the very same step code and kernels run on the CPU; that is how the tests check whole training steps
 against the numpy backend without a GPU.
 
-One training step (``_step``; shape letters B rows, S samples, O = B + S, N items, H_l units):
+One training step (``_step``; shape letters B rows, S samples, O = B + S, N items, H_l units; docs/kernels.md
+lists its launches, 15 besides the sparse Adagrad for one layer; the GEMMs are plans built with the buffers,
+several independent products per launch, K split where few tiles meet a long K):
 
-    step_begin          row ctr[0] of the uploaded chunk -> ids = [Y (O) | X (B)], active, reset
-    hidden_reset        h_in_l = 0 on reset rows, else the state hid_l
-    layer 0 input       gather_rows: x0 = Wy[X] / E[X] times the embedding dropout (one-hot: fused below)
-    per layer           xw = x Wx (GEMM), hU = h_in Wrz (GEMM), gru_fwd_rz, rhU = rh Wh (GEMM), gru_fwd_out
-                        -> hid_l (the output after dropout = the next hidden state)
-    scores + loss       gather_rows WyY = Wy[Y]; plain (default): S = h WyY^T (GEMM) + row_loss;
-                        fused: score_loss_fused -> dZ [B, O], row_loss [B]
-    backward            dh = dZ WyY, dWy rows = dZ^T h (GEMMs), dBy rows = col_sum(dZ); per layer gru_bwd_cz,
-                        drh = dc Wh^T, gru_bwd_r, dWrz / dWh / dWx (GEMMs into the flat gradient buffer), dBh =
-                        col_sum(da), dx = da Wx^T; the input gradient times the embedding mask (dropout_inplace)
+    step_begin          row ctr[0] of the uploaded chunk -> ids = [Y (O) | X (B)], active, reset; h_in_l = 0 on
+                        reset rows, else the state hid_l (every layer); x0 = Wy[X] / E[X] times the embedding
+                        dropout (one-hot: gathered inside the gate kernels); WyY = Wy[Y]
+    per layer           [xw = x Wx, hU = h_in Wrz] (one GEMM launch), gru_fwd_rz, rhU = rh Wh (GEMM),
+                        gru_fwd_out -> hid_l (the output after dropout = the next hidden state)
+    scores + loss       plain (default): S = h WyY^T (GEMM) + row_loss (row_loss_partial, row_loss_grad: each row
+                        over several blocks); fused: score_loss_fused -> dZ [B, O], row_loss [B]
+    backward            [dh = dZ WyY, dWy rows = dZ^T h, dBy = 1^T dZ] (one GEMM launch); per layer gru_bwd_cz,
+                        drh = dc Wh^T (GEMM), gru_bwd_r, [dWrz, dWh, dBh = 1^T da, dWx, dx = da Wx^T] (one GEMM
+                        launch, into the flat gradient buffer); the input gradient times the embedding mask
+                        (dropout_inplace, only when dropout_p_embed > 0)
     clipping            (grad_cap > 0) sumsq_partial + clip_scale -> gscale
     optimizer           adagrad_dense over the flat buffer; sparse Adagrad (duplicates summed) on Wy, By, E, Wx0
     step_end            losses[ctr[0]] = sum(row_loss); ctr += 1
@@ -222,11 +225,20 @@ class CudaBackend(Backend):
         return out
 
     def _layer_bufs(self, bb: _Bufs, B: int, backward: bool):
-        """Activation buffers of every layer (and their gradients when ``backward``)."""
+        """Activation buffers of every layer (and their gradients when ``backward``: the training buffers) and the
+        forward GEMM plans. The hidden states h_in / hid of all layers are one flat buffer each ([B, H_l] views
+        one after another, ``widths`` = H_l), so that one kernel resets every layer."""
         f32 = np.float32
-        for l, H in enumerate(self.cfg.layers):
-            for n, w in (("h_in", H), ("hid", H), ("hU", 2 * H), ("r", H), ("z", H), ("rh", H), ("rhU", H),
-                         ("c", H)):
+        L = self.cfg.layers
+        bb.new("h_in", (B * sum(L),), f32)
+        bb.new("hid", (B * sum(L),), f32)
+        bb.add("widths", self.xp.asarray(np.array(L, np.int32)))
+        off = 0
+        for l, H in enumerate(L):
+            for n in ("h_in", "hid"):
+                bb.add(f"{n}{l}", bb.a[n][off:off + B * H].reshape(B, H))
+            off += B * H
+            for n, w in (("hU", 2 * H), ("r", H), ("z", H), ("rh", H), ("rhU", H), ("c", H)):
                 bb.new(f"{n}{l}", (B, w), f32)
             if not (l == 0 and self.mode == MODE_ONEHOT):
                 bb.new(f"xw{l}", (B, 3 * H), f32)
@@ -236,6 +248,44 @@ class CudaBackend(Backend):
         if self.mode != MODE_ONEHOT:
             bb.new("x0", (B, embed_width(self.cfg)), f32)
         bb.new("ctr", (2,), np.int64)
+        # forward GEMMs: x Wx and h U_rz of a layer in one launch, then (r h) U_h; K split only in training
+        # (evaluation buffers have no workspace)
+        D, P = bb.d, self.P.d
+        bb.plans = {}
+        for l in range(len(L)):
+            probs = [kgm.GemmProblem(D[f"hU{l}"], D[f"h_in{l}"], P[f"Wrz{l}"])]
+            if not (l == 0 and self.mode == MODE_ONEHOT):
+                probs.insert(0, kgm.GemmProblem(D[f"xw{l}"], D["x0"] if l == 0 else D[f"hid{l - 1}"], P[f"Wx{l}"]))
+            bb.plans[f"fwd{l}"] = self._plan(probs, backward)
+            bb.plans[f"rhU{l}"] = self._plan([kgm.GemmProblem(D[f"rhU{l}"], D[f"rh{l}"], P[f"Wh{l}"])], backward)
+
+    def _plan(self, problems, split: bool):
+        return kgm.plan_gemm(problems, self.gemm_tile, kc.target_blocks(), splits=None if split else 1)
+
+    def _step_plans(self, tb: _Bufs):
+        """The loss and backward GEMM plans of the training step (independent products grouped per launch; a
+        column sum is the product 1^T a with the ``ones`` column) and the workspace that every split plan shares
+        (the launches run one after another on one stream)."""
+        D, P, G = tb.d, self.P.d, self.G
+        top = len(self.cfg.layers) - 1
+        row = lambda bufs, name: self._view(bufs.a[name].reshape(1, -1))  # a vector as a [1, n] matrix
+        gp = kgm.GemmProblem
+        plans = tb.plans
+        plans["scores"] = self._plan([gp(D["S"], D[f"hid{top}"], D["WyY"], tb=True)], True)
+        plans["bwd_top"] = self._plan([gp(D[f"dout{top}"], D["dZ"], D["WyY"]),
+                                       gp(D["gWy_out"], D["dZ"], D[f"hid{top}"], ta=True),
+                                       gp(row(tb, "gBy"), D["ones"], D["dZ"], ta=True)], True)
+        for l in range(top + 1):
+            plans[f"drh{l}"] = self._plan([gp(D[f"drh{l}"], D[f"dc{l}"], P[f"Wh{l}"], tb=True)], True)
+            probs = [gp(G.d[f"Wrz{l}"], D[f"h_in{l}"], D[f"drz{l}"], ta=True),
+                     gp(G.d[f"Wh{l}"], D[f"rh{l}"], D[f"dc{l}"], ta=True),
+                     gp(row(G, f"Bh{l}"), D["ones"], D[f"da{l}"], ta=True)]
+            if not (l == 0 and self.mode == MODE_ONEHOT):  # one-hot: the rows da0 are the sparse gradient of Wx0
+                probs.append(gp(G.d[f"Wx{l}"], D["x0"] if l == 0 else D[f"hid{l - 1}"], D[f"da{l}"], ta=True))
+                probs.append(gp(D["dx0"] if l == 0 else D[f"dout{l - 1}"], D[f"da{l}"], P[f"Wx{l}"], tb=True))
+            plans[f"wgrad{l}"] = self._plan(probs, True)
+        tb.new("gemm_work", (max([1] + [p.work_size for p in plans.values()]),), np.float32)
+        tb.new("gemm_tickets", (max([1] + [p.tickets_size for p in plans.values()]),), np.int32)
 
     def _train_bufs(self, B: int, S: int, T: int):
         tb = self._tb
@@ -274,6 +324,11 @@ class CudaBackend(Backend):
                     rows_in = tb.a["gE"] if self.mode == MODE_EMBEDDING else tb.a["da0"]
                     self._clip_bufs.append(self._view(rows_in.reshape(-1)))
                 tb.new("partials", (kc.NORM_BLOCKS * len(self._clip_bufs),), np.float32)
+                # the step's column sums as GEMMs (1^T a), the row-loss chunk statistics, the GEMM plans
+                tb.new("ones", (B, 1), np.float32, fill=1.0)
+                tb.new("loss_part", (B, ks.row_chunks(B, O, self._t("row"), kc.target_blocks()), ks.N_STATS),
+                       np.float32)
+                self._step_plans(tb)
             if self._pending_hidden is not None and self._pending_hidden[0].shape[0] == B:
                 for l, h in enumerate(self._pending_hidden):
                     self._put(tb.a[f"hid{l}"], h)
@@ -289,79 +344,65 @@ class CudaBackend(Backend):
         return tb
 
     # ================================================================================================ the step
+    def _gemm(self, bb: _Bufs, name: str):
+        kgm.launch_plan(bb.plans[name], bb.d.get("gemm_work"), bb.d.get("gemm_tickets"), stream=self._nb_stream)
+
     def _layer_forward(self, bb: _Bufs, l: int, train: bool):
         D, P = bb.d, self.P
         st = self._nb_stream
         te = self._t("elementwise")
-
         if l == 0 and self.mode == MODE_ONEHOT:
             xw, gather = P.d["Wx0"], True
         else:
-            x = D["x0"] if l == 0 else D[f"hid{l - 1}"]
-            self._mm(D[f"xw{l}"], x, P.d[f"Wx{l}"])
             xw, gather = D[f"xw{l}"], False
-        self._mm(D[f"hU{l}"], D[f"h_in{l}"], P.d[f"Wrz{l}"])
+        self._gemm(bb, f"fwd{l}")  # xw = x Wx (not one-hot layer 0), hU = h_in U_rz
         kg.launch_gru_fwd_rz(D[f"r{l}"], D[f"z{l}"], D[f"rh{l}"], xw, D["X"], gather, P.d[f"Bh{l}"], D[f"hU{l}"],
                              D[f"h_in{l}"], threads=te, stream=st)
-        self._mm(D[f"rhU{l}"], D[f"rh{l}"], P.d[f"Wh{l}"])
+        self._gemm(bb, f"rhU{l}")
         p = self.cfg.dropout_p_hidden if train else 0.0
         kg.launch_gru_fwd_out(D[f"c{l}"], D[f"hid{l}"], xw, D["X"], gather, P.d[f"Bh{l}"], D[f"rhU{l}"],
                               D[f"h_in{l}"], D[f"z{l}"], D["ctr"], self.keys[l], p, threads=te, stream=st)
 
     def _forward(self, bb: _Bufs, train: bool):
-
+        """The layers. Training: step_begin has reset the hidden states and gathered x0 already; evaluation
+        (``train=False``) resets and gathers here."""
         D, st, te = bb.d, self._nb_stream, self._t("elementwise")
-        for l in range(len(self.cfg.layers)):
-            kg.launch_hidden_reset(D[f"h_in{l}"], D[f"hid{l}"], D["reset"], threads=te, stream=st)
-        if self.mode != MODE_ONEHOT:
-            emb = self.P.d["Wy" if self.mode == MODE_CONSTRAINED else "E"]
-            p = self.cfg.dropout_p_embed if train else 0.0
-            ke.launch_gather_rows(D["x0"], emb, D["X"], D["ctr"], self.key_emb, p, threads=te, stream=st)
+        if not train:
+            kg.launch_hidden_reset(D["h_in"], D["hid"], D["widths"], D["reset"], threads=te, stream=st)
+            if self.mode != MODE_ONEHOT:
+                emb = self.P.d["Wy" if self.mode == MODE_CONSTRAINED else "E"]
+                ke.launch_gather_rows(D["x0"], emb, D["X"], D["ctr"], threads=te, stream=st)
         for l in range(len(self.cfg.layers)):
             self._layer_forward(bb, l, train)
 
     def _loss(self, tb: _Bufs):
 
         D, P, cfg = tb.d, self.P, self.cfg
-        st = self._nb_stream
         top = len(cfg.layers) - 1
-        ke.launch_gather_rows(D["WyY"], P.d["Wy"], D["Y"], D["ctr"], threads=self._t("elementwise"), stream=st)
         kw = dict(loss=cfg.loss_code, act=self.act, act_a=self.act_a, bpreg=cfg.bpreg, mah=cfg.mask_accidental_hits,
-                  inv_batch=1.0 / cfg.batch_size, threads=self._t("row"), stream=st)
+                  inv_batch=1.0 / cfg.batch_size, threads=self._t("row"), stream=self._nb_stream)
         if self.scores == "plain":
-            self._mm(D["S"], D[f"hid{top}"], D["WyY"], tb=True)
-            ks.launch_row_loss(D["dZ"], D["row_loss"], D["S"], P.d["By"], D["Y"], D["active"], self.logq, **kw)
+            self._gemm(tb, "scores")  # S = h WyY^T
+            ks.launch_row_loss(D["dZ"], D["row_loss"], D["loss_part"], D["S"], P.d["By"], D["Y"], D["active"],
+                               self.logq, **kw)
         else:
             ks.launch_score_loss_fused(D["dZ"], D["row_loss"], D["S"], D[f"hid{top}"], P.d["Wy"], P.d["By"], D["Y"],
                                        D["active"], self.logq, **kw)
 
     def _backward(self, tb: _Bufs):
 
-        D, P, G, cfg = tb.d, self.P, self.G, self.cfg
-        st, te, tc = self._nb_stream, self._t("elementwise"), self._t("column")
-        top = len(cfg.layers) - 1
-        self._mm(D[f"dout{top}"], D["dZ"], D["WyY"])
-        self._mm(D["gWy_out"], D["dZ"], D[f"hid{top}"], ta=True)
-        ks.launch_col_sum(D["gBy"], D["dZ"], threads=tc, stream=st)
+        D, cfg = tb.d, self.cfg
+        st, te = self._nb_stream, self._t("elementwise")
+        self._gemm(tb, "bwd_top")  # dh = dZ WyY, dWy rows = dZ^T h, dBy = 1^T dZ
         for l in reversed(range(len(cfg.layers))):
             kg.launch_gru_bwd_cz(D[f"da{l}"], D[f"dc{l}"], D[f"drz{l}"], D[f"dout{l}"], D[f"h_in{l}"], D[f"z{l}"],
                                  D[f"c{l}"], D["ctr"], self.keys[l], cfg.dropout_p_hidden, threads=te, stream=st)
-            self._mm(D[f"drh{l}"], D[f"dc{l}"], P.d[f"Wh{l}"], tb=True)
+            self._gemm(tb, f"drh{l}")  # drh = dc Wh^T
             kg.launch_gru_bwd_r(D[f"da{l}"], D[f"drz{l}"], D[f"drh{l}"], D[f"h_in{l}"], D[f"r{l}"], threads=te,
                                 stream=st)
-            self._mm(G.d[f"Wrz{l}"], D[f"h_in{l}"], D[f"drz{l}"], ta=True)
-            self._mm(G.d[f"Wh{l}"], D[f"rh{l}"], D[f"dc{l}"], ta=True)
-            ks.launch_col_sum(G.d[f"Bh{l}"], D[f"da{l}"], threads=tc, stream=st)
-            if l == 0 and self.mode == MODE_ONEHOT:
-                continue  # the rows da0 are the sparse gradient of Wx0 at X
-            x = D["x0"] if l == 0 else D[f"hid{l - 1}"]
-            self._mm(G.d[f"Wx{l}"], x, D[f"da{l}"], ta=True)
-            if l > 0:
-                self._mm(D[f"dout{l - 1}"], D[f"da{l}"], P.d[f"Wx{l}"], tb=True)
-            else:
-                self._mm(D["dx0"], D["da0"], P.d["Wx0"], tb=True)
-                kg.launch_dropout_inplace(D["dx0"], D["ctr"], self.key_emb, cfg.dropout_p_embed, threads=te,
-                                          stream=st)
+            self._gemm(tb, f"wgrad{l}")  # dWrz, dWh, dBh, dWx and dx = da Wx^T (the layer below's dout, or dx0)
+        if self.mode != MODE_ONEHOT and cfg.dropout_p_embed > 0:
+            kg.launch_dropout_inplace(D["dx0"], D["ctr"], self.key_emb, cfg.dropout_p_embed, threads=te, stream=st)
 
     def _update(self, tb: _Bufs):
 
@@ -387,8 +428,13 @@ class CudaBackend(Backend):
         """One whole training step, every input from device buffers and the device step counter."""
 
         D, st = tb.d, self._nb_stream
-        kst.launch_step_begin(D["ids"], D["active"], D["reset"], D["inputs_s"], D["targets_s"], D["samples_s"],
-                              D["active_s"], D["reset_s"], D["ctr"], threads=self._t("elementwise"), stream=st)
+        x0 = emb = None
+        if self.mode != MODE_ONEHOT:
+            x0, emb = D["x0"], self.P.d["Wy" if self.mode == MODE_CONSTRAINED else "E"]
+        kst.launch_step_begin(D["ids"], D["active"], D["reset"],
+                              (D["inputs_s"], D["targets_s"], D["samples_s"], D["active_s"], D["reset_s"]), D["ctr"],
+                              (D["h_in"], D["hid"], D["widths"]), D["WyY"], self.P.d["Wy"], x0=x0, emb=emb,
+                              key=self.key_emb, p=self.cfg.dropout_p_embed, threads=self._t("elementwise"), stream=st)
         self._forward(tb, train=True)
         self._loss(tb)
         self._backward(tb)
