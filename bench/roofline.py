@@ -182,23 +182,52 @@ def step_ids(w: Workload, ids: str, seed: int = 0) -> dict:
     return {"X": rng.choice(w.N, w.B, p=p1), "Y": rng.choice(w.N, w.B, p=p1), "samples": rng.choice(w.N, w.S, p=p05)}
 
 
-def trace_step(w: Workload, ids: str = "zipf") -> tuple[list[Launch], dict]:
-    """The launches of one training step of the cuda backend at the GPU's block sizes and tile, and the step's ids."""
+class DeviceDefaults:
+    """While tracing, the launch decisions a GPU would make: its block sizes, GEMM tile, split-K minimum and
+    wave size (``target_blocks``) instead of the simulator's tiny ones. (Attributes an older tree lacks are
+    skipped, so ``--tree`` works on older checkouts.)"""
+
+    def __init__(self, n_sm: int):
+        from gru4rec_kernels.kernels import common as kc
+        from gru4rec_kernels.kernels import gemm as kgm
+
+        tile = kgm.TILE
+        min_slabs = getattr(kgm, "SPLIT_MIN_SLABS", None)
+        self._patches = [(kc, "target_blocks", lambda: n_sm), (kgm, "target_blocks", lambda: n_sm),
+                         (kgm, "default_tile", lambda: tile), (kgm, "default_min_slabs", lambda: min_slabs)]
+        self._saved = []
+
+    def __enter__(self):
+        for mod, name, val in self._patches:
+            if hasattr(mod, name):
+                self._saved.append((mod, name, getattr(mod, name)))
+                setattr(mod, name, val)
+        return self
+
+    def __exit__(self, *exc):
+        for mod, name, val in reversed(self._saved):
+            setattr(mod, name, val)
+        self._saved.clear()
+        return False
+
+
+def trace_step(w: Workload, ids: str = "zipf", n_sm: int = 132) -> tuple[list[Launch], dict]:
+    """The launches of one training step of the cuda backend as a GPU with ``n_sm`` SMs would run it (block sizes,
+    tile, splits), and the step's ids."""
     _ensure_simulator()
     from gru4rec_kernels.backends.cuda import CudaBackend
     from gru4rec_kernels.kernels import common as kc
-    from gru4rec_kernels.kernels import gemm as kgm
     from gru4rec_kernels.layout import init_params
 
     cfg = w.config()
     _, params = init_params(cfg, w.N)
-    be = CudaBackend(cfg, w.N, params, threads=dict(kc.THREADS))
-    be.gemm_tile = kgm.TILE
     st = step_ids(w, ids)
     X, Y, smp = (st[k].astype(np.int32)[None, :] for k in ("X", "Y", "samples"))
-    with Recorder() as rec:
-        be.train_chunk(X, Y, np.ones_like(X, bool), np.zeros_like(X, bool), smp, 0)
-    be.close()
+    with DeviceDefaults(n_sm):
+        be = CudaBackend(cfg, w.N, params, threads=dict(kc.THREADS))
+        with Recorder() as rec:
+            be.train_chunk(X, Y, np.ones_like(X, bool), np.zeros_like(X, bool), smp, 0)
+        be.close()
     return rec.launches, st
 
 
@@ -223,15 +252,51 @@ def _nbytes(a) -> int:
     return int(np.prod(_shape(a))) * np.dtype(getattr(a, "dtype", np.float32)).itemsize
 
 
-def _gemm_cost(L: Launch, ctx) -> Cost:
-    C, A = L.args[0], L.args[1]
+def _gemm_problem(C, A, ta: bool, acc: bool, splits: int, kc: int, BK: int) -> tuple:
+    """(flops, bytes, slabs per block) of C [M, N] = op(A) op(B) with K cut into ``splits`` ranges of kc."""
     M, N = _shape(C)
-    ta = L.name in ("gemm_tn",)
     K = _shape(A)[0] if ta else _shape(A)[1]
+    kc = K if splits <= 1 else min(kc, K)
+    part = F * 2 * splits * M * N if splits > 1 else 0  # partial tiles written and read back by the last block
+    return 2.0 * M * N * K, F * (M * K + K * N + M * N * (2 if acc else 1)) + part, math.ceil(kc / BK)
+
+
+def _gemm_cost(L: Launch, ctx) -> Cost:
+    """gemm_nn / nt / tn (C, A, B, accumulate[, splits, kc, work, tickets]): grid (N tiles, M tiles, splits)."""
+    C, A = L.args[0], L.args[1]
     BK = int(L.consts.get("BK", 16))
-    acc = bool(L.args[3]) if len(L.args) > 3 and not hasattr(L.args[3], "shape") else False
-    return Cost(2.0 * M * N * K, F * (M * K + K * N + M * N * (2 if acc else 1)), slabs=math.ceil(K / BK),
-                note=f"[{M},{K}]x[{K},{N}]")
+    extra = [a for a in L.args[3:] if not hasattr(a, "shape")]
+    acc = bool(extra[0]) if extra else False
+    splits, kc = (int(extra[1]), int(extra[2])) if len(extra) >= 3 else (1, 0)
+    fl, by, slabs = _gemm_problem(C, A, L.name == "gemm_tn", acc, splits, kc, BK)
+    M, N = _shape(C)
+    K = _shape(A)[0] if L.name == "gemm_tn" else _shape(A)[1]
+    return Cost(fl, by, slabs=slabs + (1 if splits > 1 else 0),
+                note=f"[{M},{K}]x[{K},{N}]" + (f" split {splits}" if splits > 1 else ""))
+
+
+def _gemm_grouped_cost(L: Launch, ctx) -> Cost:
+    """gemm_grouped (Cs, As, Bs, desc, work, tickets): the products whose block range is not empty; a block's
+    critical path is the longest K range of any product (+ one slab-time for a split tile's final sum)."""
+    from gru4rec_kernels.kernels import gemm as kgm
+
+    Cs, As_, desc = L.args[0], L.args[1], np.asarray(L.args[3])
+    BK = int(L.consts.get("BK", 16))
+    fl = by = 0.0
+    slabs = 0
+    notes = []
+    for p in range(len(Cs)):
+        d = desc[p * kgm._ND:(p + 1) * kgm._ND]
+        if d[kgm._END] <= d[kgm._START]:
+            continue
+        flags, splits, kc = int(d[kgm._FLAGS]), int(d[kgm._SPLITS]), int(d[kgm._KC])
+        ta, acc = bool(flags & kgm._TA), bool(flags & kgm._ACC)
+        f_, b_, s_ = _gemm_problem(Cs[p], As_[p], ta, acc, splits, kc, BK)
+        fl, by = fl + f_, by + b_
+        slabs = max(slabs, s_ + (1 if splits > 1 else 0))
+        M, N = _shape(Cs[p])
+        notes.append(f"{M}x{N}" + (f"/{splits}" if splits > 1 else ""))
+    return Cost(fl, by, slabs=slabs, note="group " + " ".join(notes))
 
 
 def _sum_bytes(L: Launch, skip=()) -> int:
@@ -300,8 +365,34 @@ def _sparse_apply_scan(L: Launch, ctx) -> Cost:
 
 
 def _step_begin(L: Launch, ctx) -> Cost:
-    K = _shape(L.args[0])[0]  # ids [O + B]: read from the chunk row, written to the step buffer
-    return Cost(0.0, F * 2 * K)
+    """ids [O + B] staged from the chunk row; and (since the launch folding) h_in reset/copy, x0 = emb[X] and
+    WyY = Wy[Y] gathers: every written element read once, written once."""
+    if len(L.args) < 12:  # the older step_begin: ids only
+        return Cost(0.0, F * 2 * _shape(L.args[0])[0])
+    ids, h_in, x0, WyY = L.args[0], L.args[3], L.args[6], L.args[9]
+    gather_x0 = bool(L.args[8])
+    n = _nbytes(ids) + _nbytes(h_in) + (_nbytes(x0) if gather_x0 else 0) + _nbytes(WyY)
+    return Cost(0.0, 2.0 * n, chain=3, note=f"ids, h_in, {'x0, ' if gather_x0 else ''}Wy[Y] {_shape(WyY)}")
+
+
+def _row_loss_partial(L: Launch, ctx) -> Cost:
+    """Stage 1 (grid chunks x rows): each block two passes (max, sums) over its chunk of one row of S."""
+    part, S = L.args[0], L.args[1]
+    B, O = _shape(S)
+    C = _shape(part)[1]
+    it = math.ceil(math.ceil(O / C) / L.threads)
+    return Cost(14.0 * B * O, F * 2 * B * O + _nbytes(part), chain=2 * it + 2, latency="l2",
+                note=f"{B} rows x {C} chunks, {it} iterations per pass")
+
+
+def _row_loss_grad(L: Launch, ctx) -> Cost:
+    """Stage 2: each block combines its row's C partials in order, then one pass writes dZ of its chunk."""
+    part, S = L.args[2], L.args[3]
+    B, O = _shape(S)
+    C = _shape(part)[1]
+    it = math.ceil(math.ceil(O / C) / L.threads)
+    return Cost(10.0 * B * O, F * 3 * B * O + _nbytes(part) * 2, chain=it + 3, latency="l2",
+                note=f"{B} rows x {C} chunks")
 
 
 def _one_block_reduce(L: Launch, ctx) -> Cost:
@@ -316,9 +407,12 @@ def _rank_counts(L: Launch, ctx) -> Cost:
     return Cost(6.0 * B * N, F * (B * N + N), chain=passes, block_bytes=F * N, latency="dram")
 
 
-#: kernel function name -> pricing. A kernel the step launches without an entry here is an error (test).
+#: kernel function name -> pricing. A kernel the step launches without an entry here is an error (test). Entries
+#: of kernels the current tree no longer launches (row_loss, col_sum, the scan sparse update) price older trees
+#: (``--tree``), e.g. the one measured on the H200.
 COSTS = {
-    "gemm_nn": _gemm_cost, "gemm_nt": _gemm_cost, "gemm_tn": _gemm_cost,
+    "gemm_nn": _gemm_cost, "gemm_nt": _gemm_cost, "gemm_tn": _gemm_cost, "gemm_grouped": _gemm_grouped_cost,
+    "row_loss_partial": _row_loss_partial, "row_loss_grad": _row_loss_grad,
     "step_begin": _step_begin,
     "step_end": _one_block_reduce,
     "hidden_reset": _elementwise(1),

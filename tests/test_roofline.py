@@ -34,12 +34,13 @@ rl = _load()
 
 def hand_gemm_flops(B=32, H=100, S=2048):
     """Every matrix product of one one-layer constrained step, counted by hand from docs/design.md section 2:
-    forward x.Wx, h.Wrz, (r*h).Wh; scores h.Wy[Y]^T; backward dh, dWy[Y], drh, dWx, dWrz, dWh, dx."""
+    forward x.Wx, h.Wrz, (r*h).Wh; scores h.Wy[Y]^T; backward dh, dWy[Y], drh, dWx, dWrz, dWh, dx; and the bias
+    gradients dBy, dBh, which the step computes as products 1^T dZ, 1^T da (kernels/gemm.py)."""
     O = B + S
     g = lambda m, n, k: 2 * m * n * k  # noqa: E731
     fwd = g(B, 3 * H, H) + g(B, 2 * H, H) + g(B, H, H)
     bwd = (g(B, H, O) + g(O, H, B) + g(B, H, H) + g(H, 3 * H, B) + g(H, 2 * H, B) + g(H, H, B) + g(B, H, 3 * H))
-    return fwd + g(B, O, H) + bwd
+    return fwd + g(B, O, H) + bwd + g(1, O, B) + g(1, 3 * H, B)
 
 
 @pytest.fixture(scope="module")
