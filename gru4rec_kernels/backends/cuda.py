@@ -304,8 +304,8 @@ class CudaBackend(Backend):
         ids = {"wy": np.concatenate([targets, samples] + ([inputs] if self.mode == MODE_CONSTRAINED else []),
                                     axis=1, dtype=np.int32),
                "x": np.ascontiguousarray(inputs, dtype=np.int32)}
-        if self._seg_head is None:  # per parallel part, -1 between calls
-            self._seg_head = np.full((numba.get_num_threads(), self.n_items), -1, np.int32)
+        if self._seg_head is None:  # a row per parallel part, -1 between calls; at most 8 parts: P x N int32
+            self._seg_head = np.full((min(numba.get_num_threads(), 8), self.n_items), -1, np.int32)
         for g, (perm, seg_start, seg_id) in tb.seg_host.items():
             segment_chunk(perm, seg_start, seg_id, ids[g], self._seg_head)
             for name, h in (("perm", perm), ("seg_start", seg_start), ("seg_id", seg_id)):
