@@ -139,7 +139,7 @@ class CudaBackend(Backend):
         self._graphs: dict = {}
         self._warm = False
         self._pending_hidden = None
-        self._seg_head = None  # segments.segment_chunk's scratch [threads, N]
+        self._seg_head = None  # segments.segment_chunk's scratch [P <= 8 parts, N]
         self._cand = (None, None, None)  # (host candidates object, device array, kernel view)
 
     # ================================================================================================ memory
