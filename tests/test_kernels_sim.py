@@ -25,7 +25,7 @@ from gru4rec_kernels.kernels import evaluate as kev
 from gru4rec_kernels.kernels import gru as kgru
 from gru4rec_kernels.kernels import scores_loss as ksl
 from gru4rec_kernels.kernels import step as kstep
-from gru4rec_kernels.kernels.common import INT32_MAX, NORM_BLOCKS, SIM
+from gru4rec_kernels.kernels.common import NORM_BLOCKS
 from gru4rec_kernels.reference import StepInputs
 from gru4rec_kernels.rng import dropout_key, dropout_mask_np
 
@@ -59,12 +59,6 @@ def naive_scores_loss(h, Wy, By, Y, active, col_logq, cfg, dtype):
     step = StepInputs(X=np.zeros(len(active), np.int64), Y=np.asarray(Y, np.int64), active=np.asarray(active, bool),
                       reset=np.zeros(len(active), bool))
     return ref.loss_and_grad(Z, cfg, step)
-
-
-def naive_adagrad_sparse(p, ids, rows, acc, mom, lr, mu, dtype):
-    p, rows, acc, mom = (np.array(a, dtype) for a in (p, rows, acc, mom))
-    ref.sparse_adagrad(p, np.asarray(ids, np.int64), rows, acc, mom, lr, mu)
-    return p, acc, mom
 
 
 def naive_adagrad_dense(p, g, acc, mom, lr, mu, dtype):
@@ -293,35 +287,6 @@ def test_adagrad_dense(xp, mu, gs):
         assert_close(f"adagrad_dense {name}", host(got), r32[i], r64[i])
 
 
-@pytest.mark.parametrize("D,mu,threads", [(7, 0.0, 4), (1, 0.9, 2), (7, 0.5, 8)])
-def test_sparse_adagrad_coalesces_duplicates(xp, D, mu, threads):
-    rng = np.random.default_rng(D)
-    ids = np.array([4, 90, 4, 0, 96, 4, 90, 13], np.int32)  # 4 three times, 90 twice
-    p = rng.normal(size=(N, D)).astype(np.float32)
-    acc = rng.uniform(0, 1, (N, D)).astype(np.float32)
-    mom = rng.normal(0, 0.1, (N, D)).astype(np.float32)
-    rows = rng.normal(size=(len(ids), D)).astype(np.float32)
-    rows[3] = 0  # a touched row with a zero gradient still moves with momentum
-    owner = dev(xp, np.full(N, INT32_MAX, np.int32))
-    count = dev(xp, np.zeros(N, np.int32))
-    results = []
-    for _ in range(2):  # twice: deterministic, and the scratch is restored for the next call
-        dp, dacc, dmom = dev(xp, p), dev(xp, acc), dev(xp, mom)
-        kad.launch_sparse_adagrad(dp, dacc, dmom, dev(xp, ids), dev(xp, rows), owner, count,
-                                  dev(xp, np.ones(1, np.float32)), 0.1, mu, threads=threads)
-        results.append([host(a) for a in (dp, dacc, dmom)])
-        assert np.all(host(owner) == INT32_MAX) and np.all(host(count) == 0)
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-    r64 = naive_adagrad_sparse(p, ids, rows, acc, mom, 0.1, mu, np.float64)
-    r32 = naive_adagrad_sparse(p, ids, rows, acc, mom, 0.1, mu, np.float32)
-    for name, got, i in zip(("p", "acc", "mom"), results[0], range(3)):
-        assert_close(f"sparse adagrad {name}", got, r32[i], r64[i])
-    if SIM:  # the reference sums duplicates in slot order too (np.add.at): bitwise equal in float32 (a GPU may
-        for got, want in zip(results[0], r32):  # contract acc + g*g into an FMA: one rounding fewer)
-            np.testing.assert_array_equal(got, want)
-
-
 @pytest.mark.parametrize("cap", [0.5, 1e6])
 def test_clip_scale(xp, cap):
     rng = np.random.default_rng(6)
@@ -460,14 +425,6 @@ def test_launchers_reject_bad_arguments():
         kemb.launch_scatter_add_rows(f32(N, H), np.zeros(B, np.int32), f32(B, H + 1))
     with pytest.raises(ValueError, match="mom"):
         kad.launch_adagrad_dense(f32(5), f32(5), f32(5), f32(4), np.ones(1, np.float32), 0.1, 0.0)
-    with pytest.raises(ValueError, match="owner"):
-        kad.launch_sparse_adagrad(f32(N, H), f32(N, H), f32(N, H), np.zeros(B, np.int32), f32(B, H),
-                                  np.zeros(N, np.int64), np.zeros(N, np.int32), np.ones(1, np.float32), 0.1, 0.0)
-    owner, count = np.full(N, INT32_MAX, np.int32), np.zeros(N, np.int32)
-    with pytest.raises(ValueError, match="rows"):  # checked before anything runs: the scratch stays clean
-        kad.launch_sparse_adagrad(f32(N, H), f32(N, H), f32(N, H), np.arange(B, dtype=np.int32), f32(B, H - 1),
-                                  owner, count, np.ones(1, np.float32), 0.1, 0.0)
-    assert np.all(owner == INT32_MAX) and np.all(count == 0)
     with pytest.raises(ValueError, match="lr"):
         kad.launch_adagrad_dense(f32(5), f32(5), f32(5), f32(5), np.ones(1, np.float32), 0.0, 0.0)
     with pytest.raises(ValueError, match="threads"):

@@ -23,7 +23,8 @@ several independent products per launch, K split where few tiles meet a long K):
                         launch, into the flat gradient buffer); the input gradient times the embedding mask
                         (dropout_inplace, only when dropout_p_embed > 0)
     clipping            (grad_cap > 0) sumsq_partial + clip_scale -> gscale
-    optimizer           adagrad_dense over the flat buffer; sparse Adagrad (duplicates summed) on Wy, By, E, Wx0
+    optimizer           adagrad_dense over the flat buffer; sparse_adagrad over the id segments grouped on the
+                        host for the chunk (backends/segments.py): Wy with By in one launch, then E or Wx0
     step_end            losses[ctr[0]] = sum(row_loss); ctr += 1
 
 Everything a step reads comes from device buffers and the device step counter ``ctr = [t, global step]``, so on
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numba
 import numpy as np
 
 from ..codes import MODE_CODES, MODE_CONSTRAINED, MODE_EMBEDDING, MODE_ONEHOT
@@ -50,6 +52,7 @@ from ..kernels import step as kst
 from ..layout import allocate, embed_width
 from ..rng import dropout_key
 from .base import Backend
+from .segments import segment_chunk
 
 
 class _Bufs:
@@ -139,6 +142,7 @@ class CudaBackend(Backend):
         self._graphs: dict = {}
         self._warm = False
         self._pending_hidden = None
+        self._seg_head = None  # segments.segment_chunk's scratch [P <= 8 parts, N]
         self._cand = (None, None, None)  # (host candidates object, device array, kernel view)
 
     # ================================================================================================ memory
@@ -202,12 +206,7 @@ class CudaBackend(Backend):
             n = host[s.name].size
             for B_ in (P, G, OA, OM):
                 B_.add(s.name, B_.a["flat"][off:off + n].reshape(s.shape))
-        # By as an [N, 1] matrix for the row kernels (views of the same memory)
-        for B_ in (P, OA, OM):
-            B_.add("By2", B_.a["By"].reshape(-1, 1))
         self.scratch = _Bufs(self)
-        self.scratch.new("owner", (self.n_items,), np.int32, fill=np.iinfo(np.int32).max)
-        self.scratch.new("count", (self.n_items,), np.int32)
         self.scratch.new("gscale", (1,), np.float32, fill=1.0)
         self.logq = None
         if self.logq_target is not None:  # logq * log q of target / sample columns, [N] each (own copies)
@@ -310,9 +309,7 @@ class CudaBackend(Backend):
                 n_wy = O + B if self.mode == MODE_CONSTRAINED else O
                 tb.new("gWy", (n_wy, HL), np.float32)
                 tb.add("gWy_out", tb.a["gWy"][:O])
-                tb.add("Wy_ids", tb.a["ids"][:n_wy])
                 tb.new("gBy", (O,), np.float32)
-                tb.add("gBy2", tb.a["gBy"].reshape(-1, 1))
                 if self.mode == MODE_CONSTRAINED:
                     tb.add("dx0", tb.a["gWy"][O:])
                 elif self.mode == MODE_EMBEDDING:
@@ -336,12 +333,38 @@ class CudaBackend(Backend):
         if T > tb.T:  # the schedule of a chunk: graphs hold its pointers, so a bigger chunk re-captures
             self._graphs.clear()
             tb.T = T
+            sched = [("inputs_s", B, np.int32), ("targets_s", B, np.int32), ("samples_s", S, np.int32),
+                     ("active_s", B, np.uint8), ("reset_s", B, np.uint8)]
+            tb.seg_host = {}  # the sparse-update segments (backends/segments.py): computed here, uploaded
+            for g, K in self._seg_groups(B, S):
+                sched += [(f"perm_{g}", K, np.int32), (f"seg_start_{g}", K + 1, np.int32), (f"seg_id_{g}", K, np.int32)]
+                tb.seg_host[g] = tuple(np.empty((T, w), np.int32) for w in (K, K + 1, K))
             with self._on_stream():
-                for n, w, dt in (("inputs_s", B, np.int32), ("targets_s", B, np.int32), ("samples_s", S, np.int32),
-                                 ("active_s", B, np.uint8), ("reset_s", B, np.uint8)):
+                for n, w, dt in sched:
                     tb.new(n, (T, w), dt)
                 tb.new("losses", (T,), np.float32)
         return tb
+
+    def _seg_groups(self, B: int, S: int):
+        """The slot lists grouped by id for the sparse updates: (name, K). "wy": Wy (and By, its first O slots)
+        over Y = [targets | samples], plus X in the constrained mode; "x": E or Wx0 over X."""
+        O = B + S
+        if self.mode == MODE_CONSTRAINED:
+            return [("wy", O + B)]
+        return [("wy", O), ("x", B)]
+
+    def _segment(self, tb: _Bufs, inputs, targets, samples):
+        """Group the chunk's ids of every sparse update on the host (segments.segment_chunk) and upload them."""
+        T = inputs.shape[0]
+        ids = {"wy": np.concatenate([targets, samples] + ([inputs] if self.mode == MODE_CONSTRAINED else []),
+                                    axis=1, dtype=np.int32),
+               "x": np.ascontiguousarray(inputs, dtype=np.int32)}
+        if self._seg_head is None:  # a row per parallel part, -1 between calls; at most 8 parts: P x N int32
+            self._seg_head = np.full((min(numba.get_num_threads(), 8), self.n_items), -1, np.int32)
+        for g, (perm, seg_start, seg_id) in tb.seg_host.items():
+            segment_chunk(perm, seg_start, seg_id, ids[g], self._seg_head)
+            for name, h in (("perm", perm), ("seg_start", seg_start), ("seg_id", seg_id)):
+                self._put(tb.a[f"{name}_{g}"][:T], h[:T])
 
     # ================================================================================================ the step
     def _gemm(self, bb: _Bufs, name: str):
@@ -415,14 +438,16 @@ class CudaBackend(Backend):
         lr, mu = cfg.learning_rate, cfg.momentum
         ka.launch_adagrad_dense(P.d["flat"], G.d["flat"], OA.d["flat"], OM.d["flat"], sc["gscale"], lr, mu,
                                 threads=self._t("elementwise"), stream=st)
-        sparse = [("Wy", D["Wy_ids"], D["gWy"]), ("By2", D["Y"], D["gBy2"])]
+        # one launch per group of slots: Wy with By on the output slots (the first O), then E / Wx0 over X
+        sparse = [("Wy", "wy", D["gWy"], D["gBy"].shape[0])]
         if self.mode == MODE_EMBEDDING:
-            sparse.append(("E", D["X"], D["gE"]))
+            sparse.append(("E", "x", D["gE"], 0))
         elif self.mode == MODE_ONEHOT:
-            sparse.append(("Wx0", D["X"], D["da0"]))
-        for name, ids, rows in sparse:
-            ka.launch_sparse_adagrad(P.d[name], OA.d[name], OM.d[name], ids, rows, sc["owner"], sc["count"],
-                                     sc["gscale"], lr, mu, threads=self._t("sparse"), stream=st)
+            sparse.append(("Wx0", "x", D["da0"], 0))
+        for name, g, rows, n_bslots in sparse:
+            ka.launch_sparse_adagrad(P.d[name], OA.d[name], OM.d[name], rows, D[f"perm_{g}"], D[f"seg_start_{g}"],
+                                     D[f"seg_id_{g}"], D["ctr"], sc["gscale"], lr, mu, P.d["By"], OA.d["By"],
+                                     OM.d["By"], D["gBy"], n_bslots, threads=self._t("sparse"), stream=st)
 
     def _step(self, tb: _Bufs):
         """One whole training step, every input from device buffers and the device step counter."""
@@ -471,6 +496,7 @@ class CudaBackend(Backend):
             self._put(A["samples_s"][:T], samples)
             self._put(A["active_s"][:T], np.asarray(active, bool).view(np.uint8))
             self._put(A["reset_s"][:T], np.asarray(reset, bool).view(np.uint8))
+            self._segment(tb, inputs, np.asarray(targets), samples)
             self._put(A["ctr"], np.array([0, step0], np.int64))
             if self.sim or self.graph_steps == 0:
                 for _ in range(T):
