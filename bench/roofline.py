@@ -364,6 +364,25 @@ def _sparse_apply_scan(L: Launch, ctx) -> Cost:
                 note=f"longest walk {walk} slots x {passes} column passes")
 
 
+def _sparse_adagrad_segments(L: Launch, ctx) -> Cost:
+    """The host-segment version: block q sums segment q's gradient rows in slot order (one dependent L2 load per
+    slot per column pass), then updates the row; the longest segment (the most duplicated id) is the block on
+    the critical path."""
+    p, perm = L.args[0], L.args[4]
+    D = _shape(p)[1] if len(_shape(p)) > 1 else 1
+    K = _shape(perm)[1]
+    ids_h = ctx["slot_ids"].get(K)
+    longest, n_seg = 1, K
+    if ids_h is not None:
+        counts = np.unique(ids_h, return_counts=True)[1]
+        longest, n_seg = int(counts.max()), len(counts)
+    passes = math.ceil(D / L.threads)
+    # rows + perm read, p / acc (/ mom) read and written per touched row, the bias likewise
+    return Cost(6.0 * K * D, F * (K * D + K) + F * 4 * n_seg * D + F * 4 * n_seg,
+                chain=passes * longest + 3, latency="l2",
+                note=f"{n_seg} segments of {K} slots, longest {longest} x {passes} column passes")
+
+
 def _step_begin(L: Launch, ctx) -> Cost:
     """ids [O + B] staged from the chunk row; and (since the launch folding) h_in reset/copy, x0 = emb[X] and
     WyY = Wy[Y] gathers: every written element read once, written once."""
@@ -427,6 +446,7 @@ COSTS = {
     "adagrad_dense": _adagrad_dense,
     "sparse_adagrad_mark": _sparse_mark,
     "sparse_adagrad_apply": _sparse_apply_scan,
+    "sparse_adagrad": _sparse_adagrad_segments,
     "sumsq_partial": _elementwise(2),
     "clip_scale": _one_block_reduce,
     "rank_counts": _rank_counts,
