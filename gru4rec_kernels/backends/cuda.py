@@ -563,8 +563,9 @@ class CudaBackend(Backend):
     def eval_bytes(self) -> int:
         """Device bytes the evaluation buffers hold now (0 before ``reset_eval``). Per row: the layer buffers
         (12 H_l floats per layer, 9 H_0 for a one-hot first layer, plus the embedding width), the score tile
-        (min(eval_tile, items) floats), and 18 bytes per step of the largest chunk so far (its schedule and counts);
-        with candidates C also 4 C (H + 2) bytes (their ids and Wy, By rows). Never O(B N)."""
+        (min(eval_tile, max(N, C)) floats), and 18 bytes per step of the largest chunk so far (its schedule and
+        counts); with C candidates also 4 C (H + 2) bytes (their ids and Wy, By rows). Never O(B N)
+        (tests/test_cuda_eval.py::test_memory_does_not_grow_with_the_items counts them)."""
         if self._eb is None:
             return 0
         return int(sum(a.nbytes for a in self._eb.a.values() if a.base is None))
