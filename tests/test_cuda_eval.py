@@ -262,7 +262,9 @@ def test_eval_chunk_bad_input():
 @pytest.mark.parametrize("n_items,tile,cand", [(100_003, None, False), (50_000, 4096, True)])
 def test_graph_replay_equals_eager_and_numpy(n_items, tile, cand):
     """On a device: chunks replayed as CUDA graphs (1 eager step, then graphs of 8, 2, 1 steps) equal the same
-    chunks stepped eagerly and the numpy backend, with the default tile and a small one over candidates."""
+    chunks stepped eagerly bit for bit, with the default tile and a small one over candidates. Against the numpy
+    backend (BLAS sums in another order) a count may move by an item whose score is within rounding of the
+    target's: exact on almost every lane, never off by more than 2; the tie with item 7 is always counted."""
     cfg = make_cfg("cross-entropy", "constrained", (64,), "tanh")
     params = tied_params(cfg, n_items)
     B = 64
@@ -271,10 +273,16 @@ def test_graph_replay_equals_eager_and_numpy(n_items, tile, cand):
     nb = NumpyBackend(cfg, n_items, params)
     nb.reset_eval(B)
     want = [naive_eval_chunk(nb, *c, candidates=cands) for c in chunks]
+    got = {}
     for steps in (8, 0):
         be = cuda_backend(cfg, n_items, params, graph_steps=steps, eval_tile=tile)
         be.reset_eval(B)
-        for c, w in zip(chunks, want):
-            for a, b in zip(be.eval_chunk(*c, candidates=cands), w):
-                np.testing.assert_array_equal(a, b)
+        got[steps] = [be.eval_chunk(*c, candidates=cands) for c in chunks]
         be.close()
+    for g8, g0, w, c in zip(got[8], got[0], want, chunks):
+        on = c[3]
+        for a, b, r in zip(g8, g0, w):
+            np.testing.assert_array_equal(a, b)
+            assert np.abs(a - r).max() <= 2 and (a[on] == r[on]).mean() >= 0.95
+        if cands is None:
+            assert g8[1][:, 0].min() >= 2  # lane 0's target (item 3) ties with item 7
