@@ -67,6 +67,16 @@ def naive_adagrad_dense(p, g, acc, mom, lr, mu, dtype):
     return p, acc, mom
 
 
+def naive_rank_counts(scores, targets, cand=None):
+    """reference.rank_counts over all items, or over the columns ``cand`` with NumpyBackend.eval_step's rule (the
+    target's score from its own column; n_equal >= 1)."""
+    if cand is None:
+        return ref.rank_counts(scores, targets)
+    t = scores[np.arange(len(targets)), targets][:, None]
+    sc = scores[:, cand]
+    return (sc > t).sum(1), np.maximum((sc == t).sum(1), 1)
+
+
 # ============================================================================================ helpers
 def assert_close(name, got, ref32, ref64, mult=MULT, floor=FLOOR):
     assert_within_reference_error(name, got, ref32, ref64, mult, floor, relative_floor=True)
@@ -302,32 +312,103 @@ def test_clip_scale(xp, cap):
 
 
 # ============================================================================================ evaluation
-@pytest.mark.parametrize("act,cand,B", [("linear", False, 3), ("relu", False, 1), ("tanh", True, 3),
-                                        ("leaky-0.1", True, 1), ("elu-0.5", False, 3)])
-def test_rank_counts(xp, act, cand, B):
-    rng = np.random.default_rng(8)
-    h = rng.normal(0, 1, (B, H)).astype(np.float32)
-    Wy = rng.normal(0, 0.3, (N, H)).astype(np.float32)
+def dyadic_scores_problem(B, seed):
+    """h, Wy, By whose scores are exact in float32 in any summation order, with or without FMA (multiples of 1/64
+    far below 2^24 ulps), so the counts are those of exact scores on the simulator and on a GPU alike; many ties:
+    an item equal to row 0's target, a block of items scoring exactly 0 after relu, and small-integer scores."""
+    rng = np.random.default_rng(seed)
+    h = rng.integers(-4, 5, (B, H)).astype(np.float32) / 4
+    Wy = rng.integers(-3, 4, (N, H)).astype(np.float32) / 8
+    By = rng.integers(-8, 9, N).astype(np.float32) / 64
+    targets = rng.integers(0, N, B).astype(np.int32)
+    targets[0] = 4
+    Wy[10], By[10] = Wy[4], By[4]  # an exact tie with row 0's target
+    Wy[20:30], By[20:30] = -0.25 * np.sign(h.sum(0) + 0.5), -1.0  # relu: a block of zero scores
+    return h, Wy, By, targets
+
+
+@pytest.mark.parametrize("act,cand,B,tile,span", [("linear", False, 3, 10, 3), ("relu", False, 1, 97, 4),
+                                                 ("relu", True, 3, 4, 2), ("tanh", True, 3, 5, 16),
+                                                 ("leaky-0.1", True, 1, 3, 1), ("elu-0.5", False, 3, 40, 7)])
+def test_rank_counts(xp, act, cand, B, tile, span):
+    """target_scores, then rank_counts over item tiles of S (a tile smaller than N and not dividing it, a tile of
+    all N, several blocks per row of a tile), then eval_step_end, into row t = 1 of [T, B] counts; row 1 of B = 3
+    inactive (its counts stay 0), other steps' rows untouched."""
+    h, Wy, By, targets = dyadic_scores_problem(B, seed=8)
+    code, a = TrainConfig(final_act=act, layers=[H]).final_act_code
+    S_ = h @ Wy.T  # exact (dyadic)
+    scores = ref.final_act(S_ + By, code, a)
+    items = np.array([4, 10, 3, 50, 96, 20, 21, 10, 60, 61, 62], np.int32) if cand else np.arange(N, dtype=np.int32)
+    want_gt, want_eq = naive_rank_counts(scores, targets, items if cand else None)
+    active = np.ones(B, np.uint8)
+    if B > 2:
+        active[1] = 0
+        want_gt[1] = want_eq[1] = 0
+    Tn, t = 3, 1
+    counts = dev(xp, np.zeros((2, Tn, B), np.int32))
+    gt, eq = counts[0], counts[1]
+    ctr = ctr_of(xp, 0, t=t)
+    tscore, act_d = dev(xp, np.full(B, np.nan, np.float32)), dev(xp, active)
+    kev.launch_target_scores(tscore, dev(xp, h), dev(xp, Wy), dev(xp, By), dev(xp, targets), act_d, code, a, threads=2)
+    on = active == 1  # numpy's float32 tanh / expm1 may differ from the device's by an ulp
+    np.testing.assert_allclose(host(tscore)[on], scores[np.arange(B), targets][on], rtol=1e-6)
+    for j0 in range(0, len(items), tile):
+        cols = items[j0:j0 + tile]
+        kev.launch_rank_counts(gt, eq, dev(xp, S_[:, cols]), dev(xp, By[cols]), tscore, act_d, ctr, code, a, span=span,
+                               threads=T)
+    kev.launch_eval_step_end(eq, act_d, cand, ctr, threads=2)
+    got = host(counts)
+    np.testing.assert_array_equal(got[0, t], want_gt)
+    np.testing.assert_array_equal(got[1, t], want_eq)
+    assert not got[:, [0, 2]].any() and list(host(ctr)) == [t + 1, 0]
+    if B > 2:
+        assert want_eq[0] >= 2  # the tie with item 10 was counted
+
+
+@pytest.mark.parametrize("H_,act", [(7, "linear"), (16, "tanh"), (33, "elu-0.5")])
+def test_target_scores_equal_the_gemm_column(xp, H_, act):
+    """The target's score has the bits of its own column of the GEMM's score tile (random floats, K not a multiple
+    of the slab), what makes ties exact: linear, bit for bit; any activation, rank_counts finds the target's own
+    column equal to it (n_equal >= 1; another summation order would miss by an ulp). The default GEMM tile here:
+    the simulator's, or on a GPU the device's (with FMA)."""
+    from gru4rec_kernels.kernels import gemm as kgm
+    rng = np.random.default_rng(11)
+    B = 5
+    h = rng.normal(0, 1, (B, H_)).astype(np.float32)
+    Wy = rng.normal(0, 0.5, (N, H_)).astype(np.float32)
     By = rng.normal(0, 0.1, N).astype(np.float32)
     targets = rng.integers(0, N, B).astype(np.int32)
-    Wy[10], By[10] = Wy[targets[0]], By[targets[0]]  # an exact tie with row 0's target
-    Wy[20:30] = -5.0  # relu: a block of zero scores
-    cfg = TrainConfig(final_act=act, layers=[H])
-    code, a = cfg.final_act_code
-    S_ = h @ Wy.T
-    scores = ref.final_act(S_ + By, code, a)
-    cands = np.array([targets[0], 10, 3, 50, 96, 20, 21], np.int32) if cand else None
-    if cand:
-        t = scores[np.arange(B), targets][:, None]
-        sc = scores[:, cands]
-        want_gt, want_eq = (sc > t).sum(1), np.maximum((sc == t).sum(1), 1)
-    else:
-        want_gt, want_eq = ref.rank_counts(scores, targets)
-    gt, eq = dev(xp, np.zeros(B, np.int64)), dev(xp, np.zeros(B, np.int64))
-    kev.launch_rank_counts(gt, eq, dev(xp, S_), dev(xp, By), dev(xp, targets), code, a,
-                           None if cands is None else dev(xp, cands), threads=T)
-    np.testing.assert_array_equal(host(gt), want_gt)
-    np.testing.assert_array_equal(host(eq), want_eq)
+    code, a = TrainConfig(final_act=act, layers=[H_]).final_act_code
+    on = dev(xp, np.ones(B, np.uint8))
+    S_ = dev(xp, np.zeros((B, N), np.float32))
+    kgm.launch_gemm(S_, dev(xp, h), dev(xp, Wy), tb=True)
+    tscore = dev(xp, np.zeros(B, np.float32))
+    kev.launch_target_scores(tscore, dev(xp, h), dev(xp, Wy), dev(xp, By), dev(xp, targets), on, code, a, threads=2)
+    if code == 0:
+        col = host(S_)[np.arange(B), targets]
+        np.testing.assert_array_equal(host(tscore), col + By[targets])
+    counts = dev(xp, np.zeros((2, 1, B), np.int32))
+    kev.launch_rank_counts(counts[0], counts[1], S_, dev(xp, By), tscore, on, ctr_of(xp, 0), code, a, threads=T)
+    assert np.all(host(counts)[1, 0] >= 1), host(counts)
+
+
+def test_eval_step_begin(xp):
+    rng = np.random.default_rng(9)
+    Tn, B = 3, 2
+    inputs = rng.integers(0, N, (Tn, B)).astype(np.int32)
+    targets = rng.integers(0, N, (Tn, B)).astype(np.int32)
+    rst_s = (rng.random((Tn, B)) < 0.5).astype(np.uint8)
+    act_s = (rng.random((Tn, B)) < 0.5).astype(np.uint8)
+    X, tg = dev(xp, np.zeros(B, np.int32)), dev(xp, np.zeros(B, np.int32))
+    reset, active = dev(xp, np.zeros(B, np.uint8)), dev(xp, np.zeros(B, np.uint8))
+    ctr = ctr_of(xp, 7, t=2)
+    kev.launch_eval_step_begin(X, tg, reset, active, *(dev(xp, a) for a in (inputs, targets, rst_s, act_s)), ctr,
+                               threads=T)
+    np.testing.assert_array_equal(host(X), inputs[2])
+    np.testing.assert_array_equal(host(tg), targets[2])
+    np.testing.assert_array_equal(host(reset), rst_s[2])
+    np.testing.assert_array_equal(host(active), act_s[2])
+    assert list(host(ctr)) == [2, 7]  # eval_step_end advances it, not begin
 
 
 # ============================================================================================ step counter
@@ -430,12 +511,30 @@ def test_launchers_reject_bad_arguments():
     with pytest.raises(ValueError, match="threads"):
         ksl.launch_row_loss(f32(B, 8), f32(B), f32(B, 1, ksl.N_STATS), f32(B, 8), f32(N), np.zeros(8, np.int32),
                             np.ones(B, np.uint8), loss=0, threads=6)
+    cnt = lambda *s: np.zeros(s, np.int32)
+    u8 = lambda n: np.ones(n, np.uint8)
+    ctr = np.zeros(2, np.int64)
     with pytest.raises(ValueError, match="threads"):
-        kev.launch_rank_counts(np.zeros(B, np.int64), np.zeros(B, np.int64), f32(B, N), f32(N),
-                               np.zeros(B, np.int32), threads=6)
+        kev.launch_rank_counts(cnt(2, B), cnt(2, B), f32(B, N), f32(N), f32(B), u8(B), ctr, threads=6)
+    with pytest.raises(ValueError, match="By"):
+        kev.launch_rank_counts(cnt(2, B), cnt(2, B), f32(B, N), f32(N + 1), f32(B), u8(B), ctr)
+    with pytest.raises(ValueError, match="n_equal"):
+        kev.launch_rank_counts(cnt(2, B), cnt(3, B), f32(B, N), f32(N), f32(B), u8(B), ctr)
+    with pytest.raises(ValueError, match="n_greater"):
+        kev.launch_rank_counts(np.zeros((2, B), np.int64), cnt(2, B), f32(B, N), f32(N), f32(B), u8(B), ctr)
+    with pytest.raises(ValueError, match="span"):
+        kev.launch_rank_counts(cnt(2, B), cnt(2, B), f32(B, N), f32(N), f32(B), u8(B), ctr, span=0)
     with pytest.raises(ValueError, match="targets"):
-        kev.launch_rank_counts(np.zeros(B, np.int64), np.zeros(B, np.int64), f32(B, N), f32(N),
-                               np.zeros(B + 1, np.int32))
+        kev.launch_target_scores(f32(B), f32(B, H), f32(N, H), f32(N), np.zeros(B + 1, np.int32), u8(B))
+    with pytest.raises(ValueError, match="Wy"):
+        kev.launch_target_scores(f32(B), f32(B, H), f32(N, H + 1), f32(N), np.zeros(B, np.int32), u8(B))
+    with pytest.raises(ValueError, match="act"):
+        kev.launch_target_scores(f32(B), f32(B, H), f32(N, H), f32(N), np.zeros(B, np.int32), u8(B), act=9)
+    with pytest.raises(ValueError, match="reset_s"):
+        kev.launch_eval_step_begin(cnt(B), cnt(B), u8(B), u8(B), cnt(2, B), cnt(2, B), np.zeros((3, B), np.uint8),
+                                   np.zeros((2, B), np.uint8), ctr)
+    with pytest.raises(ValueError, match="ctr"):
+        kev.launch_eval_step_end(cnt(2, B), u8(B), True, np.zeros(2, np.int32))
     with pytest.raises(ValueError, match="loss"):
         ksl.launch_row_loss(f32(B, 8), f32(B), f32(B, 1, ksl.N_STATS), f32(B, 8), f32(N), np.zeros(8, np.int32),
                             np.ones(B, np.uint8), loss=7)

@@ -78,13 +78,16 @@ class CudaBackend(Backend):
     Parameters beyond ``Backend``'s: ``scores`` "plain" (GEMM + row loss kernel; default, see
     kernels/scores_loss.py) or "fused"; ``graph_steps`` the largest number of steps captured in one CUDA graph
     (0: no graphs, every step launched eagerly); ``threads`` overrides of the block sizes per kernel kind
-    (kernels.common.THREADS; under the simulator SIM_THREADS are the defaults).
+    (kernels.common.THREADS; under the simulator SIM_THREADS are the defaults); ``eval_tile`` the items scored per
+    tile in evaluation (the score tile is [B, eval_tile]; default kernels/evaluate.py EVAL_TILE, SIM_EVAL_TILE under
+    the simulator).
     """
 
     name = "cuda"
 
     def __init__(self, cfg, n_items, params, logq_target=None, logq_sample=None, dtype=np.float32, *,
-                 scores: str | None = None, graph_steps: int = 64, threads: dict | None = None):
+                 scores: str | None = None, graph_steps: int = 64, threads: dict | None = None,
+                 eval_tile: int | None = None):
         super().__init__(cfg, n_items, params, logq_target, logq_sample)
         import os
 
@@ -112,6 +115,9 @@ class CudaBackend(Backend):
         if not isinstance(graph_steps, int) or graph_steps < 0:
             raise ValueError(f"graph_steps must be an int >= 0; got {graph_steps!r}")
         self.graph_steps = graph_steps
+        self.eval_tile = (kev.SIM_EVAL_TILE if self.sim else kev.EVAL_TILE) if eval_tile is None else eval_tile
+        if not isinstance(self.eval_tile, (int, np.integer)) or self.eval_tile < 1:
+            raise ValueError(f"eval_tile must be a positive int (items per score tile); got {eval_tile!r}")
         self.threads = dict(kc.SIM_THREADS if self.sim else kc.THREADS)
         for k, v in (threads or {}).items():
             if k not in self.threads:
@@ -143,7 +149,7 @@ class CudaBackend(Backend):
         self._warm = False
         self._pending_hidden = None
         self._seg_head = None  # segments.segment_chunk's scratch [P <= 8 parts, N]
-        self._cand = (None, None, None)  # (host candidates object, device array, kernel view)
+        self._eval_graphs: dict = {}
 
     # ================================================================================================ memory
     def _view(self, arr):
@@ -596,26 +602,189 @@ class CudaBackend(Backend):
             self._pending_hidden = H
 
     # ================================================================================================ evaluation
+    # Per step (kernels/evaluate.py): eval_step_begin, the forward without dropout (_forward), target_scores, then
+    # per item tile a GEMM S = h Wy[tile]^T into the [B, tile] score buffer and rank_counts (integer atomics into
+    # the chunk's [T, B] counts), and eval_step_end (candidate rule, ctr += 1). No [B, N] matrix exists; a chunk
+    # is uploaded once and its counts read back once; on a GPU its steps replay as CUDA graphs.
     def reset_eval(self, batch_size: int) -> None:
+        """Zero the evaluation hidden state of ``batch_size`` rows (allocating the evaluation buffers when the
+        batch size changes)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        B = int(batch_size)
         eb = self._eb
-        if eb is None or eb.B != batch_size:
-            eb = self._eb = _Bufs(self)
-            eb.B = int(batch_size)
-            with self._on_stream():
-                eb.new("X", (batch_size,), np.int32)
-                eb.new("targets", (batch_size,), np.int32)
-                eb.new("reset", (batch_size,), np.uint8)
-                self._layer_bufs(eb, batch_size, backward=False)
-                eb.new("S", (batch_size, self.n_items), np.float32)
-                eb.new("n_gt", (batch_size,), np.int64)
-                eb.new("n_eq", (batch_size,), np.int64)
-        else:
+        if eb is not None and eb.B == B:
             with self._on_stream():
                 for l in range(len(self.cfg.layers)):
                     eb.a[f"hid{l}"].fill(0)
+            return
+        self._eval_graphs.clear()
+        eb = self._eb = _Bufs(self)
+        eb.B, eb.T, eb.cols, eb.warm = B, 0, 0, False
+        eb.items = None  # host copy of the candidate ids the tiles cover (None: all items)
+        eb.tiles = []  # (S tile, Wy rows, By entries) kernel views, one per item tile
+        with self._on_stream():
+            eb.new("X", (B,), np.int32)
+            eb.new("targets", (B,), np.int32)
+            eb.new("reset", (B,), np.uint8)
+            eb.new("active", (B,), np.uint8)
+            self._layer_bufs(eb, B, backward=False)
+            eb.new("tscore", (B,), np.float32)
+            self._eval_items(eb, None)
+
+    def eval_bytes(self) -> int:
+        """Device bytes the evaluation buffers hold now (0 before ``reset_eval``). Per row: the layer buffers
+        (12 H_l floats per layer, 9 H_0 for a one-hot first layer, plus the embedding width), the score tile
+        (min(eval_tile, max(N, C)) floats), and 18 bytes per step of the largest chunk so far (its schedule and
+        counts); with C candidates also 4 C (H + 2) bytes (their ids and Wy, By rows). Never O(B N)
+        (tests/test_cuda_eval.py::test_memory_does_not_grow_with_the_items counts them)."""
+        if self._eb is None:
+            return 0
+        return int(sum(a.nbytes for a in self._eb.a.values() if a.base is None))
+
+    def _eval_items(self, eb: _Bufs, candidates) -> None:
+        """Point the item tiles at all items (``candidates`` None) or at the candidates' rows: Wy[cand] and
+        By[cand] gathered now, at every chunk, so they are the current parameters. The tiles (and the graphs that
+        captured them) are rebuilt only when the item set changes."""
+        xp, B = self.xp, eb.B
+        if candidates is None:
+            if eb.items is None and eb.tiles:
+                return
+            for name in ("cand", "WyC", "ByC"):
+                eb.a.pop(name, None)
+                eb.d.pop(name, None)
+            eb.items = None
+            W, b = self.P.a["Wy"], self.P.a["By"]
+        else:
+            cand = np.ascontiguousarray(candidates, dtype=np.int32)
+            same = eb.items is not None and np.array_equal(eb.items, cand)
+            if not same:
+                eb.items = cand.copy()
+                eb.add("cand", xp.asarray(eb.items))
+                eb.new("WyC", (cand.size, self.P.a["Wy"].shape[1]), np.float32)
+                eb.new("ByC", (cand.size,), np.float32)
+            xp.take(self.P.a["Wy"], eb.a["cand"], axis=0, out=eb.a["WyC"])
+            xp.take(self.P.a["By"], eb.a["cand"], axis=0, out=eb.a["ByC"])
+            if same:
+                return
+            W, b = eb.a["WyC"], eb.a["ByC"]
+        self._eval_graphs.clear()
+        n_items = W.shape[0]
+        cols = min(self.eval_tile, n_items)
+        if cols > eb.cols:  # one flat buffer: each tile's [B, n] view of it is C-contiguous
+            eb.cols = cols
+            eb.new("S", (B * cols,), np.float32)
+        S = eb.a["S"]
+        eb.tiles = []
+        for j0 in range(0, n_items, cols):
+            n = min(cols, n_items - j0)
+            eb.tiles.append((self._view(S[:B * n].reshape(B, n)), self._view(W[j0:j0 + n]), self._view(b[j0:j0 + n])))
+
+    def _eval_sched(self, eb: _Bufs, T: int) -> None:
+        """The chunk's schedule [T, B] and counts [2, T, B] (n_greater, n_equal) buffers, grown to T steps."""
+        if T <= eb.T:
+            return
+        self._eval_graphs.clear()  # graphs hold the old buffers' pointers
+        eb.T = T
+        for name, dt in (("inputs_s", np.int32), ("targets_s", np.int32), ("reset_s", np.uint8),
+                         ("active_s", np.uint8)):
+            eb.new(name, (T, eb.B), dt)
+        counts = eb.new("counts", (2, T, eb.B), np.int32)  # one buffer: one read per chunk
+        eb.add("n_gt", counts[0])
+        eb.add("n_eq", counts[1])
+
+    def _eval_step(self, eb: _Bufs) -> None:
+        """One evaluation step, every input from device buffers and the device step counter."""
+        D, P, st = eb.d, self.P.d, self._nb_stream
+        te, tr = self._t("elementwise"), self._t("row")
+        kev.launch_eval_step_begin(D["X"], D["targets"], D["reset"], D["active"], D["inputs_s"], D["targets_s"],
+                                   D["reset_s"], D["active_s"], D["ctr"], threads=te, stream=st)
+        self._forward(eb, train=False)
+        h = D[f"hid{len(self.cfg.layers) - 1}"]
+        kev.launch_target_scores(D["tscore"], h, P["Wy"], P["By"], D["targets"], D["active"], self.act, self.act_a,
+                                 threads=te, stream=st)
+        for S, W, b in eb.tiles:
+            self._mm(S, h, W, tb=True)
+            kev.launch_rank_counts(D["n_gt"], D["n_eq"], S, b, D["tscore"], D["active"], D["ctr"], self.act,
+                                   self.act_a, threads=tr, stream=st)
+        kev.launch_eval_step_end(D["n_eq"], D["active"], eb.items is not None, D["ctr"], threads=tr, stream=st)
+
+    def eval_chunk(self, inputs, targets, reset, active, candidates=None):
+        """Evaluation steps over a schedule chunk: inputs/targets/reset/active [T, B] (B the reset_eval batch
+        size). Returns (n_greater [T, B], n_equal [T, B]) int64, 0 on inactive lanes.
+
+        The chunk is uploaded once and its counts read back once, at the end; on a GPU the steps run as replays
+        of captured CUDA graphs (kept per (B, steps)), under the simulator eagerly."""
+        eb = self._eb
+        if eb is None:
+            raise RuntimeError("call reset_eval(batch_size) before eval_chunk")
+        T, B = self.check_eval_chunk_shapes(inputs, targets, reset, active)
+        if B != eb.B:
+            raise ValueError(f"inputs must be [T, {eb.B}] (the reset_eval batch size); got shape {np.shape(inputs)}")
+        self.check_ids(inputs, "inputs")
+        self.check_ids(targets, "targets")
+        if candidates is not None:
+            if np.ndim(candidates) != 1 or np.size(candidates) < 1:
+                raise ValueError(f"candidates must be a non-empty 1-D array of item ids; got shape "
+                                 f"{np.shape(candidates)}")
+            self.check_ids(candidates, "candidates")
+        if T == 0:
+            return np.zeros((0, B), np.int64), np.zeros((0, B), np.int64)
+        A = eb.a
+        with self._on_stream():
+            self._eval_sched(eb, T)
+            self._eval_items(eb, candidates)
+            self._put(A["inputs_s"][:T], inputs)
+            self._put(A["targets_s"][:T], targets)
+            self._put(A["reset_s"][:T], np.asarray(reset, bool).view(np.uint8))
+            self._put(A["active_s"][:T], np.asarray(active, bool).view(np.uint8))
+            A["counts"].fill(0)
+            self._put(A["ctr"], np.zeros(2, np.int64))
+            if self.sim or self.graph_steps == 0:
+                for _ in range(T):
+                    self._eval_step(eb)
+            else:  # pragma: no cover - needs a GPU
+                self._eval_run_graphs(eb, T)
+            counts = self._get(A["counts"])  # the chunk's one blocking read
+        return counts[0, :T].astype(np.int64), counts[1, :T].astype(np.int64)
+
+    def _eval_run_graphs(self, eb: _Bufs, T: int) -> None:  # pragma: no cover - needs a GPU
+        """T evaluation steps as replays of graphs of 2^k captured steps (largest first), as ``_run_graphs``; the
+        first step after (re)allocation runs eagerly so that every kernel is loaded before anything is captured."""
+        t = 0
+        if not eb.warm:
+            self._eval_step(eb)
+            eb.warm = True
+            t = 1
+        size = 1 << (max(self.graph_steps, 1).bit_length() - 1)
+        while t < T:
+            while size > T - t:
+                size //= 2
+            self._eval_graph(eb, size).launch(stream=self._stream)
+            t += size
+
+    def _eval_graph(self, eb: _Bufs, size: int):  # pragma: no cover - needs a GPU
+        """The CUDA graph of ``size`` evaluation steps over the current buffers and item tiles, kept per
+        (B, size) until the buffers or the item set change (as ``_graph``: with its own memory pool)."""
+        key = (eb.B, size)
+        entry = self._eval_graphs.get(key)
+        if entry is None:
+            import cupy
+
+            pool = cupy.cuda.MemoryPool()
+            mode = getattr(cupy.cuda.runtime, "streamCaptureModeRelaxed", None)
+            with cupy.cuda.using_allocator(pool.malloc):
+                self._stream.begin_capture(mode=mode)
+                try:
+                    for _ in range(size):
+                        self._eval_step(eb)
+                finally:
+                    graph = self._stream.end_capture()
+            entry = self._eval_graphs[key] = (graph, pool)
+        return entry[0]
 
     def eval_step(self, X, targets, reset, active, candidates=None):
-
+        """One evaluation step: ``eval_chunk`` of one row (counts 0 on inactive rows)."""
         eb = self._eb
         if eb is None:
             raise RuntimeError("call reset_eval(batch_size) before eval_step")
@@ -623,28 +792,13 @@ class CudaBackend(Backend):
             raise ValueError(f"X must have shape ({eb.B},) (the reset_eval batch size); got {np.shape(X)}")
         self.check_ids(X, "X")
         self.check_ids(targets, "targets")
-        if candidates is not None:
-            self.check_ids(candidates, "candidates")
-        A, D = eb.a, eb.d
-        top = len(self.cfg.layers) - 1
-        with self._on_stream():
-            self._put(A["X"], X)
-            self._put(A["targets"], targets)
-            self._put(A["reset"], np.asarray(reset, bool).view(np.uint8))
-            self._forward(eb, train=False)
-            self._mm(D["S"], D[f"hid{top}"], self.P.d["Wy"], tb=True)
-            cand = None
-            if candidates is not None:
-                if self._cand[0] is not candidates:
-                    arr = self.xp.asarray(np.ascontiguousarray(candidates, np.int32))
-                    self._cand = (candidates, arr, self._view(arr))
-                cand = self._cand[2]
-            kev.launch_rank_counts(D["n_gt"], D["n_eq"], D["S"], self.P.d["By"], D["targets"], self.act, self.act_a,
-                                   cand, threads=self._t("row"), stream=self._nb_stream)
-            return self._get(A["n_gt"]), self._get(A["n_eq"])
+        gt, eq = self.eval_chunk(np.asarray(X)[None], np.asarray(targets)[None], np.asarray(reset)[None],
+                                 np.asarray(active)[None], candidates=candidates)
+        return gt[0], eq[0]
 
     def close(self) -> None:
         self._graphs.clear()
+        self._eval_graphs.clear()
         if self._stream is not None:  # pragma: no cover - needs a GPU
             self._stream.synchronize()
         self._tb = self._eb = None
