@@ -37,13 +37,14 @@ def naive_eval_bytes(cfg, B, tile, n_items, T, C=0):
     r, z, rh, rhU, c) plus 3 H (xw) unless it is a one-hot first layer; the embedded input; X, targets (int32),
     reset, active (uint8), the target scores and the step counter; the score tile [B, min(tile, max(N, C))] (sized
     for all items at reset_eval); the chunk's schedule (int32 x 2, uint8 x 2) and counts (int32 x 2) per step; with
-    C candidates their ids and Wy, By rows."""
+    C candidates their ids and Wy, By rows; the layer widths (int32 per layer: the flat hidden states' layout)."""
     onehot = cfg.input_mode == "onehot"
     floats = sum((9 + (0 if (l == 0 and onehot) else 3)) * h for l, h in enumerate(cfg.layers))
     floats += 0 if onehot else embed_width(cfg)
     per_row = 4 * floats + 4 + 4 + 1 + 1 + 4
     tile_bytes = 4 * B * min(tile, max(n_items, C))
-    return B * per_row + 16 + tile_bytes + T * B * (4 + 4 + 1 + 1 + 4 + 4) + 4 * C * (cfg.layers[-1] + 2)
+    return (B * per_row + 16 + tile_bytes + T * B * (4 + 4 + 1 + 1 + 4 + 4) + 4 * C * (cfg.layers[-1] + 2)
+            + 4 * len(cfg.layers))
 
 
 # ============================================================================================ helpers
