@@ -23,7 +23,8 @@ Parameters are the H100 SXM datasheet, plus stated ASSUMPTIONS (``Device``): the
 the per-SM bandwidth and the GEMM slab time. The slab time is CALIBRATED from one measurement (H200,
 bench/results/gpu_check_NVIDIA_H200.json run: dh = dZ.Wy[Y] at W1, 2 blocks x 130 slabs, ~360 us), everything
 else is not fitted. ``--tree PATH`` traces another checkout (e.g. the one the H200 measured) so the model can
-be compared with a measurement.
+be compared with a measurement: for that tree (29 launches) the model gives 731 / 1605 / 1892 us for W1 / W2 / W3
+on uniform ids against 897 / 1888 / 2204 us measured, i.e. 14-19% low (bench/results/roofline_3476240.json).
 
 Run:  python bench/roofline.py [--ids zipf|uniform] [--tree PATH] [--out bench/results/roofline.json]
 """
@@ -58,6 +59,8 @@ class Device:
     l1_latency_s: float = 0.025e-6  # ASSUMPTION: a load that hits L1 (a block re-reading a small array: ids)
     sm_bw: float = 100e9  # ASSUMPTION: what one SM's blocks can stream (B/s)
     gemm_slab_s: float = 2.77e-6  # CALIBRATED: one BK=16 slab of a 64x64 tile (H200: 360 us / 130 slabs)
+    gemm_efficiency: float = 0.12  # CALIBRATED: kernels/gemm.py's share of fp32 peak with every SM busy (H200:
+    #                                the 512 x 700k x 100 score GEMM in ~9 ms = 8 TFLOP/s)
 
     @property
     def sm_flops(self) -> float:
@@ -94,6 +97,7 @@ WORKLOADS = (
 TARGET_W1_S = 50e-6
 TARGET_LAUNCHES = 18
 MEASURED_H200_US = {"W1": 897.0, "W2": 1888.0, "W3": 2204.0}  # gpu_check_NVIDIA_H200.json (tree 3476240, uniform ids)
+MEASURED_H200_EVAL_S = 2.41  # the same run: 100k events x 700k items
 
 
 # ============================================================================================ the trace
@@ -426,6 +430,21 @@ def _rank_counts(L: Launch, ctx) -> Cost:
     return Cost(6.0 * B * N, F * (B * N + N), chain=passes, block_bytes=F * N, latency="dram")
 
 
+def _eval_rank_counts(L: Launch, ctx) -> Cost:
+    """Tiled version: block (x, y) counts one span of row y of the score tile against the row's target score."""
+    S = L.args[2]
+    B, n = _shape(S)
+    span = math.ceil(n / L.grid[0])
+    it = math.ceil(span / L.threads)
+    return Cost(4.0 * B * n, F * (B * n + n + B), chain=it + 3, latency="l2", note=f"[{B}, {n}] tile, span {span}")
+
+
+def _target_scores(L: Launch, ctx) -> Cost:
+    h = L.args[1]
+    B, H = _shape(h)
+    return Cost(2.0 * B * H, F * 2 * B * H, chain=H + 2, latency="l1", note=f"{B} dots of {H} (serial in k)")
+
+
 #: kernel function name -> pricing. A kernel the step launches without an entry here is an error (test). Entries
 #: of kernels the current tree no longer launches (row_loss, col_sum, the scan sparse update) price older trees
 #: (``--tree``), e.g. the one measured on the H200.
@@ -450,11 +469,18 @@ COSTS = {
     "sumsq_partial": _elementwise(2),
     "clip_scale": _one_block_reduce,
     "rank_counts": _rank_counts,
+    "eval_rank_counts": _eval_rank_counts,
+    "target_scores": _target_scores,
+    "eval_step_begin": _elementwise(0),
+    "eval_step_end": _one_block_reduce,
 }
 
 
 def price(L: Launch, dev: Device, ctx: dict) -> dict:
-    fn = COSTS.get(L.name)
+    key = L.name
+    if key == "rank_counts" and len(L.args) == 10 and len(_shape(L.args[0])) == 2:  # the tiled one (T, B counts)
+        key = "eval_rank_counts"
+    fn = COSTS.get(key)
     if fn is None:
         raise KeyError(f"roofline: no cost model for kernel {L.name!r}; add one to COSTS")
     c = fn(L, ctx)
@@ -467,7 +493,8 @@ def price(L: Launch, dev: Device, ctx: dict) -> dict:
     else:
         block_s = c.chain * lat + c.block_bytes / dev.sm_bw + c.block_flops / dev.sm_flops
     t_mem = c.bytes / dev.hbm_bw
-    t_flop = c.flops / (dev.fp32_peak * min(1.0, blocks / dev.n_sm))
+    eff = dev.gemm_efficiency if c.slabs else 1.0
+    t_flop = c.flops / (dev.fp32_peak * eff * min(1.0, blocks / dev.n_sm))
     t_lat = waves * block_s
     limits = {"memory": t_mem, "compute": t_flop, "latency": t_lat}
     bound = max(limits, key=limits.get)
@@ -475,6 +502,51 @@ def price(L: Launch, dev: Device, ctx: dict) -> dict:
             "flops": c.flops, "bytes": c.bytes, "t_memory_s": t_mem, "t_compute_s": t_flop, "t_latency_s": t_lat,
             "bound": bound, "time_s": dev.node_overhead_s + limits[bound], "below_one_wave": blocks < dev.n_sm,
             "note": c.note}
+
+
+@dataclass(frozen=True)
+class EvalWorkload:
+    events: int = 100_000  # scored test events
+    N: int = 700_000  # items ranked per event
+    H: int = 100
+    batch: int = 512  # session-parallel rows per step
+    tile: int = 16_384  # items per score tile (CudaBackend's eval_tile default on a GPU)
+
+
+def trace_eval(e: EvalWorkload, n_sm: int = 132) -> list[Launch]:
+    """The launches of one all-item evaluation step (CudaBackend.eval_chunk, T = 1)."""
+    _ensure_simulator()
+    from gru4rec_kernels.backends.cuda import CudaBackend
+    from gru4rec_kernels.config import TrainConfig
+    from gru4rec_kernels.kernels import common as kc
+    from gru4rec_kernels.layout import init_params
+
+    cfg = TrainConfig(layers=[e.H], constrained_embedding=True, embedding=0)
+    _, params = init_params(cfg, e.N)
+    X = np.zeros((1, e.batch), np.int32)
+    with DeviceDefaults(n_sm):
+        be = CudaBackend(cfg, e.N, params, threads=dict(kc.THREADS), eval_tile=e.tile)
+        be.reset_eval(e.batch)
+        with Recorder() as rec:
+            be.eval_chunk(X, X, np.zeros_like(X, bool), np.ones_like(X, bool))
+        be.close()
+    return rec.launches
+
+
+def model_eval(e: EvalWorkload, dev: Device) -> dict:
+    ks = [price(L, dev, {"slot_ids": {}}) for L in trace_eval(e)]
+    steps = math.ceil(e.events / e.batch)
+    per_step = sum(k["time_s"] for k in ks)
+    by_name: dict = {}
+    for k in ks:
+        d = by_name.setdefault(k["name"], {"launches": 0, "time_s": 0.0, "bound": k["bound"]})
+        d["launches"] += 1
+        d["time_s"] += k["time_s"]
+    return {"eval": asdict(e), "steps": steps, "launches_per_step": len(ks), "step_s": per_step,
+            "total_s": steps * per_step, "flop_floor_s": 2.0 * e.events * e.H * e.N / dev.fp32_peak,
+            "kernels_by_name": by_name,
+            "assumes": "every lane busy (steps = ceil(events / batch)); the session-parallel replay leaves lanes "
+                       "idle at the end, so real steps are somewhat more"}
 
 
 def slot_ids(st: dict, w: Workload) -> dict:
@@ -505,10 +577,12 @@ def table(m: dict) -> str:
     return "\n".join(lines)
 
 
-def run(dev: Device, ids: str, workloads=WORKLOADS) -> dict:
+def run(dev: Device, ids: str, workloads=WORKLOADS, eval_w: EvalWorkload | None = None) -> dict:
     res = {"label": LABEL, "device": asdict(dev), "ids": ids, "workloads": {}}
     for w in workloads:
         res["workloads"][w.name] = model_step(w, dev, ids)
+    if eval_w is not None:
+        res["eval"] = model_eval(eval_w, dev)
     w1 = res["workloads"].get("W1")
     if w1:
         res["verdict_W1"] = {"launches": w1["launches"], "step_us": w1["step_s"] * 1e6,
@@ -525,13 +599,14 @@ def report(res: dict) -> str:
            f"{d['n_sm']} SMs; node {d['node_overhead_s'] * 1e6:.1f} us, DRAM/L2/L1 latency "
            f"{d['dram_latency_s'] * 1e6:.2f}/{d['l2_latency_s'] * 1e6:.2f}/{d['l1_latency_s'] * 1e6:.3f} us, "
            f"per-SM {d['sm_bw'] / 1e9:.0f} GB/s, "
-           f"GEMM slab {d['gemm_slab_s'] * 1e6:.2f} us (calibrated); ids: {res['ids']}"]
+           f"GEMM slab {d['gemm_slab_s'] * 1e6:.2f} us and {d['gemm_efficiency']:.0%} of peak (calibrated); "
+           f"ids: {res['ids']}"]
     for name, m in res["workloads"].items():
         w = m["workload"]
         meas = MEASURED_H200_US.get(name)
         out.append(f"--- {name}: B={w['B']} H={w['H']} S={w['S']} N={w['N']} {w['loss']} {w['final_act']}: "
                    f"{m['launches']} launches, {m['step_s'] * 1e6:.1f} us/step ({m['steps_per_s']:,.0f} steps/s)"
-                   + (f"; measured on an H200 for tree 3476240: {meas:.0f} us" if meas else ""))
+                   + (f"; [H200 measurement of tree 3476240, uniform ids: {meas:.0f} us]" if meas else ""))
         out.append(table(m))
         if m["below_one_wave"]:
             out.append("  grids below one wave (< SMs blocks): " + ", ".join(m["below_one_wave"]))
@@ -540,6 +615,15 @@ def report(res: dict) -> str:
         out.append(f"--- W1 target (<= {TARGET_LAUNCHES} launches, <= {TARGET_W1_S * 1e6:.0f} us): "
                    f"{v['launches']} launches ({'meets' if v['meets_launches'] else 'MISSES'}), {v['step_us']:.1f} us "
                    f"({'meets' if v['meets_time'] else 'MISSES'})")
+    if "eval" in res:
+        ev, e = res["eval"], res["eval"]["eval"]
+        out.append(f"--- all-item evaluation: {e['events']:,} events x {e['N']:,} items, H={e['H']}, "
+                   f"batch {e['batch']}, tile {e['tile']:,}: {ev['launches_per_step']} launches/step, "
+                   f"{ev['step_s'] * 1e3:.3f} ms/step, "
+                   f"{ev['total_s']:.3f} s in all ({ev['steps']} steps; FLOP floor {ev['flop_floor_s']:.3f} s); "
+                   f"[H200 measurement of tree 3476240: {MEASURED_H200_EVAL_S:.2f} s]")
+        for name, d in ev["kernels_by_name"].items():
+            out.append(f"  {name:<24} {d['launches']:>4} launches {d['time_s'] * 1e6:10.1f} us/step  ({d['bound']})")
     out.append(f"=== {LABEL} ===")
     return "\n".join(out)
 
@@ -550,12 +634,15 @@ def main(argv=None) -> int:
     ap.add_argument("--tree", type=Path, help="trace the gru4rec_kernels of another checkout (e.g. an older commit)")
     ap.add_argument("--node-us", type=float, default=Device.node_overhead_s * 1e6)
     ap.add_argument("--workloads", nargs="+", default=[w.name for w in WORKLOADS])
+    ap.add_argument("--no-eval", action="store_true", help="skip the all-item evaluation model (700k items)")
+    ap.add_argument("--eval-items", type=int, default=EvalWorkload.N)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     _ensure_simulator()
     sys.path.insert(0, str((args.tree or REPO).resolve()))
     dev = Device(node_overhead_s=args.node_us * 1e-6)
-    res = run(dev, args.ids, [w for w in WORKLOADS if w.name in args.workloads])
+    res = run(dev, args.ids, [w for w in WORKLOADS if w.name in args.workloads],
+              None if args.no_eval else EvalWorkload(N=args.eval_items))
     res["tree"] = str(args.tree or REPO)
     print(report(res))
     args.out.parent.mkdir(parents=True, exist_ok=True)
