@@ -101,7 +101,7 @@ STEP_KERNELS = {
     "step": {"step_begin", "step_end"},
     "gru": {"hidden_reset", "gru_fwd_rz", "gru_fwd_out", "gru_bwd_cz", "gru_bwd_r", "dropout_inplace"},
     "embedding": {"gather_rows", "scatter_add_rows"},
-    "scores_loss": {"row_loss_partial", "row_loss_grad", "score_loss_fused"},
+    "scores_loss": {"row_loss_partial", "row_loss_grad"},
 }
 
 

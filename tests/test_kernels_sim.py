@@ -221,19 +221,17 @@ def test_hidden_reset(xp):
 
 
 # ============================================================================================ scores + loss
-# versions: "fused", or "plain-C": the plain version with each row in C chunks (C = 3 at B = 1 leaves the last
-# chunk empty: O = 6 columns in chunks of 2)
-SL_CASES = [(loss, act, version, 3, False, False) for loss, act, version
-            in itertools.product(LOSSES, ACTS, ("plain-2", "fused"))]
-SL_CASES += [(loss, "tanh", "plain-1", 3, False, False) for loss in LOSSES]
-SL_CASES += [(loss, "linear", "plain-4", 1, False, False) for loss in LOSSES]
-SL_CASES += [("cross-entropy", act, version, B, True, mah) for act, version, B, mah
-             in [("linear", "plain-3", 3, False), ("tanh", "fused", 3, True), ("elu-0.5", "plain-3", 1, True)]]
-SL_CASES += [(loss, "linear", "fused", 3, False, True) for loss in LOSSES if loss != "cross-entropy"]
+# C: each row in C chunks (C = 3 at B = 1 leaves the last chunk empty: O = 6 columns in chunks of 2)
+SL_CASES = [(loss, act, 2, 3, False, False) for loss, act in itertools.product(LOSSES, ACTS)]
+SL_CASES += [(loss, "tanh", 1, 3, False, False) for loss in LOSSES]
+SL_CASES += [(loss, "linear", 4, 1, False, False) for loss in LOSSES]
+SL_CASES += [("cross-entropy", act, C, B, True, mah) for act, C, B, mah
+             in [("linear", 3, 3, False), ("tanh", 2, 3, True), ("elu-0.5", 3, 1, True)]]
+SL_CASES += [(loss, "linear", 3, 3, False, True) for loss in LOSSES if loss != "cross-entropy"]
 
 
-@pytest.mark.parametrize("loss,act,version,B,logq,mah", SL_CASES)
-def test_scores_loss(xp, loss, act, version, B, logq, mah):
+@pytest.mark.parametrize("loss,act,C,B,logq,mah", SL_CASES)
+def test_scores_loss(xp, loss, act, C, B, logq, mah):
     h, Wy, By, Y, active, logq_t, logq_s = scores_problem(B, seed=LOSSES.index(loss) + 7 * B)
     cfg = TrainConfig(loss=loss, final_act=act, bpreg=0.5, logq=0.5 if logq else 0.0, batch_size=B + 1,
                       mask_accidental_hits=mah, layers=[H])
@@ -242,18 +240,12 @@ def test_scores_loss(xp, loss, act, version, B, logq, mah):
     L32, dZ32 = naive_scores_loss(h, Wy, By, Y, active, col_logq, cfg, np.float32)
     O = Y.shape[0]
     code, a = cfg.final_act_code
-    dZ, rl, Sm = (dev(xp, np.zeros(s, np.float32)) for s in ((B, O), (B,), (B, O)))
+    dZ, rl = dev(xp, np.zeros((B, O), np.float32)), dev(xp, np.zeros(B, np.float32))
+    part = dev(xp, np.full((B, C, ksl.N_STATS), np.nan, np.float32))  # every entry read is written
     lq = (dev(xp, logq_t), dev(xp, logq_s)) if logq else None
-    kw = dict(loss=cfg.loss_code, act=code, act_a=a, bpreg=cfg.bpreg, mah=mah, inv_batch=1.0 / cfg.batch_size,
-              threads=T if B > 1 else 8)
-    if version.startswith("plain"):
-        Sm = dev(xp, h @ Wy[Y].T)
-        part = dev(xp, np.full((B, int(version[6:]), ksl.N_STATS), np.nan, np.float32))  # every entry read is written
-        ksl.launch_row_loss(dZ, rl, part, Sm, dev(xp, By), dev(xp, Y), dev(xp, active), lq, **kw)
-    else:
-        ksl.launch_score_loss_fused(dZ, rl, Sm, dev(xp, h), dev(xp, Wy), dev(xp, By), dev(xp, Y), dev(xp, active),
-                                    lq, **kw)
-        assert_close("fused scores", host(Sm), h @ Wy[Y].T, h.astype(np.float64) @ Wy[Y].T.astype(np.float64))
+    ksl.launch_row_loss(dZ, rl, part, dev(xp, h @ Wy[Y].T), dev(xp, By), dev(xp, Y), dev(xp, active), lq,
+                        loss=cfg.loss_code, act=code, act_a=a, bpreg=cfg.bpreg, mah=mah, inv_batch=1.0 / cfg.batch_size,
+                        threads=T if B > 1 else 8)
     assert_close(f"{loss}/{act} dZ", host(dZ), dZ32, dZ64)
     assert_close(f"{loss}/{act} loss", host(rl).sum(dtype=np.float64), L32, L64)
     assert np.all(host(rl)[active == 0] == 0) and np.all(host(dZ)[active == 0] == 0)

@@ -16,8 +16,8 @@ several independent products per launch, K split where few tiles meet a long K):
                         dropout (one-hot: gathered inside the gate kernels); WyY = Wy[Y]
     per layer           [xw = x Wx, hU = h_in Wrz] (one GEMM launch), gru_fwd_rz, rhU = rh Wh (GEMM),
                         gru_fwd_out -> hid_l (the output after dropout = the next hidden state)
-    scores + loss       plain (default): S = h WyY^T (GEMM) + row_loss (row_loss_partial, row_loss_grad: each row
-                        over several blocks); fused: score_loss_fused -> dZ [B, O], row_loss [B]
+    scores + loss       S = h WyY^T (GEMM), row_loss (row_loss_partial, row_loss_grad: each row over several
+                        blocks) -> dZ [B, O], row_loss [B]
     backward            [dh = dZ WyY, dWy rows = dZ^T h, dBy = 1^T dZ] (one GEMM launch); per layer gru_bwd_cz,
                         drh = dc Wh^T (GEMM), gru_bwd_r, [dWrz, dWh, dBh = 1^T da, dWx, dx = da Wx^T] (one GEMM
                         launch, into the flat gradient buffer); the input gradient times the embedding mask
@@ -75,9 +75,8 @@ class _Bufs:
 class CudaBackend(Backend):
     """GRU4Rec v2 training / evaluation steps on numba.cuda kernels (or the CUDA simulator).
 
-    Parameters beyond ``Backend``'s: ``scores`` "plain" (GEMM + row loss kernel; default, see
-    kernels/scores_loss.py) or "fused"; ``graph_steps`` the largest number of steps captured in one CUDA graph
-    (0: no graphs, every step launched eagerly); ``threads`` overrides of the block sizes per kernel kind
+    Parameters beyond ``Backend``'s: ``graph_steps`` the largest number of steps captured in one CUDA graph (0: no
+    graphs, every step launched eagerly); ``threads`` overrides of the block sizes per kernel kind
     (kernels.common.THREADS; under the simulator SIM_THREADS are the defaults); ``eval_tile`` the items scored per
     tile in evaluation (the score tile is [B, eval_tile]; default kernels/evaluate.py EVAL_TILE, SIM_EVAL_TILE under
     the simulator).
@@ -86,8 +85,7 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, cfg, n_items, params, logq_target=None, logq_sample=None, dtype=np.float32, *,
-                 scores: str | None = None, graph_steps: int = 64, threads: dict | None = None,
-                 eval_tile: int | None = None):
+                 graph_steps: int = 64, threads: dict | None = None, eval_tile: int | None = None):
         super().__init__(cfg, n_items, params, logq_target, logq_sample)
         import os
 
@@ -109,9 +107,6 @@ class CudaBackend(Backend):
         from numba import cuda
 
         self.sim = kc.SIM
-        self.scores = ks.DEFAULT_SCORES if scores is None else scores
-        if self.scores not in ("plain", "fused"):
-            raise ValueError(f"scores must be 'plain' or 'fused'; got {scores!r}")
         if not isinstance(graph_steps, int) or graph_steps < 0:
             raise ValueError(f"graph_steps must be an int >= 0; got {graph_steps!r}")
         self.graph_steps = graph_steps
@@ -406,17 +401,12 @@ class CudaBackend(Backend):
 
     def _loss(self, tb: _Bufs):
 
-        D, P, cfg = tb.d, self.P, self.cfg
-        top = len(cfg.layers) - 1
-        kw = dict(loss=cfg.loss_code, act=self.act, act_a=self.act_a, bpreg=cfg.bpreg, mah=cfg.mask_accidental_hits,
-                  inv_batch=1.0 / cfg.batch_size, threads=self._t("row"), stream=self._nb_stream)
-        if self.scores == "plain":
-            self._gemm(tb, "scores")  # S = h WyY^T
-            ks.launch_row_loss(D["dZ"], D["row_loss"], D["loss_part"], D["S"], P.d["By"], D["Y"], D["active"],
-                               self.logq, **kw)
-        else:
-            ks.launch_score_loss_fused(D["dZ"], D["row_loss"], D["S"], D[f"hid{top}"], P.d["Wy"], P.d["By"], D["Y"],
-                                       D["active"], self.logq, **kw)
+        D, cfg = tb.d, self.cfg
+        self._gemm(tb, "scores")  # S = h WyY^T
+        ks.launch_row_loss(D["dZ"], D["row_loss"], D["loss_part"], D["S"], self.P.d["By"], D["Y"], D["active"],
+                           self.logq, loss=cfg.loss_code, act=self.act, act_a=self.act_a, bpreg=cfg.bpreg,
+                           mah=cfg.mask_accidental_hits, inv_batch=1.0 / cfg.batch_size, threads=self._t("row"),
+                           stream=self._nb_stream)
 
     def _backward(self, tb: _Bufs):
 

@@ -1,7 +1,7 @@
 """numba.cuda kernels of GRU4Rec v2, one module per family (installed as ``gru4rec_kernels.kernels``).
 
     gru           GRU gates forward / backward (fused elementwise around the GEMMs), hidden reset, dropout
-    scores_loss   sampled scores + the five losses + dZ (plain: after a GEMM, rows in chunks, default; fused)
+    scores_loss   the five losses and dZ from the score GEMM's output, each row in chunks over several blocks
     adagrad       dense Adagrad over the flat buffer, sparse row Adagrad with duplicate coalescing, clipping
     embedding     row gathers (with input dropout) and atomic scatter-adds
     evaluate      all-item rank counts after the score GEMM

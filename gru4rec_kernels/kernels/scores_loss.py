@@ -19,28 +19,20 @@ They must match ``reference.forward`` (the score part), ``reference.negative_mas
 dBh = 1^T da are ones-column products inside the step's grouped GEMMs: kernels/gemm.py.)
 
 Every loss needs a row's statistics before any dZ element: the max m of R over the softmax's support and up to
-four sums s0..s3 weighted by exp(R - m). Two versions, both deterministic (fixed shared-memory trees, no warp
-shuffles, which the CUDA simulator lacks; fixed chunking; a fixed combine order):
+four sums s0..s3 weighted by exp(R - m). ``row_loss`` = ``row_loss_partial`` + ``row_loss_grad``, after the
+GEMM ``S = h Wy[Y]^T``, deterministic (fixed shared-memory trees, no warp shuffles, which the CUDA simulator
+lacks; fixed chunking; a fixed combine order). A row is cut into C chunks of columns (``row_chunks``: C x B
+blocks fill a wave, so at B = 32 a row is spread over 5 blocks of an H100 / H200 instead of 32 blocks on 132
+SMs).
 
-* ``row_loss`` (the plain version, DEFAULT) = ``row_loss_partial`` + ``row_loss_grad``, after the GEMM
-  ``S = h Wy[Y]^T``. A row is cut into C chunks of columns (``row_chunks``: C x B blocks fill a wave, so at
-  B = 32 a row is spread over 5 blocks of an H100 / H200 instead of 32 blocks on 132 SMs).
-  ``row_loss_partial``: block (c, i) reduces chunk c of row i to (m_c, s0..s3 relative to m_c) in ``part``.
-  ``row_loss_grad``: block (c, i) combines row i's C partials in chunk order (m = max m_c, s = sum s_c
+* ``row_loss_partial``: block (c, i) reduces chunk c of row i to (m_c, s0..s3 relative to m_c) in ``part``.
+* ``row_loss_grad``: block (c, i) combines row i's C partials in chunk order (m = max m_c, s = sum s_c
   exp(m_c - m); the online-softmax rescaling, exact for bpr / top1 where m_c = 0), then writes dZ of its chunk;
   chunk 0 writes the row loss.
-* ``score_loss_fused``: one block per row computes ``S[i, j] = h[i] . Wy[Y[j]]`` in the kernel (no GEMM, no
-  gather), then the same statistics and dZ over the whole row as one chunk.
 
-Why the plain version is the default: the fused kernel has no reuse of Wy rows across rows (each block streams
-all O rows of Wy[Y]), so it moves B*O*H*4 bytes at 0.5 FLOP/byte: at B=32, S=2048, H=100 that is 27 MB through
-L2, at B=512 ~520 MB, on only B blocks. The plain path gathers Wy[Y] once (O*H*4 = 0.8 MB, which backward needs
-anyway for dh = dZ Wy[Y]), the GEMM reads it once, and the two row kernels re-read only S (B*O*4 = 0.27 MB) on
-a full grid. Measured on an H200 (bench/results/gpu_check_NVIDIA_H200.json, before the chunked row loss): the
-fused step was slower at every workload (W1 1046 vs 897 us, W3 2972 vs 2204 us). With the row loss now spread
-over the GPU, the fused kernel is redundant and slower by the model too; it is kept only because the backend's
-``scores="fused"`` option and bench/gpu_bench.py, bench/roofline.py still name it (tested and compiled as the
-single-kernel twin); ``DEFAULT_SCORES = "plain"``.
+There is no fused score + loss kernel (the dot products h[i] . Wy[Y[j]] in the row kernel, one block per row):
+it re-reads all of Wy[Y] in every row's block instead of once in the GEMM, and measured on an H200 its step was
+slower at every workload (bench/results/gpu_check_NVIDIA_H200.json: W1 1046 vs 897 us, W3 2972 vs 2204 us).
 """
 from __future__ import annotations
 
@@ -70,8 +62,6 @@ from .common import (
     get_kernel,
     sigmoid,
 )
-
-DEFAULT_SCORES = "plain"  # "plain" (GEMM + row_loss) or "fused" (score_loss_fused); see the module docstring
 
 L_CE = LOSS_CODES["cross-entropy"]
 L_BPRMAX = LOSS_CODES["bpr-max"]
@@ -276,9 +266,9 @@ def _zero_row(i, j0, j1, dZ, row_loss, write_loss):
 
 
 def row_loss_partial(part, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, mah):
-    """Stage 1 of the plain version: block (c, i) writes part[i, c] = (m, s0, s1, s2, s3), row i's statistics over
-    chunk c of its columns (grid (C, B) with C = part.shape[1]; S = h Wy[Y]^T [B, O] from a GEMM). Inactive rows
-    are skipped. Arguments as ``row_loss_grad``. Block size: a power of two <= MAX_THREADS."""
+    """Stage 1 of row_loss: block (c, i) writes part[i, c] = (m, s0, s1, s2, s3), row i's statistics over chunk c
+    of its columns (grid (C, B) with C = part.shape[1]; S = h Wy[Y]^T [B, O] from a GEMM). Inactive rows are
+    skipped. Arguments as ``row_loss_grad``. Block size: a power of two <= MAX_THREADS."""
     shm = cuda.shared.array(MAX_THREADS, float32)
     shs = cuda.shared.array((4, MAX_THREADS), float32)
     c = cuda.blockIdx.x
@@ -298,8 +288,8 @@ def row_loss_partial(part, S, By, Y, active, logq_t, logq_s, use_logq, loss, act
 
 def row_loss_grad(dZ, row_loss, part, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah,
                   inv_batch):
-    """Stage 2 of the plain version: block (c, i) combines row i's chunk partials in chunk order and writes dZ for
-    chunk c; the chunk-0 block writes row_loss[i] = L_i / batch_size.
+    """Stage 2 of row_loss: block (c, i) combines row i's chunk partials in chunk order and writes dZ for chunk c;
+    the chunk-0 block writes row_loss[i] = L_i / batch_size.
 
     dZ [B, O], row_loss [B] outputs; part [B, C, 5] from row_loss_partial; S [B, O]; By [N]; Y [O] int32; active
     [B] uint8; logq_t, logq_s [N] (read only when use_logq != 0); loss a config.LOSS_CODES value; act, act_a the
@@ -318,36 +308,6 @@ def row_loss_grad(dZ, row_loss, part, S, By, Y, active, logq_t, logq_s, use_logq
         row_loss[i] = L * inv_batch
 
 
-def score_loss_fused(dZ, row_loss, S, h, Wy, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg,
-                     mah, inv_batch):
-    """Fused version: block i computes S[i, j] = h[i] . Wy[Y[j]] for its row (h [B, H], Wy [N, H]; S is written
-    as scratch), then the row's statistics and dZ over the whole row (one chunk: the same device functions as
-    the plain version)."""
-    shm = cuda.shared.array(MAX_THREADS, float32)
-    shs = cuda.shared.array((4, MAX_THREADS), float32)
-    i = cuda.blockIdx.x
-    H = h.shape[1]
-    O = S.shape[1]
-    for j in range(cuda.threadIdx.x, O, cuda.blockDim.x):
-        y = Y[j]
-        acc = F0
-        for k in range(H):
-            acc += h[i, k] * Wy[y, k]
-        S[i, j] = acc
-    cuda.syncthreads()
-    if active[i] == 0:
-        _zero_row(i, 0, O, dZ, row_loss, True)
-        return
-    m, s0, s1, s2, s3 = _chunk_stats(i, 0, O, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, mah,
-                                     shm, shs)
-    if m == NEG_INF:
-        m = F0
-    L = _chunk_grad(i, 0, O, dZ, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah,
-                    inv_batch, m, s0, s1, s2, s3)
-    if cuda.threadIdx.x == 0:
-        row_loss[i] = L * inv_batch
-
-
 _M = "float32[:, ::1]"
 _V = "float32[::1]"
 _P = "float32[:, :, ::1]"
@@ -356,26 +316,31 @@ _LOSS_ARGS = f"{_STATS_ARGS}, float32, int32, float32"
 KERNELS = {
     "row_loss_partial": (row_loss_partial, [f"void({_P}, {_M}, {_STATS_ARGS}, int32)"]),
     "row_loss_grad": (row_loss_grad, [f"void({_M}, {_V}, {_P}, {_M}, {_LOSS_ARGS})"]),
-    "score_loss_fused": (score_loss_fused, [f"void({_M}, {_V}, {_M}, {_M}, {_M}, {_LOSS_ARGS})"]),
 }
-#: What the cuda backend runs by default (the fused twin is kept, tested and compiled, not used by default).
-DEFAULT_KERNELS = {"row_loss_partial", "row_loss_grad"}
 #: Statistics per (row, chunk) in ``part``: m, s0, s1, s2, s3.
 N_STATS = 5
 
 
 # ------------------------------------------------------------------------------------------------- launchers
 def row_chunks(B: int, O: int, threads: int, target: int) -> int:
-    """Chunks per row for the plain version: enough that B x C blocks fill ``target`` (one wave), but no chunk
-    narrower than the block (a thread per column at least)."""
+    """Chunks per row of row_loss: enough that B x C blocks fill ``target`` (one wave), but no chunk narrower than
+    the block (a thread per column at least)."""
     return max(1, min(ceil_div(target, max(B, 1)), ceil_div(O, threads)))
 
 
-def _loss_args(dZ, row_loss_, By, Y, active, logq, loss, act, act_a, bpreg, mah, inv_batch):
+def launch_row_loss(dZ, row_loss_, part, S, By, Y, active, logq=None, *, loss, act=0, act_a=0.0, bpreg=1.0,
+                    mah=False, inv_batch=1.0, threads=None, stream=0):
+    """row_loss: dZ [B, O], row_loss [B] from S = h Wy[Y]^T [B, O]; logq None or (logq_t [N], logq_s [N]).
+    part: [B, C, N_STATS] float32 scratch; its C (``row_chunks``) is how many blocks share a row. Two launches:
+    row_loss_partial, row_loss_grad."""
     B, O = check("dZ", dZ, np.float32, 2)
     if O < B:
         raise ValueError(f"dZ must have at least as many columns (O = B + S) as rows; got shape {(B, O)}")
     check("row_loss", row_loss_, np.float32, 1, (B,))
+    check("S", S, np.float32, 2, (B, O))
+    _, C, _ = check("part", part, np.float32, 3, (B, None, N_STATS))
+    if not 1 <= C <= 65535 or B > 65535:
+        raise ValueError(f"part must have 1..65535 chunks per row and B <= 65535 rows; got shape {tuple(part.shape)}")
     (N,) = check("By", By, np.float32, 1)
     check("Y", Y, np.int32, 1, (O,))
     check("active", active, np.uint8, 1, (B,))
@@ -390,31 +355,7 @@ def _loss_args(dZ, row_loss_, By, Y, active, logq, loss, act, act_a, bpreg, mah,
     check_choice("loss", loss, set(LOSS_CODES.values()))
     check_choice("act", act, {0, 1, 2, 3, 4})
     stats = (By, Y, active, lt, ls, np.int32(use), np.int32(loss), np.int32(act), np.float32(act_a))
-    return stats, (np.float32(bpreg), np.int32(1 if mah else 0), np.float32(inv_batch)), B, O, N
-
-
-def launch_row_loss(dZ, row_loss_, part, S, By, Y, active, logq=None, *, loss, act=0, act_a=0.0, bpreg=1.0,
-                    mah=False, inv_batch=1.0, threads=None, stream=0):
-    """Plain version: dZ [B, O], row_loss [B] from S = h Wy[Y]^T [B, O]; logq None or (logq_t [N], logq_s [N]).
-    part: [B, C, N_STATS] float32 scratch; its C (``row_chunks``) is how many blocks share a row. Two launches:
-    row_loss_partial, row_loss_grad."""
-    stats, rest, B, O, _ = _loss_args(dZ, row_loss_, By, Y, active, logq, loss, act, act_a, bpreg, mah, inv_batch)
-    check("S", S, np.float32, 2, (B, O))
-    _, C, _ = check("part", part, np.float32, 3, (B, None, N_STATS))
-    if not 1 <= C <= 65535 or B > 65535:
-        raise ValueError(f"part must have 1..65535 chunks per row and B <= 65535 rows; got shape {tuple(part.shape)}")
+    rest = (np.float32(bpreg), np.int32(1 if mah else 0), np.float32(inv_batch))
     t = check_threads(THREADS["row"] if threads is None else threads, pow2=True)
     get_kernel(KERNELS, "row_loss_partial")[(C, B), t, stream](part, S, *stats, rest[1])
     get_kernel(KERNELS, "row_loss_grad")[(C, B), t, stream](dZ, row_loss_, part, S, *stats, *rest)
-
-
-def launch_score_loss_fused(dZ, row_loss_, S, h, Wy, By, Y, active, logq=None, *, loss, act=0, act_a=0.0, bpreg=1.0,
-                            mah=False, inv_batch=1.0, threads=None, stream=0):
-    """Fused version: as launch_row_loss, but the scores come from h [B, H] and Wy [N, H] in the kernel (S [B, O]
-    is written as scratch), one block per row."""
-    stats, rest, B, O, N = _loss_args(dZ, row_loss_, By, Y, active, logq, loss, act, act_a, bpreg, mah, inv_batch)
-    check("S", S, np.float32, 2, (B, O))
-    _, H = check("h", h, np.float32, 2, (B, None))
-    check("Wy", Wy, np.float32, 2, (N, H))
-    t = check_threads(THREADS["row"] if threads is None else threads, pow2=True)
-    get_kernel(KERNELS, "score_loss_fused")[B, t, stream](dZ, row_loss_, S, h, Wy, *stats, *rest)
