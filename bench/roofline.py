@@ -8,7 +8,8 @@ the captured CUDA graph) is then priced as the slowest of three limits, plus a p
     time = node_overhead + max( bytes / HBM bandwidth,
                                 FLOPs / (fp32 peak x min(1, blocks / SMs)),
                                 waves x block latency )
-    waves         = ceil(blocks / (SMs x resident blocks per SM))        resident = min(32, 2048 // threads)
+    waves         = ceil(blocks / (SMs x resident blocks per SM))        resident: by threads, and by the
+                    kernel's registers and shared memory from bench/results/kernels.json (compile_kernels.py)
     block latency = chain x memory latency + block bytes / per-SM bandwidth + block FLOPs / per-SM peak
                     (a GEMM block: K-slabs x slab time)
 
@@ -476,6 +477,36 @@ COSTS = {
 }
 
 
+def _compiled() -> dict:
+    """kernel name -> (registers, static shared bytes) on sm_90 from bench/results/kernels.json (COMPILED facts of
+    compile_kernels.py), to bound how many blocks an SM holds; {} when the file is absent."""
+    if "table" not in _COMPILED:
+        table = {}
+        path = REPO / "bench" / "results" / "kernels.json"
+        if path.exists():
+            for r in json.loads(path.read_text()):
+                if r.get("ok") and r.get("arch") == "sm_90":
+                    regs, smem = table.get(r["kernel"], (0, 0))
+                    table[r["kernel"]] = (max(regs, r["registers"]), max(smem, r["smem"]))
+        _COMPILED["table"] = table
+    return _COMPILED["table"]
+
+
+_COMPILED: dict = {}
+
+
+def resident_blocks(name: str, threads: int) -> int:
+    """Blocks one SM holds at once (H100: 2048 threads, 32 blocks, 64K registers, 228 KB shared memory), with the
+    kernel's compiled registers and shared memory when known; threads alone otherwise."""
+    n = min(32, 2048 // max(threads, 1))
+    regs, smem = _compiled().get(name, (0, 0))
+    if regs:
+        n = min(n, 65536 // (((regs + 7) // 8 * 8) * threads))
+    if smem:
+        n = min(n, (228 * 1024) // (smem + 1024))
+    return max(n, 1)
+
+
 def price(L: Launch, dev: Device, ctx: dict) -> dict:
     key = L.name
     if key == "rank_counts" and len(L.args) == 10 and len(_shape(L.args[0])) == 2:  # the tiled one (T, B counts)
@@ -485,7 +516,7 @@ def price(L: Launch, dev: Device, ctx: dict) -> dict:
         raise KeyError(f"roofline: no cost model for kernel {L.name!r}; add one to COSTS")
     c = fn(L, ctx)
     blocks, threads = L.blocks, L.threads
-    resident = max(1, min(32, 2048 // max(threads, 1)))
+    resident = resident_blocks(L.name, threads)
     waves = math.ceil(blocks / (dev.n_sm * resident))
     lat = {"dram": dev.dram_latency_s, "l2": dev.l2_latency_s, "l1": dev.l1_latency_s}[c.latency]
     if c.slabs:
