@@ -29,6 +29,12 @@ SOAK = textwrap.dedent("""
     rec = g.SessionRecommender(model)
     clicks = {}
     errors = []
+    # compile first (a cold Numba cache can take the whole soak on a loaded 2-core machine), then soak
+    warm = g.SessionRecommender(model)
+    warm.click("warm", 3)
+    warm.recommend("warm", k=10)
+    model.recommend_batch([[3, 6], [9]], k=5)
+    recommend_one(model, [3, 6], k=10)
     stop = time.monotonic() + seconds
     def client(c):
         rng = np.random.default_rng(c)
