@@ -270,7 +270,7 @@ def _gemm_cost(L: Launch, ctx) -> Cost:
     """gemm_nn / nt / tn (C, A, B, accumulate[, splits, kc, work, tickets]): grid (N tiles, M tiles, splits)."""
     C, A = L.args[0], L.args[1]
     BK = int(L.consts.get("BK", 16))
-    extra = [a for a in L.args[3:] if not hasattr(a, "shape")]
+    extra = [a for a in L.args[3:] if np.ndim(a) == 0]  # accumulate, splits, kc (numpy scalars have a shape ())
     acc = bool(extra[0]) if extra else False
     splits, kc = (int(extra[1]), int(extra[2])) if len(extra) >= 3 else (1, 0)
     fl, by, slabs = _gemm_problem(C, A, L.name == "gemm_tn", acc, splits, kc, BK)

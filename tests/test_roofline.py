@@ -68,6 +68,9 @@ def test_every_launch_of_the_step_is_priced(w1):
     assert w1["launches"] == len(w1["kernels"]) > 5
     for k in w1["kernels"]:
         assert k["time_s"] > 0 and k["bound"] in ("memory", "compute", "latency")
+    for k in w1["kernels"]:  # a single GEMM launched with splits (grid z) is priced with its split K range
+        if k["name"] in ("gemm_nn", "gemm_nt", "gemm_tn") and k["grid"][2] > 1:
+            assert f"split {k['grid'][2]}" in k["note"], k
     w3 = rl.model_step(rl.WORKLOADS[2], rl.Device(), "uniform")
     assert {k["name"] for k in w3["kernels"]} <= set(rl.COSTS)
 
