@@ -101,12 +101,20 @@ class _Options:
         return self
 
 
-_MEMORY_RE = re.compile(r"\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*", re.IGNORECASE)
+_MEMORY_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*", re.IGNORECASE)
+
+
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+          "TIB": 2**40}
+_MIN_MEMORY = 16 * 10**6  # below this DuckDB fails even to checkpoint its own tables
 
 
 def _check_memory_limit(v: str) -> str:
-    if not isinstance(v, str) or not _MEMORY_RE.fullmatch(v):
+    m = _MEMORY_RE.fullmatch(v) if isinstance(v, str) else None
+    if m is None:
         raise IngestError(f"memory_limit must be a size such as '2GB' or '512MiB'; got {v!r}")
+    if float(m.group(1)) * _UNITS[m.group(2).upper()] < _MIN_MEMORY:
+        raise IngestError(f"memory_limit must be at least 16MB; got {v!r}")
     return v.strip()
 
 
@@ -291,7 +299,7 @@ def _stage_load(con, src: _Source, opts: _Options) -> dict:
             cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {from_sql}").fetchall()]
             _require_columns(cols, opts, where)
             keep = ", ".join(_ident(c) for c in (opts.session_key, opts.item_key, opts.time_key))
-            con.execute(f"CREATE OR REPLACE TABLE raw AS SELECT {keep} FROM {from_sql}")
+            _in_order(con, f"CREATE OR REPLACE TABLE raw AS SELECT {keep} FROM {from_sql}")
             from_sql = "raw"
         schema = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {from_sql}").fetchall()}
     except _duckdb().Error as e:
@@ -329,11 +337,22 @@ def _stage_load(con, src: _Source, opts: _Options) -> dict:
                 example = con.execute(f"SELECT {_ident(c.name)} FROM {from_sql} WHERE {check.bad} LIMIT 1").fetchall()
                 raise IngestError(f"{where}: " + check.message.format(n=bad, example=repr(example[0][0])))
         chosen[key] = variant
-    con.execute(f"CREATE OR REPLACE TABLE ev AS SELECT {chosen['s'].expr} AS s, {chosen['i'].expr} AS i, "
+    _in_order(con, f"CREATE OR REPLACE TABLE ev AS SELECT {chosen['s'].expr} AS s, {chosen['i'].expr} AS i, "
                 f"{chosen['t'].expr} AS t FROM {from_sql}")
     con.execute("DROP TABLE IF EXISTS raw")
     return {"raw_events": int(n), "session_id_kind": chosen["s"].kind, "item_id_kind": chosen["i"].kind,
             "time_kind": chosen["t"].kind}
+
+
+def _in_order(con, sql: str) -> None:
+    """Run a statement whose output must keep the order its query produces (the input's, or its ORDER BY): a
+    CREATE TABLE AS whose rowid is then the row's position, or a COPY. Elsewhere DuckDB may reorder rows, which
+    saves memory (it need not hold batches back to emit them in order)."""
+    con.execute("SET preserve_insertion_order = true")
+    try:
+        con.execute(sql)
+    finally:
+        con.execute("SET preserve_insertion_order = false")
 
 
 def _require_columns(have: list, opts: _Options, where: str) -> None:
@@ -392,12 +411,12 @@ def _stage_split(con, opts: _Options) -> dict:
         info["threshold"] = threshold
         con.execute("CREATE OR REPLACE TABLE split_param AS SELECT CAST(? AS DOUBLE) AS threshold", [threshold])
         is_test = "tend >= (SELECT threshold FROM split_param)"
-    con.execute(f"CREATE OR REPLACE TABLE sess_train AS SELECT s, start, n FROM sess_all WHERE NOT ({is_test}) "
+    _in_order(con, f"CREATE OR REPLACE TABLE sess_train AS SELECT s, start, n FROM sess_all WHERE NOT ({is_test}) "
                 f"ORDER BY start, s")
-    con.execute("CREATE OR REPLACE TABLE item_map AS SELECT DISTINCT i FROM flt "
+    _in_order(con, "CREATE OR REPLACE TABLE item_map AS SELECT DISTINCT i FROM flt "
                 "WHERE s IN (SELECT s FROM sess_train) ORDER BY i")
     if opts.test_days is not None:
-        con.execute(f"""CREATE OR REPLACE TABLE sess_test AS
+        _in_order(con, f"""CREATE OR REPLACE TABLE sess_test AS
             SELECT s, min(t) AS start, count(*) AS n FROM flt
             WHERE s IN (SELECT s FROM sess_all WHERE {is_test}) AND i IN (SELECT i FROM item_map)
             GROUP BY s HAVING count(*) >= {msl} ORDER BY start, s""")
@@ -466,7 +485,7 @@ def _stage_write(con, split: str, out: str, opts: _Options, provenance: dict, id
         files["times"] = times.close()
     for stem, table, col in (("item_ids", "item_map", "i"), ("session_ids", f"sess_{split}", "s")):
         path = os.path.join(out, stem + ".parquet")
-        con.execute(f"COPY (SELECT {col} AS {datadir.ID_FILES[stem]} FROM {table} ORDER BY rowid) TO "
+        _in_order(con, f"COPY (SELECT {col} AS {datadir.ID_FILES[stem]} FROM {table} ORDER BY rowid) TO "
                     f"{_sql_str(path)} (FORMAT parquet)")
         files[stem] = datadir.file_entry(path)
     meta = datadir.make_meta(n_ev, n_s, n_items, id_kinds["item_id_kind"], id_kinds["session_id_kind"], files,
@@ -575,7 +594,7 @@ def ingest(source, out_dir, *, session_key: str = "SessionId", item_key: str = "
     done = _is_up_to_date(target, key, opts)
     if done is not None:
         log.info("ingest: %s is up to date for %s", target, src.path)
-        return {**done, "stages": {s: "up to date" for s in _stages(opts)}}
+        return {**done, "stages": {s: "up to date" for s in _stages(opts)}, "seconds": {}}
     duckdb = _duckdb()
     work = os.path.join(parent, f".{os.path.basename(target)}.ingest")
     state_path = os.path.join(work, "state.json")
@@ -593,7 +612,7 @@ def ingest(source, out_dir, *, session_key: str = "SessionId", item_key: str = "
     try:
         con.execute(f"SET memory_limit = {_sql_str(memory_limit)}")
         con.execute(f"SET temp_directory = {_sql_str(spill)}")
-        con.execute("SET preserve_insertion_order = true")  # CTAS keeps input / ORDER BY order: rowid = position
+        con.execute("SET preserve_insertion_order = false")  # but in _in_order: reordering saves memory
         con.execute("SET TimeZone = 'UTC'")  # date/time strings without an offset are UTC, as in columns.py
         con.execute("SET enable_progress_bar = false")
         if threads is not None:
@@ -609,28 +628,16 @@ def ingest(source, out_dir, *, session_key: str = "SessionId", item_key: str = "
                 continue
             state["done"].pop(stage, None)
             t0 = time.perf_counter()
-            if stage == "load":
-                info = _stage_load(con, src, opts)
-            elif stage == "filter":
-                info = _stage_filter(con, opts)
-            elif stage == "split":
-                info = _stage_split(con, opts)
-            else:
-                split = stage.split()[1]
-                shutil.rmtree(os.path.join(new_out, split), ignore_errors=True)
-                os.makedirs(new_out, exist_ok=True)
-                done = state["done"]
-                provenance = {"written_by": "gru4rec ingest", "source": src.path, "ingest_key": key,
-                              "filters": {k: getattr(opts, k) for k in ("min_item_support", "min_session_length",
-                                                                        "iterate")},
-                              "time_split": {"test_days": opts.test_days, "threshold": done["split"].get("threshold"),
-                                             "t_max": done["split"]["t_max"]},
-                              "memory_limit": memory_limit}
-                with _progress_bar(done["split"][split]["events"], progress, unit="ev", leave=False,
-                                   desc=f"writing {split}") as ev_bar:
-                    info = _stage_write(con, split, os.path.join(new_out, split), opts, provenance, done["load"],
-                                        done["split"]["n_items"], ev_bar.update)
-            con.execute("CHECKPOINT")
+            try:
+                info = _run_stage(stage, con, src, opts, state["done"], new_out, key, memory_limit, progress)
+                con.execute("CHECKPOINT")
+            except duckdb.Error as e:
+                if isinstance(e, duckdb.OutOfMemoryException) or re.search(
+                        r"out of memory|failed to pin block|could not allocate", str(e), re.IGNORECASE):
+                    raise RuntimeError(f"ingest, stage {stage!r}: DuckDB ran out of memory under memory_limit="
+                                       f"{memory_limit} ({_first_line(e)}): raise the memory limit or use fewer "
+                                       f"threads; finished stages are kept for the rerun") from None
+                raise RuntimeError(f"ingest, stage {stage!r}: DuckDB failed: {_first_line(e)}") from None
             state["done"][stage] = info
             _write_json(state_path, state)
             report["stages"][stage] = "done"
@@ -650,6 +657,28 @@ def ingest(source, out_dir, *, session_key: str = "SessionId", item_key: str = "
         con.close()
     shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _run_stage(stage: str, con, src: _Source, opts: _Options, done: dict, new_out: str, key: str,
+               memory_limit: str, progress: bool) -> dict:
+    if stage == "load":
+        return _stage_load(con, src, opts)
+    if stage == "filter":
+        return _stage_filter(con, opts)
+    if stage == "split":
+        return _stage_split(con, opts)
+    split = stage.split()[1]
+    shutil.rmtree(os.path.join(new_out, split), ignore_errors=True)
+    os.makedirs(new_out, exist_ok=True)
+    provenance = {"written_by": "gru4rec ingest", "source": src.path, "ingest_key": key,
+                  "filters": {k: getattr(opts, k) for k in ("min_item_support", "min_session_length", "iterate")},
+                  "time_split": {"test_days": opts.test_days, "threshold": done["split"].get("threshold"),
+                                 "t_max": done["split"]["t_max"]},
+                  "memory_limit": memory_limit}
+    with _progress_bar(done["split"][split]["events"], progress, unit="ev", leave=False,
+                       desc=f"writing {split}") as bar:
+        return _stage_write(con, split, os.path.join(new_out, split), opts, provenance, done["load"],
+                            done["split"]["n_items"], bar.update)
 
 
 def _dir_bytes(path: str) -> int:
