@@ -366,39 +366,43 @@ def _first_line(e: Exception) -> str:
 
 
 def _stage_filter(con, opts: _Options) -> dict:
-    """preprocess.filter_support as SQL, into table ``flt`` (s, i, t, ord): ord is the input row."""
+    """preprocess.filter_support as SQL, into table ``flt`` (s, i, t, ord), ord being the input row.
+
+    The first pass is filter_support's: sessions with >= msl events, then items with >= mis events among
+    those, then sessions with >= msl events among what is left. After a pass every session has >= msl events,
+    so the next pass's first step changes nothing and it starts at the items: it finds the items now below
+    mis; none means stable (filter_support's loop would stop: its next pass would remove nothing)."""
     msl, mis = int(opts.min_session_length), int(opts.min_item_support)
-
-    def one_pass(src: str, dst: str) -> None:
-        con.execute(f"""CREATE OR REPLACE TABLE {dst} AS
-            WITH d1 AS (SELECT * FROM {src} WHERE s IN (SELECT s FROM {src} GROUP BY s HAVING count(*) >= {msl})),
-                 d2 AS (SELECT * FROM d1 WHERE i IN (SELECT i FROM d1 GROUP BY i HAVING count(*) >= {mis}))
-            SELECT * FROM d2 WHERE s IN (SELECT s FROM d2 GROUP BY s HAVING count(*) >= {msl})""")
-
-    def stable(tab: str) -> bool:  # a pass would change nothing (what filter_support's loop stops on)
-        return bool(con.execute(f"""SELECT
-            coalesce((SELECT min(c) FROM (SELECT count(*) AS c FROM {tab} GROUP BY s)), {msl}) >= {msl} AND
-            coalesce((SELECT min(c) FROM (SELECT count(*) AS c FROM {tab} GROUP BY i)), {mis}) >= {mis}""")
-                    .fetchall()[0][0])
-
-    one_pass("(SELECT s, i, t, rowid AS ord FROM ev)", "flt")
+    con.execute(f"""CREATE OR REPLACE TABLE flt AS
+        WITH d1 AS (SELECT s, i, t, rowid AS ord FROM ev
+                    WHERE s IN (SELECT s FROM ev GROUP BY s HAVING count(*) >= {msl})),
+             d2 AS (SELECT * FROM d1 WHERE i IN (SELECT i FROM d1 GROUP BY i HAVING count(*) >= {mis}))
+        SELECT * FROM d2 WHERE s IN (SELECT s FROM d2 GROUP BY s HAVING count(*) >= {msl})""")
+    con.execute("DROP TABLE ev")  # flt holds the input row (ord): ev is not read again
     passes = 1
-    while opts.iterate and not stable("flt"):
-        one_pass("flt", "flt_next")
-        con.execute("DROP TABLE flt")
-        con.execute("ALTER TABLE flt_next RENAME TO flt")
+    while opts.iterate:
+        con.execute(f"CREATE OR REPLACE TABLE rare AS SELECT i FROM flt GROUP BY i HAVING count(*) < {mis}")
+        if not con.execute("SELECT count(*) FROM rare").fetchall()[0][0]:
+            break
+        # later passes remove little: delete in place (only the sessions that lose an event can get short)
+        con.execute("CREATE OR REPLACE TABLE touched AS SELECT DISTINCT s FROM flt WHERE i IN (SELECT i FROM rare)")
+        con.execute("DELETE FROM flt WHERE i IN (SELECT i FROM rare)")
+        con.execute(f"""DELETE FROM flt WHERE s IN (SELECT s FROM flt WHERE s IN (SELECT s FROM touched)
+                                                    GROUP BY s HAVING count(*) < {msl})""")
         passes += 1
-    n, n_s, n_i = con.execute("SELECT count(*), count(DISTINCT s), count(DISTINCT i) FROM flt").fetchall()[0]
+    con.execute("DROP TABLE IF EXISTS rare")
+    con.execute("DROP TABLE IF EXISTS touched")
+    n, n_s, n_i = (int(v) for v in con.execute(
+        "SELECT count(*), count(DISTINCT s), count(DISTINCT i) FROM flt").fetchall()[0])
     if n == 0:
         raise IngestError(f"nothing is left after dropping sessions shorter than {msl} and items with fewer than "
                           f"{mis} events")
-    con.execute("DROP TABLE ev")
-    return {"events": int(n), "sessions": int(n_s), "items": int(n_i), "passes": passes}
+    return {"events": n, "sessions": n_s, "items": n_i, "passes": passes}
 
 
 def _stage_split(con, opts: _Options) -> dict:
     """preprocess.split_by_time as SQL: tables ``sess_train`` / ``sess_test`` (s, start, n) in session order
-    (their rowid is the session index) and ``item_map`` (i) sorted (rowid = item index)."""
+    (their rowid is the session index) and ``item_map`` (i) sorted (its rowid is the item index)."""
     msl = int(opts.min_session_length)
     con.execute("CREATE OR REPLACE TABLE sess_all AS SELECT s, min(t) AS start, max(t) AS tend, count(*) AS n "
                 "FROM flt GROUP BY s")
@@ -412,10 +416,11 @@ def _stage_split(con, opts: _Options) -> dict:
         con.execute("CREATE OR REPLACE TABLE split_param AS SELECT CAST(? AS DOUBLE) AS threshold", [threshold])
         is_test = "tend >= (SELECT threshold FROM split_param)"
     _in_order(con, f"CREATE OR REPLACE TABLE sess_train AS SELECT s, start, n FROM sess_all WHERE NOT ({is_test}) "
-                f"ORDER BY start, s")
+                   f"ORDER BY start, s")
     _in_order(con, "CREATE OR REPLACE TABLE item_map AS SELECT DISTINCT i FROM flt "
-                "WHERE s IN (SELECT s FROM sess_train) ORDER BY i")
+                   "WHERE s IN (SELECT s FROM sess_train) ORDER BY i")
     if opts.test_days is not None:
+        # test events of items unknown to train dropped, then short test sessions
         _in_order(con, f"""CREATE OR REPLACE TABLE sess_test AS
             SELECT s, min(t) AS start, count(*) AS n FROM flt
             WHERE s IN (SELECT s FROM sess_all WHERE {is_test}) AND i IN (SELECT i FROM item_map)
@@ -471,6 +476,8 @@ def _stage_write(con, split: str, out: str, opts: _Options, provenance: dict, id
     files["offsets"], files["session_start"] = offsets.close(), start.close()
     items = datadir.NpyWriter(os.path.join(out, "items.npy"), datadir.ARRAYS["items"], n_ev)
     times = datadir.NpyWriter(os.path.join(out, "times.npy"), datadir.ARRAYS["times"], n_ev) if opts.times else None
+    # the split's events are its sessions' events with train's items; the input row (ord) breaks ties between
+    # equal times, as the stable in-memory sort does
     events = f"""SELECT CAST(m.idx AS INTEGER) AS idx, f.t FROM flt f
         JOIN (SELECT rowid AS sidx, s FROM sess_{split}) x ON f.s = x.s
         JOIN (SELECT rowid AS idx, i FROM item_map) m ON f.i = m.i
