@@ -49,7 +49,7 @@ SUMMARY = "ingest.json"
 _DAY = 86400.0
 _BATCH_ROWS = 1 << 20
 _PARQUET_EXT = (".parquet", ".parq", ".pq")
-_INSTALL = 'pip install "gru4rec-kernels[ingest]"   (or: pip install "duckdb>=1.1")'
+_INSTALL = 'pip install "gru4rec-kernels[ingest]"   (or: pip install "duckdb>=1.2")'
 
 
 class IngestError(ValueError):
@@ -61,6 +61,9 @@ def _duckdb():
         import duckdb
     except ImportError:
         raise RuntimeError(f"ingestion needs DuckDB, which is not installed: {_INSTALL}") from None
+    # older versions read Parquet nanosecond timestamps at microsecond precision, and need more memory
+    if tuple(int(p) for p in re.findall(r"\d+", duckdb.__version__)[:2]) < (1, 2):
+        raise RuntimeError(f"ingestion needs DuckDB 1.2 or newer; this is {duckdb.__version__}: {_INSTALL}")
     return duckdb
 
 
@@ -197,7 +200,8 @@ def _epoch_seconds(us: str, per_second: int) -> str:
     """Whole seconds plus the fraction, as columns.to_times computes them from nanoseconds (the float nearest to
     the exact time, which a single division would not give); floor division, so times before 1970 are right."""
     frac = f"((({us}) % {per_second} + {per_second}) % {per_second})"
-    return f"(CAST((({us}) - {frac}) // {per_second} AS DOUBLE) + CAST({frac} AS DOUBLE) / {per_second}.0)"
+    whole = f"CAST((({us}) - {frac}) // {per_second} AS DOUBLE)"
+    return f"({whole} + CAST({frac} AS DOUBLE) / CAST({per_second} AS DOUBLE))"
 
 
 @dataclasses.dataclass
@@ -368,28 +372,30 @@ def _first_line(e: Exception) -> str:
 def _stage_filter(con, opts: _Options) -> dict:
     """preprocess.filter_support as SQL, into table ``flt`` (s, i, t, ord), ord being the input row.
 
-    The first pass is filter_support's: sessions with >= msl events, then items with >= mis events among
-    those, then sessions with >= msl events among what is left. After a pass every session has >= msl events,
-    so the next pass's first step changes nothing and it starts at the items: it finds the items now below
-    mis; none means stable (filter_support's loop would stop: its next pass would remove nothing)."""
+    A pass drops the sessions shorter than msl, then the items with fewer than mis events, then the sessions
+    now shorter than msl. The first step copies the log's remaining events into ``flt``; the other two delete
+    from it in place, and only the sessions that lost an event in the second can fail the third. After a pass
+    every session has >= msl events, so a next pass starts at the items: none below mis means stable
+    (filter_support's loop stops there: its next pass would remove nothing)."""
     msl, mis = int(opts.min_session_length), int(opts.min_item_support)
-    con.execute(f"""CREATE OR REPLACE TABLE flt AS
-        WITH d1 AS (SELECT s, i, t, rowid AS ord FROM ev
-                    WHERE s IN (SELECT s FROM ev GROUP BY s HAVING count(*) >= {msl})),
-             d2 AS (SELECT * FROM d1 WHERE i IN (SELECT i FROM d1 GROUP BY i HAVING count(*) >= {mis}))
-        SELECT * FROM d2 WHERE s IN (SELECT s FROM d2 GROUP BY s HAVING count(*) >= {msl})""")
+    con.execute(f"CREATE OR REPLACE TABLE long_s AS SELECT s FROM ev GROUP BY s HAVING count(*) >= {msl}")
+    con.execute("CREATE OR REPLACE TABLE flt AS SELECT s, i, t, rowid AS ord FROM ev "
+                "WHERE s IN (SELECT s FROM long_s)")
+    con.execute("DROP TABLE long_s")
     con.execute("DROP TABLE ev")  # flt holds the input row (ord): ev is not read again
-    passes = 1
-    while opts.iterate:
+    passes = 0
+    while True:
+        passes += 1
         con.execute(f"CREATE OR REPLACE TABLE rare AS SELECT i FROM flt GROUP BY i HAVING count(*) < {mis}")
-        if not con.execute("SELECT count(*) FROM rare").fetchall()[0][0]:
+        if passes > 1 and not con.execute("SELECT count(*) FROM rare").fetchall()[0][0]:
+            passes -= 1  # this pass would remove nothing: the previous one was the last
             break
-        # later passes remove little: delete in place (only the sessions that lose an event can get short)
         con.execute("CREATE OR REPLACE TABLE touched AS SELECT DISTINCT s FROM flt WHERE i IN (SELECT i FROM rare)")
         con.execute("DELETE FROM flt WHERE i IN (SELECT i FROM rare)")
         con.execute(f"""DELETE FROM flt WHERE s IN (SELECT s FROM flt WHERE s IN (SELECT s FROM touched)
                                                     GROUP BY s HAVING count(*) < {msl})""")
-        passes += 1
+        if not opts.iterate:
+            break
     con.execute("DROP TABLE IF EXISTS rare")
     con.execute("DROP TABLE IF EXISTS touched")
     n, n_s, n_i = (int(v) for v in con.execute(
@@ -453,7 +459,7 @@ def _stages(opts: _Options) -> tuple:
 
 def _arrow_batches(con, sql: str):
     rel = con.sql(sql)
-    reader = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader  # duckdb >= 1.4 / older
+    reader = getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader  # newer / older duckdb
     return reader(_BATCH_ROWS)
 
 
