@@ -217,8 +217,9 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "gru4rec-ingest-bench"),
                    help="where the generated log and the artifacts go (kept for reruns)")
     p.add_argument("--no-in-memory", action="store_true", help="skip the in-memory path")
-    p.add_argument("--in-memory-bytes-per-event", type=float, default=200.0,
-                   help="estimated peak of the in-memory path, to decide whether it fits (default 200)")
+    p.add_argument("--in-memory-bytes-per-event", type=float, default=None,
+                   help="estimated peak of the in-memory path, to decide whether it fits (default: as measured in "
+                        "results/ingest_1e7.json, else 200)")
     p.add_argument("--out", default=None, help="result JSON (default bench/results/ingest_<N>.json)")
     p.add_argument("--child", choices=["ingest", "in-memory"], help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -258,13 +259,20 @@ def main(argv=None) -> int:
     }
     print(f"  {ing['wall_s']:.1f} s, peak RSS {ing['peak_rss'] / 1e9:.2f} GB (ru_maxrss {ing['ru_maxrss'] / 1e9:.2f}"
           f" GB), work dir peak {ing['peak_work_dir_bytes'] / 1e9:.2f} GB, stages {rep['seconds']}", flush=True)
-    est = a.in_memory_bytes_per_event * gen["events"]
+    per_event = a.in_memory_bytes_per_event
+    if per_event is None:  # the in-memory path's peak per event measured at 10^7, if that ran here
+        try:
+            with open(os.path.join(HERE, "results", "ingest_1e7.json")) as f:
+                per_event = json.load(f)["in_memory"]["peak_bytes_per_event"]
+        except (OSError, KeyError, ValueError):
+            per_event = 200.0
+    est = per_event * gen["events"]
     avail = result["machine"].get("available_ram_bytes", 0)
     if a.no_in_memory:
         result["in_memory"] = {"skipped": "--no-in-memory"}
     elif est > avail / 2:
-        result["in_memory"] = {"skipped": f"estimated peak {est / 1e9:.1f} GB ({a.in_memory_bytes_per_event:.0f} "
-                                          f"B/event) exceeds half the available {avail / 1e9:.1f} GB"}
+        result["in_memory"] = {"skipped": f"estimated peak {est / 1e9:.1f} GB ({per_event:.0f} B/event) exceeds "
+                                          f"half the available {avail / 1e9:.1f} GB"}
     else:
         print("in-memory path ...", flush=True)
         mem = run_child("in-memory", a, out)

@@ -394,12 +394,15 @@ def _stage_filter(con, opts: _Options) -> dict:
         con.execute("DELETE FROM flt WHERE i IN (SELECT i FROM rare)")
         con.execute(f"""DELETE FROM flt WHERE s IN (SELECT s FROM flt WHERE s IN (SELECT s FROM touched)
                                                     GROUP BY s HAVING count(*) < {msl})""")
+        con.execute("CHECKPOINT")  # DuckDB holds deletions in memory until a checkpoint writes them out
         if not opts.iterate:
             break
     con.execute("DROP TABLE IF EXISTS rare")
     con.execute("DROP TABLE IF EXISTS touched")
+    # count(DISTINCT ...) does not spill: grouping does
     n, n_s, n_i = (int(v) for v in con.execute(
-        "SELECT count(*), count(DISTINCT s), count(DISTINCT i) FROM flt").fetchall()[0])
+        "SELECT (SELECT count(*) FROM flt), (SELECT count(*) FROM (SELECT s FROM flt GROUP BY s)), "
+        "(SELECT count(*) FROM (SELECT i FROM flt GROUP BY i))").fetchall()[0])
     if n == 0:
         raise IngestError(f"nothing is left after dropping sessions shorter than {msl} and items with fewer than "
                           f"{mis} events")
