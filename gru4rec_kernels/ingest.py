@@ -101,12 +101,14 @@ class _Options:
                               f"{self.test_days!r}")
         if self.sep is not None and (not isinstance(self.sep, str) or len(self.sep) != 1 or self.sep in "\"\n\r"):
             raise IngestError(f"sep must be one character (not a quote or a newline); got {self.sep!r}")
-        return self
+        # one spelling per value, so that equal options give the same restart key
+        return dataclasses.replace(self, min_item_support=int(self.min_item_support),
+                                   min_session_length=int(self.min_session_length),
+                                   test_days=None if self.test_days is None else float(self.test_days),
+                                   iterate=bool(self.iterate), times=bool(self.times))
 
 
 _MEMORY_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)\s*", re.IGNORECASE)
-
-
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
           "TIB": 2**40}
 _MIN_MEMORY = 16 * 10**6  # below this DuckDB fails even to checkpoint its own tables
@@ -591,8 +593,8 @@ def ingest(source, out_dir, *, session_key: str = "SessionId", item_key: str = "
     src = find_source(source)
     if id_type is None:
         id_type = "str" if src.kind == "csv" else "auto"
-    opts = _Options(session_key, item_key, time_key, id_type, sep, min_item_support, min_session_length,
-                    None if test_days is None else float(test_days), bool(iterate), bool(times)).check()
+    opts = _Options(session_key, item_key, time_key, id_type, sep, min_item_support, min_session_length, test_days,
+                    iterate, times).check()
     memory_limit = _check_memory_limit(memory_limit)
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise IngestError(f"threads must be an int >= 1; got {threads!r}")
