@@ -451,6 +451,27 @@ def cmd_preprocess(args) -> int:
     return 0
 
 
+def cmd_ingest(args) -> int:
+    from .ingest import ingest
+    _output_file(args.json, "--json")
+    report = ingest(args.input, args.out, session_key=args.session_key, item_key=args.item_key,
+                    time_key=args.time_key, id_type=args.id_type, sep=args.sep,
+                    min_item_support=args.min_item_support, min_session_length=args.min_session_length,
+                    test_days=None if args.no_split else args.test_days, iterate=not args.single_pass,
+                    times=not args.no_times, memory_limit=args.memory_limit, threads=args.threads,
+                    temp_dir=args.temp_dir, progress=not args.no_progress)
+    for stage, what in report["stages"].items():
+        print(f"{stage}: {what}" + (f" ({report['seconds'][stage]:.1f} s)" if stage in report.get("seconds", {})
+                                    else ""))
+    for name, c in report.get("counts", {}).items():
+        print(f"{name}: " + ", ".join(f"{v:,} {k}" for k, v in c.items()))
+    print(f"wrote {os.path.abspath(args.out)} (open a split with SessionData.open('{args.out}/train'))")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gru4rec", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
@@ -542,6 +563,33 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--min-item-support", type=int, default=5)
     pp.add_argument("--test-days", type=float, default=1.0)
     pp.set_defaults(func=cmd_preprocess)
+
+    ig = sub.add_parser("ingest", help="out-of-core preprocessing (DuckDB) of Parquet / CSV into memory-mappable "
+                                       "train/ and test/ directories (optional extra 'ingest')")
+    ig.add_argument("input", help="a directory of Parquet files (hive partitions too), a Parquet file, or a CSV / "
+                                  "TSV file (.gz too) with a header")
+    ig.add_argument("--out", required=True, help="output directory: train/, test/ (SessionData.open) and ingest.json")
+    ig.add_argument("--session-key", default="SessionId")
+    ig.add_argument("--item-key", default="ItemId")
+    ig.add_argument("--time-key", default="Time", help="time column: seconds, or dates / date-time strings (UTC)")
+    ig.add_argument("--id-type", default=None, choices=["auto", "str", "int"],
+                    help="how ids are read: default 'str' for CSV (exact strings), 'auto' for Parquet")
+    ig.add_argument("--sep", default=None, help="CSV separator (default: tab for .tsv/.txt, comma otherwise)")
+    ig.add_argument("--min-item-support", type=int, default=5)
+    ig.add_argument("--min-session-length", type=int, default=2)
+    ig.add_argument("--test-days", type=float, default=1.0,
+                    help="test = the sessions ending in the last this many days (default 1)")
+    ig.add_argument("--no-split", action="store_true", help="no test split: everything goes to train/")
+    ig.add_argument("--single-pass", action="store_true",
+                    help="one pass of the support filter (the official script) instead of repeating until stable")
+    ig.add_argument("--no-times", action="store_true", help="do not write times.npy (8 bytes an event less)")
+    ig.add_argument("--memory-limit", default="2GB", help="DuckDB's memory limit; beyond it DuckDB spills to disk")
+    ig.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
+    ig.add_argument("--temp-dir", default=None,
+                    help="where DuckDB spills (default: the work directory next to --out)")
+    ig.add_argument("--no-progress", action="store_true")
+    ig.add_argument("--json", help="write the summary (counts, stages, seconds) here as JSON")
+    ig.set_defaults(func=cmd_ingest)
     return p
 
 

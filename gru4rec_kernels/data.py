@@ -485,6 +485,25 @@ class SessionData:
         return pd.DataFrame({"SessionId": np.repeat(self.session_ids, self.session_lengths()),
                              "ItemId": self.item_ids[self.items], "Time": self.times})
 
+    # ------------------------------------------------------------------ directories (the format: datadir.py)
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, mmap: bool = True, verify: bool = True,
+             checksum: bool = False) -> "SessionData":
+        """Open a SessionData directory written by ``gru4rec ingest`` (one split: ``out/train``, ``out/test``) or
+        by ``save``. ``mmap=True``: items, offsets and times are read-only memory maps (nothing is read until
+        used; processes that open the same directory share the pages); ``False`` reads them into memory.
+        ``verify``: check meta.json against every file's dtype, shape and size (cheap); ``checksum``: also
+        the CRC32 of every file and the item index range (reads everything once). Raises
+        ``datadir.DataDirError`` (a ValueError) naming the file that does not match."""
+        from .datadir import open_dir
+        return open_dir(path, mmap=mmap, verify=verify, checksum=checksum)
+
+    def save(self, path: str | os.PathLike) -> str:
+        """Write this data as a SessionData directory (the format of ``gru4rec ingest``; see ``open``), replacing
+        ``path`` atomically. Returns the absolute path."""
+        from .datadir import save
+        return save(self, path)
+
 
 # ---------------------------------------------------------------------------------------------------- file reading
 try:  # pandas' default missing-value strings, for the time column only
