@@ -256,20 +256,14 @@ def tune(train, space, valid=None, base_config: TrainConfig | None = None, metri
     parallel_mpi = comm is not None and comm.Get_size() > 1
     if parallel_mpi and n_jobs > 1:
         raise ValueError(f"n_jobs={n_jobs} under MPI: every rank is one worker already (use one or the other)")
-    if storage is not None:
-        storage = os.path.abspath(os.fspath(storage))
-        if os.path.exists(storage) and os.path.getsize(storage) > 0:
-            raise ValueError(f"storage {storage} exists and holds an earlier study: delete it or give a new path")
-        if not os.path.isdir(os.path.dirname(storage)):
-            raise ValueError(f"storage: the folder {os.path.dirname(storage)} does not exist")
-    if work_dir is not None and not os.path.isdir(work_dir):
-        raise ValueError(f"work_dir {work_dir} is not a directory")
+    storage = None if storage is None else os.path.abspath(os.fspath(storage))
     job = _Job(space=space, base=base, metric=metric, backend=backend, seed=int(seed), sampler=sampler,
                eval_batch_size=eval_batch_size, n_trials=n_trials,
                deadline=None if timeout is None else time.time() + timeout, show_progress=show_progress,
                log_level=log.getEffectiveLevel())
     if parallel_mpi:
         return _tune_mpi(job, comm, train, valid, valid_days, storage, work_dir)
+    _check_paths(storage, work_dir)
     if n_jobs > 1:
         return _tune_processes(job, n_jobs, train, valid, valid_days, storage, work_dir)
     if valid is None:
@@ -278,6 +272,17 @@ def tune(train, space, valid=None, base_config: TrainConfig | None = None, metri
     study = _create_study(store, job)
     _work(study, store, job, train, valid, worker=0)
     return _result(study, job)
+
+
+def _check_paths(storage: str | None, work_dir) -> None:
+    """The filesystem checks (under MPI on rank 0 only: the others would see the journal rank 0 just created)."""
+    if storage is not None:
+        if os.path.exists(storage) and os.path.getsize(storage) > 0:
+            raise ValueError(f"storage {storage} exists and holds an earlier study: delete it or give a new path")
+        if not os.path.isdir(os.path.dirname(storage)):
+            raise ValueError(f"storage: the folder {os.path.dirname(storage)} does not exist")
+    if work_dir is not None and not os.path.isdir(work_dir):
+        raise ValueError(f"work_dir {work_dir} is not a directory")
 
 
 # ------------------------------------------------------------------------------------------------ the study
@@ -408,6 +413,19 @@ def _result(study, job: _Job) -> TuneResult:
     best_params = _suggest(optuna.trial.FixedTrial(best.params), job.space)
     return TuneResult(best_config=job.base.replace(**best_params), best_value=float(best.value), metric=job.metric,
                       trials=trials)
+
+
+def _release_stale_lock(path: str) -> None:
+    """Every worker has exited: a journal lock still held is a dead worker's; free it now instead of after the
+    30 s grace period."""
+    try:
+        from optuna.storages.journal import JournalFileOpenLock
+    except ImportError:  # Optuna < 4.0
+        from optuna.storages import JournalFileOpenLock
+    try:
+        JournalFileOpenLock(path).release()
+    except RuntimeError:  # not held
+        pass
 
 
 def _fail_orphans(storage, reason: str) -> None:
@@ -588,8 +606,11 @@ def _tune_processes(job: _Job, n_jobs: int, train, valid, valid_days: float, sto
         store = _journal(storage_path)
         study = _create_study(store, job)
         log.info("tuning with %d worker processes x %d threads; study in %s", n_jobs, threads, storage_path)
-        failure = _run_workers(job, n_jobs, threads, storage_path, train_dir, valid_dir)
+        # no progress bars: P of them would garble one terminal
+        failure = _run_workers(dataclasses.replace(job, show_progress=False), n_jobs, threads, storage_path,
+                               train_dir, valid_dir)
         if failure:
+            _release_stale_lock(storage_path)
             _fail_orphans(store, failure)
             raise TuneWorkerError(failure + (f"; the study is kept in {storage_path}" if storage else ""))
         return _result(study, job)
@@ -662,6 +683,7 @@ def _tune_mpi(job: _Job, comm, train, valid, valid_days: float, storage: str | N
     threads = max(1, cores // local_size)
 
     def prepare():
+        _check_paths(storage, work_dir)
         work = tempfile.mkdtemp(prefix="gru4rec-tune-", dir=work_dir)
         try:
             if train is None:
@@ -689,7 +711,7 @@ def _tune_mpi(job: _Job, comm, train, valid, valid_days: float, storage: str | N
         store = _journal(storage_path)
         study = _load_study(store, job, rank)
         _register(study, rank, mapped_train, mapped_valid)
-        _work(study, store, job, mapped_train, mapped_valid, rank)
+        _work(study, store, dataclasses.replace(job, show_progress=False), mapped_train, mapped_valid, rank)
     except BaseException:
         traceback.print_exc()
         print(f"gru4rec tune: rank {rank} failed outside a trial: aborting the MPI job", file=sys.stderr,

@@ -229,16 +229,22 @@ def test_mpiexec_two_ranks_equal_the_serial_run(data, serial_random, tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec")
-def test_mpiexec_bad_input_on_rank_0_ends_every_rank(data, tmp_path):
-    """Rank 0 fails while reading the data: every rank reports it and exits, none waits for rank 0."""
+@pytest.mark.parametrize("case", ["missing data", "old storage"])
+def test_mpiexec_bad_input_on_rank_0_ends_every_rank(data, tmp_path, case):
+    """Rank 0 fails while reading the data or creating the study: every rank reports it and exits, none waits
+    for rank 0 (and no rank mistakes the journal rank 0 just created for an old one)."""
     pytest.importorskip("mpi4py")
-    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "gru4rec_kernels.cli", "tune", "--data-dir",
-           str(tmp_path / "missing"), "--space", str(data["space"]), "--out", str(tmp_path / "best.json"),
-           *CLI_BASE]
+    storage = tmp_path / "s.journal"
+    if case == "old storage":
+        storage.write_text("{}\n")
+    where = tmp_path / "missing" if case == "missing data" else data["data_dir"]
+    cmd = ["mpiexec", "-n", "2", sys.executable, "-m", "gru4rec_kernels.cli", "tune", "--data-dir", str(where),
+           "--space", str(data["space"]), "--out", str(tmp_path / "best.json"), "--storage", str(storage), *CLI_BASE]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
     assert r.returncode != 0
-    assert r.stderr.count("--data-dir: no such directory") == 2, r.stderr[-2000:]
+    what = "--data-dir: no such directory" if case == "missing data" else "holds an earlier study"
+    assert r.stderr.count(what) == 2, r.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------------ checks
