@@ -286,3 +286,10 @@ def test_data_dir_without_train_is_a_clear_cli_error(data, tmp_path, capsys):
     assert main(["tune", "--data-dir", str(tmp_path / "empty"), "--space", str(data["space"]), "--out",
                  str(tmp_path / "b.json"), *CLI_BASE]) == 2
     assert "train/" in capsys.readouterr().err
+
+
+def test_timeout_stops_starting_trials_and_leaves_the_queued_ones_out(data):
+    res = tune(data["train"], SPACE, valid=data["valid"], n_trials=500, timeout=2.0, sampler="random", **KW)
+    assert 1 <= len(res.trials) < 500
+    assert [t["number"] for t in res.trials] == list(range(len(res.trials)))
+    assert all(t["state"] == "complete" for t in res.trials)
