@@ -361,22 +361,26 @@ def cmd_recommend(args) -> int:
 
 def cmd_tune(args) -> int:
     from .modelfile import atomic_write_bytes
-    from .tune import tune
+    from .tune import mpi_world, root_first, tune
+    comm = mpi_world()  # under `mpiexec -n P` (with mpi4py): every rank is a worker, rank 0 reads and writes
+    rank0 = comm is None or comm.Get_rank() == 0
+    if args.train and args.data_dir:
+        raise ValueError("give --train (a click log) or --data-dir (SessionData directories), not both")
     _output_file(args.out, "--out")
     _output_file(args.trials_json, "--trials-json")
     base = config_from_args(args)
     space = _load_space(args.space, base)
-    if args.train:
-        train = _load_data(args.train, args)
-    else:
-        print("no --train given: using the built-in SYNTHETIC click log (gru4rec_kernels.synthetic)")
-        train, _ = _default_data()
-    valid = _load_data(args.valid, args, like=train) if args.valid else None
+    load = lambda: _tune_data(args)
+    train, valid = (root_first(comm, load) if comm is not None else load()) or (None, None)
     res = tune(train, space, valid=valid, base_config=base, metric=args.metric, n_trials=args.n_trials,
-               timeout=args.timeout, backend=args.backend, seed=args.tune_seed, valid_days=args.valid_days)
+               timeout=args.timeout, backend=args.backend, seed=args.tune_seed, valid_days=args.valid_days,
+               sampler=args.sampler, n_jobs=args.n_jobs, storage=args.storage, work_dir=args.work_dir, comm=comm)
+    if not rank0:
+        return 0
     for t in res.trials:
-        val = "pruned" if t["value"] is None else f"{args.metric}={t['value']:.5f}"
-        print(f"trial {t['number']}: {val}  {json.dumps(t['params'])}")
+        val = f"{args.metric}={t['value']:.5f}" if t["state"] == "complete" else t["state"]
+        print(f"trial {t['number']}: {val}  {json.dumps(t['params'])}"
+              + (f"  ({t['reason']})" if t["state"] != "complete" and t.get("reason") else ""))
     print(f"best {args.metric}={res.best_value:.5f}: {res.best_config.to_json()}")
     text = json.dumps(res.best_config.to_dict(), indent=1, sort_keys=True) + "\n"
     atomic_write_bytes(args.out, [text.encode()])
@@ -385,6 +389,39 @@ def cmd_tune(args) -> int:
         with open(args.trials_json, "w") as f:
             json.dump(res.to_dict(), f, indent=1, default=float)
     return 0
+
+
+def _tune_data(args):
+    """(train, valid or None) for `tune`: a click log (--train), SessionData directories (--data-dir), or the
+    built-in synthetic log; --valid is a click log or a SessionData directory."""
+    from .data import SessionData
+    valid = None
+    if args.data_dir:
+        train, valid = _open_tune_dir(args.data_dir)
+    elif args.train:
+        train = _load_data(_input_file(args.train, "--train"), args)
+    else:
+        print("no --train given: using the built-in SYNTHETIC click log (gru4rec_kernels.synthetic)")
+        train, _ = _default_data()
+    if args.valid:
+        valid = (SessionData.open(args.valid) if os.path.isdir(args.valid)
+                 else _load_data(_input_file(args.valid, "--valid"), args, like=train))
+    return train, valid
+
+
+def _open_tune_dir(path: str):
+    """--data-dir: a SessionData directory (the training data), or a folder with train/ and optionally valid/
+    (e.g. the output of `gru4rec ingest`; its test/ is never used for tuning). Opened by memory map."""
+    from .data import SessionData
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--data-dir: no such directory: {path}")
+    if os.path.isfile(os.path.join(path, "meta.json")):
+        return SessionData.open(path), None
+    if not os.path.isdir(os.path.join(path, "train")):
+        raise ValueError(f"--data-dir {path}: expected a SessionData directory (with meta.json) or a folder with "
+                         f"train/ (and optionally valid/) SessionData directories, as `gru4rec ingest` writes")
+    valid = os.path.join(path, "valid")
+    return SessionData.open(os.path.join(path, "train")), SessionData.open(valid) if os.path.isdir(valid) else None
 
 
 def _load_space(spec: str, base: TrainConfig):
@@ -530,9 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(r)
     r.set_defaults(func=cmd_recommend)
 
-    tu = sub.add_parser("tune", help="hyperparameter search with Optuna (optional extra 'tune')")
+    tu = sub.add_parser("tune", help="hyperparameter search with Optuna (optional extra 'tune'); trials in "
+                                     "parallel with --n-jobs P or under `mpiexec -n P` (extra 'mpi')")
     tu.add_argument("--train", help="training click log; default: built-in synthetic data")
-    tu.add_argument("--valid", help="validation click log; default: the last --valid-days of --train split off")
+    tu.add_argument("--data-dir", help="training data as a SessionData directory, or a folder with train/ (and "
+                                       "valid/) ones (`gru4rec ingest` output): memory-mapped, never copied")
+    tu.add_argument("--valid", help="validation click log or SessionData directory; default: the last "
+                                    "--valid-days of the training data split off")
     tu.add_argument("--space", required=True,
                     help="search space: a JSON file or object string, or an official JSON-lines parameter space")
     tu.add_argument("--params", help="official GRU4Rec parameter string for the base config")
@@ -542,10 +583,19 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     tu.add_argument("--metric", default="mrr@20", help="mrr@K or recall@K on the validation set (default mrr@20)")
     tu.add_argument("--valid-days", type=float, default=1.0)
-    tu.add_argument("--tune-seed", type=int, default=0, help="seed of the TPE sampler (--seed is the model's)")
+    tu.add_argument("--sampler", default="tpe", choices=["tpe", "random"],
+                    help="Optuna sampler (default tpe); 'random' evaluates the same configs however many workers")
+    tu.add_argument("--tune-seed", type=int, default=0, help="seed of the sampler (--seed is the model's)")
+    tu.add_argument("--n-jobs", type=int, default=1,
+                    help="worker processes running trials in parallel (at most the cores; each gets cores / "
+                         "n-jobs threads). Under `mpiexec -n P` every rank is a worker instead")
+    tu.add_argument("--storage", help="Optuna journal file for the study (kept; must not exist yet). Default: "
+                                      "in memory, or a temporary file with several workers")
+    tu.add_argument("--work-dir", help="folder for the temporary files (the data saved for the workers, the "
+                                       "default storage); under MPI across nodes, one every rank sees")
     tu.add_argument("--config", help="JSON file of base TrainConfig fields (options below override it)")
     tu.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"])
-    tu.add_argument("--trials-json", help="write every trial (params, value) as JSON here")
+    tu.add_argument("--trials-json", help="write every trial (params, value, state) as JSON here")
     _add_data_options(tu)
     _config_options(tu)
     tu.set_defaults(func=cmd_tune)
