@@ -64,13 +64,17 @@ if numba.config.DISABLE_JIT:  # pure Python (coverage runs): a prefetch is only 
 #     for k < K:  b_v = B[k, v VW:(v+1) VW] (NV vector loads);  acc[r][v] += broadcast(A[r, k]) * b_v
 # written as LLVM IR (a Numba intrinsic), because the loop vectoriser never keeps an outer-product tile in
 # registers. It reads A and B and writes C through raw addresses with element strides, so one kernel serves
-# A @ B, A^T @ B and a transposed store (C^T). Partial tiles (mvalid < MR rows, nvalid < NV VW columns) use
-# masked vector loads / stores, so edges cost the same as full tiles. 8 x 32 (16 accumulators of the 32 AVX-512
-# registers) hides the FMA latency and measured 70-80 GFMA/s on one core here (8 x 16: 50-60); without AVX-512,
-# VW = 8 (AVX2). Every C element is the k-ordered chain of its own products: deterministic, whatever the tiling
-# and the thread count.
+# A @ B, A^T @ B and a transposed store (C^T). The tile must fit the register file with room for the NV loaded
+# B vectors and the broadcast A value, or LLVM spills accumulators inside the k loop: with AVX-512 (32
+# registers, VW = 16) the tile is 8 x 32 (16 accumulators); with AVX2 (16 registers, VW = 8) it is 6 x 16 (12
+# accumulators + 2 + 1 = 15 registers; the 8 x 16 tile used before spilled and ran at 25-40 GFLOP/s per core on
+# a Zen 3 EPYC where 6 x 16 runs at 60-70). The k loop exists twice: with plain vector loads when the tile has
+# all its columns (the common case), and with masked loads at the right edge (nvalid < NV VW), so that no mask
+# occupies registers in the full loop. Stores are plain for a full tile and masked otherwise (rows >= mvalid
+# and lanes >= nvalid are never written). Every C element is the k-ordered chain of its own products:
+# deterministic, whatever the tiling and the thread count.
 VW = 16 if llvm.get_host_cpu_features().get("avx512f", False) else 8
-MR = 8
+MR = 8 if VW == 16 else 6
 
 
 def _microkernel(NV: int, transposed_store: bool = False, accumulate: bool = False):
@@ -80,7 +84,9 @@ def _microkernel(NV: int, transposed_store: bool = False, accumulate: bool = Fal
     i64 = ir.IntType(64)
     vty = ir.VectorType(f32, VW)
     mty = ir.VectorType(i1, VW)
+    i32v = ir.VectorType(i32, VW)
     pty = vty.as_pointer()
+    W = NV * VW
 
     @intrinsic
     def kernel(typingctx, a_addr, a_rs, a_ks, b_addr, b_ks, c_addr, c_rs, c_cs, K, mvalid, nvalid):
@@ -98,70 +104,113 @@ def _microkernel(NV: int, transposed_store: bool = False, accumulate: bool = Fal
             Bp = builder.inttoptr(b_addr, f32.as_pointer())
             C = builder.inttoptr(c_addr, f32.as_pointer())
             zero = ir.Constant(vty, [0.0] * VW)
-            splat = ir.Constant(ir.VectorType(i32, VW), [0] * VW)
+            splat = ir.Constant(i32v, [0] * VW)
             align = ir.Constant(i32, 4)
 
             def broadcast(value, vtype):
                 v = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(i32, 0))
                 return builder.shuffle_vector(v, ir.Constant(vtype, ir.Undefined), splat)
 
-            nv = broadcast(nvalid, ir.VectorType(i64, VW))
-            colmask = [builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, VW), [v * VW + l for l in range(VW)]),
-                                           nv) for v in range(NV)]  # lanes < nvalid
+            def colmasks():  # lanes < nvalid, per vector (i32 compares: one register each)
+                nv = broadcast(builder.trunc(nvalid, i32), i32v)
+                return [builder.icmp_signed("<", ir.Constant(i32v, [v * VW + lane for lane in range(VW)]), nv)
+                        for v in range(NV)]
+
+            def bptr(row, v):
+                return builder.bitcast(builder.gep(row, [ir.Constant(i64, v * VW)]), pty)
+
             # row r of A is read from row min(r, mvalid - 1): rows past the edge stay in bounds (never stored)
             last = builder.sub(mvalid, ir.Constant(i64, 1))
             arow = []
             for r in range(MR):
                 rr = ir.Constant(i64, r)
                 arow.append(builder.mul(builder.select(builder.icmp_signed("<", rr, mvalid), rr, last), a_rs))
-            entry = builder.block
-            head = builder.append_basic_block("mk.head")
-            body = builder.append_basic_block("mk.body")
+            full_cols = builder.icmp_signed(">=", nvalid, ir.Constant(i64, W))
             done = builder.append_basic_block("mk.done")
-            builder.branch(head)
-            builder.position_at_end(head)
-            k = builder.phi(i64)
-            k.add_incoming(ir.Constant(i64, 0), entry)
+
+            def k_loop(name, masks):
+                """The k loop from a fresh block; returns (exit block, accumulators at the exit)."""
+                pre = builder.block
+                head = builder.append_basic_block(f"mk.{name}.head")
+                body = builder.append_basic_block(f"mk.{name}.body")
+                builder.branch(head)
+                builder.position_at_end(head)
+                k = builder.phi(i64)
+                k.add_incoming(ir.Constant(i64, 0), pre)
+                acc = [[None] * NV for _ in range(MR)]
+                for r in range(MR):
+                    for v in range(NV):
+                        acc[r][v] = builder.phi(vty)
+                        acc[r][v].add_incoming(zero, pre)
+                builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+                builder.position_at_end(body)
+                brow = builder.gep(Bp, [builder.mul(k, b_ks)])
+                if masks is None:
+                    b = [builder.load(bptr(brow, v), align=4) for v in range(NV)]
+                else:
+                    b = [builder.call(mload, [bptr(brow, v), align, masks[v], zero]) for v in range(NV)]
+                ka = builder.mul(k, a_ks)
+                for r in range(MR):
+                    av = broadcast(builder.load(builder.gep(A, [builder.add(ka, arow[r])]), align=4), vty)
+                    for v in range(NV):
+                        acc[r][v].add_incoming(builder.fadd(acc[r][v], builder.fmul(av, b[v], flags=("contract",)),
+                                                            flags=("contract",)), body)
+                k.add_incoming(builder.add(k, ir.Constant(i64, 1)), body)
+                builder.branch(head)
+                return head, acc
+
+            full_blk = builder.append_basic_block("mk.full")
+            edge_blk = builder.append_basic_block("mk.edge")
+            builder.cbranch(full_cols, full_blk, edge_blk)
+            builder.position_at_end(full_blk)
+            f_exit, f_acc = k_loop("f", None)
+            builder.position_at_end(edge_blk)
+            e_exit, e_acc = k_loop("e", colmasks())
+            builder.position_at_end(done)
             acc = [[None] * NV for _ in range(MR)]
             for r in range(MR):
                 for v in range(NV):
                     acc[r][v] = builder.phi(vty)
-                    acc[r][v].add_incoming(zero, entry)
-            builder.cbranch(builder.icmp_signed("<", k, K), body, done)
-            builder.position_at_end(body)
-            brow = builder.gep(Bp, [builder.mul(k, b_ks)])
-            b = [builder.call(mload, [builder.bitcast(builder.gep(brow, [ir.Constant(i64, v * VW)]), pty), align,
-                                      colmask[v], zero]) for v in range(NV)]
-            ka = builder.mul(k, a_ks)
-            new = [[None] * NV for _ in range(MR)]
-            for r in range(MR):
-                av = broadcast(builder.load(builder.gep(A, [builder.add(ka, arow[r])]), align=4), vty)
-                for v in range(NV):
-                    new[r][v] = builder.fadd(acc[r][v], builder.fmul(av, b[v], flags=("contract",)),
-                                             flags=("contract",))
-            k.add_incoming(builder.add(k, ir.Constant(i64, 1)), builder.block)
-            for r in range(MR):
-                for v in range(NV):
-                    acc[r][v].add_incoming(new[r][v], builder.block)
-            builder.branch(head)
-            builder.position_at_end(done)
-            for r in range(MR):
-                row = builder.mul(ir.Constant(i64, r), c_rs)
-                if transposed_store:  # lane l of vector v -> C[r c_rs + (v VW + l) c_cs]; full tiles only
+                    acc[r][v].add_incoming(f_acc[r][v], f_exit)
+                    acc[r][v].add_incoming(e_acc[r][v], e_exit)
+            if transposed_store:  # lane l of vector v -> C[r c_rs + (v VW + l) c_cs]; full tiles only
+                for r in range(MR):
+                    row = builder.mul(ir.Constant(i64, r), c_rs)
                     for v in range(NV):
                         for lane in range(VW):
                             off = builder.add(row, builder.mul(ir.Constant(i64, v * VW + lane), c_cs))
                             builder.store(builder.extract_element(acc[r][v], ir.Constant(i32, lane)),
                                           builder.gep(C, [off]), align=4)
-                    continue
-                rowok = broadcast(builder.icmp_signed("<", ir.Constant(i64, r), mvalid), mty)
+                return context.get_dummy_value()
+            full_tile = builder.and_(full_cols, builder.icmp_signed(">=", mvalid, ir.Constant(i64, MR)))
+            st_full = builder.append_basic_block("mk.store.full")
+            st_edge = builder.append_basic_block("mk.store.edge")
+            end = builder.append_basic_block("mk.end")
+            builder.cbranch(full_tile, st_full, st_edge)
+            builder.position_at_end(st_full)
+            for r in range(MR):
+                row = builder.gep(C, [builder.mul(ir.Constant(i64, r), c_rs)])
                 for v in range(NV):
-                    ptr = builder.bitcast(builder.gep(C, [builder.add(row, ir.Constant(i64, v * VW))]), pty)
-                    mask = builder.and_(colmask[v], rowok)
+                    ptr = bptr(row, v)
                     out = acc[r][v]
                     if accumulate:  # C += tile
+                        out = builder.fadd(builder.load(ptr, align=4), out)
+                    builder.store(out, ptr, align=4)
+            builder.branch(end)
+            builder.position_at_end(st_edge)
+            masks = colmasks()
+            for r in range(MR):
+                row = builder.gep(C, [builder.mul(ir.Constant(i64, r), c_rs)])
+                rowok = broadcast(builder.icmp_signed("<", ir.Constant(i64, r), mvalid), mty)
+                for v in range(NV):
+                    ptr = bptr(row, v)
+                    mask = builder.and_(masks[v], rowok)
+                    out = acc[r][v]
+                    if accumulate:
                         out = builder.fadd(builder.call(mload, [ptr, align, mask, zero]), out)
                     builder.call(mstore, [out, ptr, align, mask])
+            builder.branch(end)
+            builder.position_at_end(end)
             return context.get_dummy_value()
 
         return sig, codegen
