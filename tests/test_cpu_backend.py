@@ -120,7 +120,8 @@ def test_nan_scores_give_a_nan_loss():
                                    (16, 32, 5), (17, 33, 2), (33, 40, 20), (8, 100, 32), (100, 300, 13),
                                    (40, 31, 64), (2080, 32, 100)])
 def test_gemm_microkernel(M, N, K):
-    """C = A B, A^T B and the transposed store, against numpy, with guard bands around C (raw-pointer writes)."""
+    """C = A B, A^T B, the transposed store and A B^T (gemm_nt), against numpy, with guard bands around C
+    (raw-pointer writes)."""
     rng = np.random.default_rng(M * 1000 + N * 10 + K)
     A = rng.standard_normal((M, K)).astype(np.float32)
     Bm = rng.standard_normal((K, N)).astype(np.float32)
@@ -131,14 +132,16 @@ def test_gemm_microkernel(M, N, K):
         buf = np.full(int(np.prod(shape)) + 2 * G, 7.0, np.float32)
         return buf, buf[G:-G].reshape(shape)
 
-    for how in ("nn", "tn", "transposed"):
+    for how in ("nn", "tn", "transposed", "nt"):
         buf, C = guarded((N, M) if how == "transposed" else (M, N))
         if how == "nn":
             gemm.mm(A, Bm, C)
         elif how == "tn":
             gemm.mm_tn(np.ascontiguousarray(A.T), Bm, C)
-        else:
+        elif how == "transposed":
             gemm.gemm(A.reshape(-1), K, 1, Bm.reshape(-1), N, C.reshape(-1), 1, M, M, N, K)
             C = C.T
+        else:  # C = A (Bm^T)^T with the transposed operand's scratch
+            gemm.gemm_nt(A, np.ascontiguousarray(Bm.T), C, np.zeros((K, M + 3), np.float32))
         np.testing.assert_allclose(C, want, rtol=1e-5, atol=1e-5 * max(K, 1), err_msg=how)
         assert np.all(buf[:G] == 7.0) and np.all(buf[-G:] == 7.0), f"{how}: wrote outside C"

@@ -15,7 +15,7 @@ measured 5x slower.
     mk_rows1/2, mk_cols1/2, mk_acc1/2   the micro-kernel: store, transposed store, accumulate (1 or 2 vectors)
     tiles                               serial loop over the tiles of one product (inside other kernels)
     gemm / mm / mm_tn                   parallel C = A B (strided; plain; A^T B)
-    gemm_nt                             C = A B^T in dot-product form (dc U_h^T, da Wx^T)
+    transpose / gemm_nt                 C = A B^T as C^T = B A^T through the micro-kernel (dc U_h^T, da Wx^T)
     job / gemm_batch                    several independent products in one parallel region
 """
 from __future__ import annotations
@@ -251,14 +251,19 @@ mk_acc2 = _make(2, accumulate=True)
 mk_acc1 = _make(1, accumulate=True)
 
 
+# Tile order. Every product of the step has a small M (the B rows, or a 128-column chunk) against a large N
+# and / or K, so the tiles run column strip by column strip: the K x 2 VW strip of B (at most ~100 KB) stays in
+# L1 / L2 while every row tile of A passes over it, and A (at most a few hundred KB, or a weight matrix read
+# once per strip) stays in L2 or streams from L3. Row tile by row tile instead re-read all of B from L3 for every
+# MR rows (a 2 MB Wrz 22 times per product at H = 512). With prange each thread takes whole strips.
 @njit(cache=True, error_model="numpy", inline="always")
 def tiles(pa, a_rs, a_ks, pb, b_ks, pc, c_rs, M, N, K, accumulate):
     """Serial loop over the tiles of C (M x N, row stride c_rs) = / += A @ B, on raw addresses (see gemm)."""
     W2 = 2 * VW
-    for i in range(0, M, MR):
-        mv = min(MR, M - i)
-        for j in range(0, N, W2):
-            nv = min(W2, N - j)
+    for j in range(0, N, W2):
+        nv = min(W2, N - j)
+        for i in range(0, M, MR):
+            mv = min(MR, M - i)
             a = pa + 4 * i * a_rs
             b = pb + 4 * j
             c = pc + 4 * (i * c_rs + j)
@@ -278,9 +283,10 @@ def gemm(A, a_rs, a_ks, Bm, b_ks, C, c_rs, c_cs, M, N, K):
     """C[m c_rs + n c_cs] = sum_{k<K} A[m a_rs + k a_ks] * Bm[k b_ks + n] for m < M, n < N.
 
     A, Bm, C: flat float32 arrays (views), strides in elements; Bm rows must be contiguous (stride 1 along n).
-    One tile of C per iteration: MR rows x 2 VW columns, the last column tile 1 VW wide when that covers the
-    rest; all through the micro-kernel (masked at the edges) when C rows are contiguous (c_cs == 1); with a
-    transposed C (c_cs != 1) full tiles use the lane-by-lane store and partial tiles a plain loop."""
+    One tile of C per iteration (column strips outer, see ``tiles``): MR rows x 2 VW columns, the last column
+    tile 1 VW wide when that covers the rest; through the micro-kernel (masked at the edges) when C rows are
+    contiguous (c_cs == 1); with a transposed C (c_cs != 1) full tiles use the lane-by-lane store and edge tiles
+    go through a small row-major tile buffer, copied out element by element."""
     W2 = 2 * VW
     mb = (M + MR - 1) // MR
     nfull = N // W2
@@ -290,8 +296,8 @@ def gemm(A, a_rs, a_ks, Bm, b_ks, C, c_rs, c_cs, M, N, K):
     pb = Bm.ctypes.data
     pc = C.ctypes.data
     for t in prange(mb * nb):
-        i = (t // nb) * MR
-        j = (t % nb) * W2
+        j = (t // mb) * W2
+        i = (t % mb) * MR
         mv = min(MR, M - i)
         nv = min(W2, N - j)
         pa_i = pa + 4 * i * a_rs
@@ -308,50 +314,34 @@ def gemm(A, a_rs, a_ks, Bm, b_ks, C, c_rs, c_cs, M, N, K):
                 mk_cols2(pa_i, a_rs, a_ks, pb_j, b_ks, pc_ij, c_rs, c_cs, K, mv, nv)
             else:
                 mk_cols1(pa_i, a_rs, a_ks, pb_j, b_ks, pc_ij, c_rs, c_cs, K, mv, nv)
-        else:
-            for m in range(i, i + mv):
-                for n in range(j, j + nv):
-                    s = np.float32(0.0)
-                    for k in range(K):
-                        s += A[m * a_rs + k * a_ks] * Bm[k * b_ks + n]
-                    C[m * c_rs + n * c_cs] = s
+        else:  # an edge tile of a transposed store (a few per product)
+            tile = np.empty(MR * W2, dtype=np.float32)
+            mk_rows2(pa_i, a_rs, a_ks, pb_j, b_ks, tile.ctypes.data, W2, 1, K, mv, nv)
+            for m in range(mv):
+                for n in range(nv):
+                    C[(i + m) * c_rs + (j + n) * c_cs] = tile[m * W2 + n]
 
 
-@njit(parallel=True, fastmath=FM_SUM, cache=True, error_model="numpy")
-def gemm_nt(A, Bm, C):
-    """C[M, N] = A[M, K] @ Bm[N, K]^T, dot-product form (for the products with a transposed weight matrix,
-    dc U_h^T and da Wx^T): a 4x4 tile of C per iteration, 16 accumulators that LLVM vectorises along K."""
-    M = C.shape[0]
-    N = C.shape[1]
-    K = A.shape[1]
-    mb = (M + 3) // 4
-    nb = (N + 3) // 4
-    for t in prange(mb * nb):
-        i = (t % mb) * 4
-        j = (t // mb) * 4
-        if i + 4 <= M and j + 4 <= N:
-            s00 = np.float32(0.0); s01 = np.float32(0.0); s02 = np.float32(0.0); s03 = np.float32(0.0)
-            s10 = np.float32(0.0); s11 = np.float32(0.0); s12 = np.float32(0.0); s13 = np.float32(0.0)
-            s20 = np.float32(0.0); s21 = np.float32(0.0); s22 = np.float32(0.0); s23 = np.float32(0.0)
-            s30 = np.float32(0.0); s31 = np.float32(0.0); s32 = np.float32(0.0); s33 = np.float32(0.0)
-            for k in range(K):
-                x0 = A[i, k]; x1 = A[i + 1, k]; x2 = A[i + 2, k]; x3 = A[i + 3, k]
-                y0 = Bm[j, k]; y1 = Bm[j + 1, k]; y2 = Bm[j + 2, k]; y3 = Bm[j + 3, k]
-                s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3
-                s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3
-                s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3
-                s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3
-            C[i, j] = s00; C[i, j + 1] = s01; C[i, j + 2] = s02; C[i, j + 3] = s03
-            C[i + 1, j] = s10; C[i + 1, j + 1] = s11; C[i + 1, j + 2] = s12; C[i + 1, j + 3] = s13
-            C[i + 2, j] = s20; C[i + 2, j + 1] = s21; C[i + 2, j + 2] = s22; C[i + 2, j + 3] = s23
-            C[i + 3, j] = s30; C[i + 3, j + 1] = s31; C[i + 3, j + 2] = s32; C[i + 3, j + 3] = s33
-        else:
-            for ii in range(i, min(i + 4, M)):
-                for jj in range(j, min(j + 4, N)):
-                    s = np.float32(0.0)
-                    for k in range(K):
-                        s += A[ii, k] * Bm[jj, k]
-                    C[ii, jj] = s
+@njit(cache=True, error_model="numpy")
+def transpose(A, AT):
+    """AT[k, m] = A[m, k] (A [M, K], AT [K, >= M]), in 8 x 8 blocks."""
+    M, K = A.shape
+    for m0 in range(0, M, 8):
+        for k0 in range(0, K, 8):
+            for m in range(m0, min(m0 + 8, M)):
+                for k in range(k0, min(k0 + 8, K)):
+                    AT[k, m] = A[m, k]
+
+
+@njit(cache=True, error_model="numpy")
+def gemm_nt(A, Bm, C, AT):
+    """C[M, N] = A[M, K] @ Bm[N, K]^T (the products with a transposed weight matrix, dc U_h^T and da Wx^T),
+    through the micro-kernel as C^T = Bm @ A^T: A is transposed into the scratch AT [K, >= M] (A has the few B
+    rows, Bm is the weight matrix, read in place), and C^T's tiles are stored transposed into C."""
+    M, K = A.shape
+    N = Bm.shape[0]
+    transpose(A, AT)
+    gemm(Bm.reshape(-1), K, 1, AT.reshape(-1), AT.shape[1], C.reshape(-1), 1, N, N, M, K)
 
 
 @njit(cache=True, error_model="numpy")
@@ -400,10 +390,10 @@ def gemm_batch(jobs, n):
             q += 1
         M = jobs[q, 7]
         N = jobs[q, 8]
-        nb = (N + W2 - 1) // W2
+        mb = (M + MR - 1) // MR
         tt = t - jobs[q, 10]
-        i = (tt // nb) * MR
-        j = (tt % nb) * W2
+        j = (tt // mb) * W2  # column strips outer (see tiles)
+        i = (tt % mb) * MR
         a_rs = jobs[q, 1]
         c_rs = jobs[q, 6]
         a = np.uint64(jobs[q, 0] + 4 * i * a_rs)
