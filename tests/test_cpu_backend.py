@@ -145,3 +145,25 @@ def test_gemm_microkernel(M, N, K):
             gemm.gemm_nt(A, np.ascontiguousarray(Bm.T), C, np.zeros((K, M + 3), np.float32))
         np.testing.assert_allclose(C, want, rtol=1e-5, atol=1e-5 * max(K, 1), err_msg=how)
         assert np.all(buf[:G] == 7.0) and np.all(buf[-G:] == 7.0), f"{how}: wrote outside C"
+
+
+def test_eval_step_scores_only_the_active_rows():
+    """Inactive rows are left out of the ranking (counts (0, 1)); the active rows' counts equal those of the same
+    step with every row active, bit for bit (each score is the same k-ordered chain wherever its row sits)."""
+    cfg = make_cfg("cross-entropy", "constrained", (7,), "tanh", batch_size=5)
+    params, _, _, _ = make_problem(cfg, n_items=N_ITEMS, B=5, S=3, dtype=np.float32)
+    rng = np.random.default_rng(4)
+    part, full = CpuBackend(cfg, N_ITEMS, params), CpuBackend(cfg, N_ITEMS, params)
+    B = 21
+    part.reset_eval(B)
+    full.reset_eval(B)
+    for t, active in enumerate((np.ones(B, bool), rng.random(B) < 0.4, np.eye(1, B, 20, dtype=bool)[0],
+                                np.zeros(B, bool))):
+        X, tg = rng.integers(0, N_ITEMS, B), rng.integers(0, N_ITEMS, B)
+        reset = np.full(B, t == 0)
+        for cand in (None, np.unique(rng.integers(0, N_ITEMS, 30))):
+            gt, eq = part.eval_step(X, tg, reset, active, candidates=cand)
+            gt_f, eq_f = full.eval_step(X, tg, reset, np.ones(B, bool), candidates=cand)
+            np.testing.assert_array_equal(gt[active], gt_f[active], err_msg=str(t))
+            np.testing.assert_array_equal(eq[active], eq_f[active], err_msg=str(t))
+            assert np.all(gt[~active] == 0) and np.all(eq[~active] == 1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ...codes import ACT_LINEAR
 from .gemm import MR, VW, mk_rows1, mk_rows2
 from .gru import gru_fwd
 from .mathf import final_act32
@@ -33,6 +34,21 @@ def _score_tile(rows, hT, S):
             mk_rows2(rows.ctypes.data, H, 1, hT.ctypes.data + 4 * jb, Bp, S.ctypes.data + 4 * jb, Bp, 1, H, MR, nv)
         else:
             mk_rows1(rows.ctypes.data, H, 1, hT.ctypes.data + 4 * jb, Bp, S.ctypes.data + 4 * jb, Bp, 1, H, MR, nv)
+
+
+@njit(cache=True, error_model="numpy")
+def _count(S, e, it, By, targets, tscore, act, act_a, part_gt, part_eq, c):
+    """part_gt[c, i] += [f(S[e, i] + By[it]) > tscore[i]], part_eq[c, i] += [... == tscore[i]] for every row i,
+    the target's own column counting as equal (the loop over the rows vectorises; linear scores skip f)."""
+    by = By[it]
+    for i in range(targets.shape[0]):
+        sc = S[e, i] + by
+        if act != ACT_LINEAR:
+            sc = final_act32(sc, act, act_a)
+        t = tscore[i]
+        is_t = it == targets[i]
+        part_gt[c, i] += np.int64((sc > t) & (not is_t))
+        part_eq[c, i] += np.int64((sc == t) | is_t)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -70,14 +86,7 @@ def rank_counts(h, hT, Wy, By, items, targets, act, act_a, tscore, n_gt, n_eq, p
             _item_tile(Wy, items, j0, M, rows_c)
             _score_tile(rows_c, hT, S_c)
             for e in range(min(MR, M - j0)):
-                it = items[j0 + e]
-                by = By[it]
-                for i in range(B):
-                    sc = final_act32(S_c[e, i] + by, act, act_a)
-                    t = tscore[i]
-                    is_t = it == targets[i]
-                    part_gt[c, i] += 1 if (sc > t and not is_t) else 0
-                    part_eq[c, i] += 1 if (sc == t or is_t) else 0
+                _count(S_c, e, items[j0 + e], By, targets, tscore, act, act_a, part_gt, part_eq, c)
     for i in range(B):
         gt = 0
         eq = 0
