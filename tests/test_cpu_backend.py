@@ -148,7 +148,7 @@ def test_gemm_microkernel(M, N, K):
 
 
 def test_eval_step_scores_only_the_active_rows():
-    """Inactive rows are left out of the ranking (counts (0, 1)); the active rows' counts equal those of the same
+    """Inactive rows are left out of the ranking (counts 0); the active rows' counts equal those of the same
     step with every row active, bit for bit (each score is the same k-ordered chain wherever its row sits)."""
     cfg = make_cfg("cross-entropy", "constrained", (7,), "tanh", batch_size=5)
     params, _, _, _ = make_problem(cfg, n_items=N_ITEMS, B=5, S=3, dtype=np.float32)
@@ -166,4 +166,25 @@ def test_eval_step_scores_only_the_active_rows():
             gt_f, eq_f = full.eval_step(X, tg, reset, np.ones(B, bool), candidates=cand)
             np.testing.assert_array_equal(gt[active], gt_f[active], err_msg=str(t))
             np.testing.assert_array_equal(eq[active], eq_f[active], err_msg=str(t))
-            assert np.all(gt[~active] == 0) and np.all(eq[~active] == 1)
+            assert np.all(gt[~active] == 0) and np.all(eq[~active] == 0)
+
+
+def test_eval_chunk_equals_its_steps():
+    """One eval_chunk call over T steps (resets, idle lanes, candidates) equals T eval_step calls, bit for bit."""
+    cfg = make_cfg("bpr-max", "embedding", (6, 5), "elu-0.5", batch_size=4)
+    params, _, _, _ = make_problem(cfg, n_items=N_ITEMS, B=4, S=3, dtype=np.float32)
+    rng = np.random.default_rng(5)
+    T, B = 6, 9
+    inputs, targets = rng.integers(0, N_ITEMS, (T, B)), rng.integers(0, N_ITEMS, (T, B))
+    reset, active = rng.random((T, B)) < 0.3, rng.random((T, B)) < 0.7
+    reset[0] = True
+    for cand in (None, np.unique(rng.integers(0, N_ITEMS, 25))):
+        chunked, stepped = CpuBackend(cfg, N_ITEMS, params), CpuBackend(cfg, N_ITEMS, params)
+        chunked.reset_eval(B)
+        stepped.reset_eval(B)
+        gt, eq = chunked.eval_chunk(inputs, targets, reset, active, candidates=cand)
+        for t in range(T):
+            gt_t, eq_t = stepped.eval_step(inputs[t], targets[t], reset[t], active[t], candidates=cand)
+            np.testing.assert_array_equal(gt[t], gt_t)
+            np.testing.assert_array_equal(eq[t], eq_t)
+        assert np.all(gt[~active] == 0) and np.all(eq[~active] == 0) and np.all(eq[active] >= 1)

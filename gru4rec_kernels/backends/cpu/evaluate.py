@@ -109,3 +109,46 @@ def eval_fwd(params, hyper, work, hid, X, reset):
     gru_fwd(params, hyper, work, hid, X, B, 0, False, np.zeros((4, 11), dtype=np.int64))
     for l in range(len(hid)):
         hid[l][:B, :] = work.layers[l].out[:B]
+
+
+@njit(cache=True, error_model="numpy")
+def eval_chunk_steps(params, hyper, work, hid, inputs, targets, reset, active, items, act, act_a, hT_flat, tscore,
+                     n_gt, n_eq):
+    """T evaluation steps in one call (the Python side runs once per chunk): per step ``eval_fwd`` over every
+    row (inactive rows advance too, as the reference's), then ``rank_counts`` over the active rows only, gathered
+    into contiguous rows (at the end of a test set most slots are idle). n_gt / n_eq [T, B] (zeroed by the
+    caller) get the active lanes' counts; hT_flat is scratch of H * Bp floats."""
+    T, B = inputs.shape
+    M = items.shape[0]
+    nchunk = max(1, min(64, (M + 255) // 256))  # chunks of >= 256 items
+    top = hid[len(hid) - 1]
+    H = top.shape[1]
+    rows = np.empty(B, dtype=np.int64)
+    top_c = np.empty((B, H), dtype=np.float32)
+    tg_c = np.empty(B, dtype=np.int32)
+    for t in range(T):
+        eval_fwd(params, hyper, work, hid, inputs[t], reset[t])
+        Ba = 0
+        for b in range(B):
+            if active[t, b]:
+                rows[Ba] = b
+                Ba += 1
+        if Ba == 0:
+            continue
+        if M == 0:
+            for r in range(Ba):
+                n_eq[t, rows[r]] = 1
+            continue
+        for r in range(Ba):
+            top_c[r, :] = top[rows[r], :]
+            tg_c[r] = targets[t, rows[r]]
+        Bap = (Ba + VW - 1) // VW * VW
+        hT = hT_flat[:H * Bap].reshape(H, Bap)
+        hT[:, Ba:] = 0.0
+        gt = np.empty(Ba, dtype=np.int64)
+        eq = np.empty(Ba, dtype=np.int64)
+        rank_counts(top_c[:Ba], hT, params.Wy, params.By, items, tg_c[:Ba], act, act_a, tscore, gt, eq,
+                    np.empty((nchunk, Ba), dtype=np.int64), np.empty((nchunk, Ba), dtype=np.int64))
+        for r in range(Ba):
+            n_gt[t, rows[r]] = gt[r]
+            n_eq[t, rows[r]] = eq[r]
