@@ -49,6 +49,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="diginetica")
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--steps", type=int, default=40, help="steps of the whole-step timing")
+    ap.add_argument("--ids", choices=("zipf", "uniform"), default="zipf",
+                    help="item popularity of inputs, targets and samples: 1/rank (real logs: many duplicate ids in "
+                         "a step's sparse update) or uniform (almost none)")
     ap.add_argument("--cpu-time", action="store_true",
                     help="process CPU time instead of wall time: with NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 "
                          "this is the single-core cost, unaffected by other jobs taking the core (a loaded machine)")
@@ -70,7 +73,7 @@ def main(argv=None) -> dict:
     B, S, H = cfg.batch_size, cfg.n_sample, cfg.layers[-1]
     O = B + S
     rng = np.random.default_rng(0)
-    pop = 1.0 / np.arange(1, N + 1)
+    pop = 1.0 / np.arange(1, N + 1) if args.ids == "zipf" else np.ones(N)
     pop = pop[rng.permutation(N)]
     support = np.floor(pop / pop.sum() * 1e6) + 1
     lq = logq_columns(cfg, support) if cfg.logq > 0 else (None, None)
@@ -115,7 +118,7 @@ def main(argv=None) -> dict:
         "adagrad_dense": lambda: adagrad.adagrad_dense(p.flat, gr.flat, opt.acc_flat, opt.mom_flat, lr, mu),
         "link_ids": lambda: adagrad.link_ids(wk.ids, n_wy, wk.head, wk.nxt, wk.first),
         "sparse_adagrad": lambda: adagrad.sparse_adagrad(p.Wy, opt.acc_Wy, opt.mom_Wy, gr.Wy, wk.ids, wk.first,
-                                                         wk.nxt, nu, wk.gsum, lr, mu, p.By, opt.acc_By,
+                                                         wk.nxt, nu, lr, mu, p.By, opt.acc_By,
                                                          opt.mom_By, gr.By, O),
     }
     nu = adagrad.link_ids(wk.ids, n_wy, wk.head, wk.nxt, wk.first)
@@ -143,7 +146,7 @@ def main(argv=None) -> dict:
                                      np.matmul(A.T, a1, out=gh), np.matmul(a1, Wh.T, out=dh),
                                      np.matmul(a3, Wx.T, out=dh)), args.reps)
     total = sum(v for k, v in res.items())
-    out = {"workload": args.workload, "clock": "process CPU time" if args.cpu_time else "wall",
+    out = {"workload": args.workload, "ids": args.ids, "clock": "process CPU time" if args.cpu_time else "wall",
            "config": cfg.to_dict(), "n_items": N, "whole_step_ms": step_s * 1e3,
            "phase_ms": {k: v * 1e3 for k, v in res.items()}, "phase_sum_ms": total * 1e3,
            "gemm_gflops": {k: flops[k] / res[k] / 1e9 for k in flops},
@@ -151,7 +154,10 @@ def main(argv=None) -> dict:
            "numpy_blas_gflops": {k: flops[k] / blas[k] / 1e9 for k in flops},
            "step_gemm_gflop": sum(flops.values()) / 1e9, "machine": machine_info()}
     out["machine"]["loadavg_at_end"] = os.getloadavg()
-    print(f"{args.workload}: whole step {step_s * 1e3:.2f} ms, phases sum {total * 1e3:.2f} ms, "
+    ids = np.concatenate([c[1], c[4]], axis=1)
+    out["distinct_output_ids_share"] = float(np.mean([np.unique(r).size / r.size for r in ids]))
+    print(f"{args.workload} ({args.ids} ids, {out['distinct_output_ids_share']:.0%} distinct): "
+          f"whole step {step_s * 1e3:.2f} ms, phases sum {total * 1e3:.2f} ms, "
           f"GEMMs {sum(flops.values()) / 1e9:.3f} GFLOP/step, load {os.getloadavg()[0]:.2f}")
     for k, v in res.items():
         extra = (f"  {flops[k] / v / 1e9:6.1f} GFLOP/s (numpy BLAS {flops[k] / blas[k] / 1e9:6.1f})"
