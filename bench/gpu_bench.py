@@ -9,15 +9,15 @@ For each workload (the same as bench/roofline.py's MODEL):
     W3: B=128, H=512, S=2048, bpr-max (elu-1, bpreg 0.9), constrained
 it first checks correctness on its own inputs (a few steps of the cuda backend and of the torch step against the
 numpy reference backend, same parameters and schedule), then, after a warm-up chunk (compilation, graph capture),
-times ``CudaBackend.train_chunk`` over a random schedule chunk of T steps with CUDA events (and the wall clock), once
-per score/loss version (``scores="plain"``: GEMM + row kernel, ``"fused"``: one kernel; docs/kernels.md), and
+times ``CudaBackend.train_chunk`` over a random schedule chunk of T steps with CUDA events (and the wall clock), and
 the PyTorch step over the same chunk. Then all-item evaluation: ``CudaBackend.reset_eval`` / ``eval_step`` over
 100k events against 700k items (H=100), and the same in PyTorch.
 
-Run:   python bench/gpu_bench.py [--workloads W1 W2 W3] [--steps 1024] [--repeats 5] [--scores plain fused] [--no-torch]
+Run:   python bench/gpu_bench.py [--workloads W1 W2 W3] [--steps 1024] [--repeats 5] [--no-torch]
                                  [--eval-items 700000 --eval-events 100000 --eval-batch 512] [--out PATH]
-Writes bench/results/gpu_bench_<device>.json (device, git commit, versions, per-workload timings, the roofline
-MODEL's prediction next to each measurement). Exit 1 if a correctness check fails (timings are still written).
+Writes bench/results/gpu_bench_<device>.json (device, git commit, versions, per-workload timings; ``us_per_step``:
+the cuda backend's median µs per step of each workload, beside ``model_us_per_step``, the roofline MODEL's).
+Exit 1 if a correctness check fails (timings are still written).
 torch is optional and imported lazily (pip install torch); cupy comes with the gpu extra.
 """
 from __future__ import annotations
@@ -115,16 +115,24 @@ def make_cfg(w: dict, **kw):
                        learning_rate=0.05, momentum=0.0, **kw)
 
 
-def random_schedule(T: int, B: int, S: int, N: int, seed: int, reset_p: float = 0.1) -> dict:
-    """A random session-parallel chunk: inputs / targets / active / reset [T, B], samples [T, S]. Uniform items
-    (the real sampler draws supp^alpha: more duplicates, so slightly less sparse-update traffic than here)."""
+def random_schedule(T: int, B: int, S: int, N: int, seed: int, reset_p: float = 0.1, ids: str = "zipf") -> dict:
+    """A random session-parallel chunk: inputs / targets / active / reset [T, B], samples [T, S].
+
+    ids "zipf" (default): items drawn like real click data, inputs and targets from a Zipf (s = 1) popularity
+    over a random permutation of the items, samples from popularity^0.5 as the sampler does (duplicate ids:
+    what the sparse update pays for on real data); "uniform": every item equally likely (few duplicates)."""
     rng = np.random.default_rng(seed)
     reset = rng.random((T, B)) < reset_p
     reset[0] = True
-    return {"inputs": rng.integers(0, N, (T, B), dtype=np.int32),
-            "targets": rng.integers(0, N, (T, B), dtype=np.int32),
-            "active": np.ones((T, B), dtype=bool), "reset": reset,
-            "samples": rng.integers(0, N, (T, S), dtype=np.int32)}
+    if ids == "uniform":
+        draw = lambda p, shape: rng.integers(0, N, shape, dtype=np.int32)  # noqa: E731
+    elif ids == "zipf":
+        pop = rng.permutation(1.0 / np.arange(1, N + 1))
+        draw = lambda p, shape: rng.choice(N, shape, p=pop ** p / (pop ** p).sum()).astype(np.int32)  # noqa: E731
+    else:
+        raise ValueError(f"ids must be 'zipf' or 'uniform'; got {ids!r}")
+    return {"inputs": draw(1.0, (T, B)), "targets": draw(1.0, (T, B)), "active": np.ones((T, B), dtype=bool),
+            "reset": reset, "samples": draw(0.5, (T, S))}
 
 
 def _sched_args(s: dict):
@@ -167,7 +175,7 @@ def _rel_err(a, b) -> float:
 
 
 # --------------------------------------------------------------------------------------------- training
-def check_workload(name: str, w: dict, torch_mod, scores=("plain", "fused")) -> dict:
+def check_workload(name: str, w: dict, torch_mod) -> dict:
     """Step losses of the cuda backend (and the torch step) vs the numpy reference backend on the same inputs."""
     from gru4rec_kernels.backends.cuda import CudaBackend
     from gru4rec_kernels.backends.numpy import NumpyBackend
@@ -180,19 +188,16 @@ def check_workload(name: str, w: dict, torch_mod, scores=("plain", "fused")) -> 
     ref_losses = ref.train_chunk(*_sched_args(s), 0)
     ref_params = ref.get_params()
     out = {"steps": CHECK_STEPS, "reference_losses": [float(x) for x in ref_losses]}
-    out["cuda"] = {}
-    for version in scores:
-        be = CudaBackend(cfg, N_ITEMS, {k: v.copy() for k, v in params.items()}, scores=version)
-        try:
-            got = be.train_chunk(*_sched_args(s), 0)
-            got_params = be.get_params()
-        finally:
-            be.close()
-        c = {"losses": [float(x) for x in got], "loss_rel_err": _rel_err(got, ref_losses),
-             "param_max_abs_err": max(float(np.max(np.abs(got_params[k] - ref_params[k]))) for k in ref_params)}
-        c["ok"] = bool(c["loss_rel_err"] <= CHECK_RTOL and c["param_max_abs_err"] <= 1e-3)
-        out["cuda"][version] = c
-    out["cuda_ok"] = all(c["ok"] for c in out["cuda"].values())
+    be = CudaBackend(cfg, N_ITEMS, {k: v.copy() for k, v in params.items()})
+    try:
+        got = be.train_chunk(*_sched_args(s), 0)
+        got_params = be.get_params()
+    finally:
+        be.close()
+    out["cuda_losses"] = [float(x) for x in got]
+    out["cuda_loss_rel_err"] = _rel_err(got, ref_losses)
+    out["cuda_param_max_abs_err"] = max(float(np.max(np.abs(got_params[k] - ref_params[k]))) for k in ref_params)
+    out["cuda_ok"] = bool(out["cuda_loss_rel_err"] <= CHECK_RTOL and out["cuda_param_max_abs_err"] <= 1e-3)
     if torch_mod is not None:
         m = torch_mod.TorchGRU4Rec({k: v.copy() for k, v in params.items()}, cfg, device=TORCH_DEVICE)
         tl = m.train_chunk(*_sched_args(s)).cpu().numpy()
@@ -204,33 +209,30 @@ def check_workload(name: str, w: dict, torch_mod, scores=("plain", "fused")) -> 
     return out
 
 
-def bench_workload(name: str, w: dict, steps: int, repeats: int, torch_mod, timer: Timer,
-                   scores=("plain", "fused")) -> dict:
+def bench_workload(name: str, w: dict, steps: int, repeats: int, torch_mod, timer: Timer, ids: str = "zipf") -> dict:
     from gru4rec_kernels.backends.cuda import CudaBackend
     from gru4rec_kernels.layout import init_params
 
     cfg = make_cfg(w)
     _, params = init_params(cfg, N_ITEMS)
-    s = random_schedule(steps, w["B"], w["S"], N_ITEMS, seed=11)
-    res: dict = {"config": cfg.to_dict(), "n_items": N_ITEMS, "steps_per_chunk": steps, "repeats": repeats}
+    s = random_schedule(steps, w["B"], w["S"], N_ITEMS, seed=11, ids=ids)
+    res: dict = {"config": cfg.to_dict(), "n_items": N_ITEMS, "steps_per_chunk": steps, "repeats": repeats,
+                 "ids": ids}
 
-    res["gru4rec_kernels"] = {}
-    for version in scores:
-        be = CudaBackend(cfg, N_ITEMS, {k: v.copy() for k, v in params.items()}, scores=version)
-        try:
-            t0 = time.perf_counter()
-            be.train_chunk(*_sched_args(s), 0)  # compile, allocate, capture
-            warmup = time.perf_counter() - t0
-            ev, wall = [], []
-            for r in range(repeats):
-                losses, t_ev, t_wall = timer(lambda be=be, r=r: be.train_chunk(*_sched_args(s), (r + 1) * steps))
-                ev.append(t_ev / steps)
-                wall.append(t_wall / steps)
-            res["gru4rec_kernels"][version] = _stats(ev) | {
-                "wall_us_per_step_median": float(np.median(wall) * 1e6), "warmup_s": warmup,
-                "last_loss": float(np.asarray(losses)[-1])}
-        finally:
-            be.close()
+    be = CudaBackend(cfg, N_ITEMS, {k: v.copy() for k, v in params.items()})
+    try:
+        t0 = time.perf_counter()
+        be.train_chunk(*_sched_args(s), 0)  # compile, allocate, capture
+        warmup = time.perf_counter() - t0
+        ev, wall = [], []
+        for r in range(repeats):
+            losses, t_ev, t_wall = timer(lambda r=r: be.train_chunk(*_sched_args(s), (r + 1) * steps))
+            ev.append(t_ev / steps)
+            wall.append(t_wall / steps)
+        res["gru4rec_kernels"] = _stats(ev) | {"wall_us_per_step_median": float(np.median(wall) * 1e6),
+                                               "warmup_s": warmup, "last_loss": float(np.asarray(losses)[-1])}
+    finally:
+        be.close()
 
     if torch_mod is not None:
         import torch
@@ -247,8 +249,8 @@ def bench_workload(name: str, w: dict, steps: int, repeats: int, torch_mod, time
             wall.append(t_wall / steps)
         res["torch_eager"] = _stats(ev) | {"wall_us_per_step_median": float(np.median(wall) * 1e6),
                                            "last_loss": float(losses[-1])}
-        res["speedup_vs_torch"] = {v: res["torch_eager"]["us_per_step_median"] / g["us_per_step_median"]
-                                   for v, g in res["gru4rec_kernels"].items()}
+        res["speedup_vs_torch"] = (res["torch_eager"]["us_per_step_median"]
+                                   / res["gru4rec_kernels"]["us_per_step_median"])
         del m
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -326,12 +328,19 @@ def load_torch_peer(disabled: bool):
         return None, f"torch is not installed ({e}); pip install torch to time the PyTorch peer"
 
 
-def model_prediction() -> dict:
+def model_prediction(ids: str = "zipf") -> dict:
+    """The roofline MODEL's µs per step for the tree being measured, to print beside the measurement. The model
+    traces the step in the CUDA simulator, which cannot share a process with a real GPU: a subprocess."""
+    import tempfile
+
     try:
-        rl = _load("gru4rec_bench_roofline", REPO / "bench" / "roofline.py")
-        m = rl.run_model(rl.Device(), rl.EvalWorkload())
-        return {n: {p: v["step_s"] * 1e6 for p, v in wr["plans"].items()} for n, wr in m["workloads"].items()} | {
-            "eval_s": m["eval"]["total_s"]}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "roofline.json"
+            env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+            subprocess.run([sys.executable, str(REPO / "bench" / "roofline.py"), "--ids", ids, "--out", str(out)],
+                           env=env, check=True, capture_output=True, timeout=300)
+            m = json.loads(out.read_text())
+        return {n: wr["step_s"] * 1e6 for n, wr in m["workloads"].items()} | {"ids": ids, "label": m["label"]}
     except Exception as e:  # the model is a bonus next to the measurement
         return {"error": str(e)}
 
@@ -341,8 +350,8 @@ def main(argv=None) -> int:
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     ap.add_argument("--steps", type=int, default=1024, help="steps per timed chunk (default 1024)")
     ap.add_argument("--repeats", type=int, default=5, help="timed chunks per workload (median reported)")
-    ap.add_argument("--scores", nargs="+", default=["plain", "fused"], choices=["plain", "fused"],
-                    help="score/loss versions of the cuda backend to time (default: both)")
+    ap.add_argument("--ids", choices=["zipf", "uniform"], default="zipf",
+                    help="item ids of the timed steps: zipf (like real clicks, default) or uniform")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check against the reference")
     ap.add_argument("--no-eval", action="store_true", help="skip the all-item evaluation benchmark")
@@ -363,7 +372,7 @@ def main(argv=None) -> int:
     result = {"label": "MEASURED", "device": dev, "git": git_info(),
               "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "args": {k: str(v) for k, v in vars(args).items()}, "torch_peer": torch_note,
-              "model_us_per_step": model_prediction(), "workloads": {}, "errors": []}
+              "us_per_step": {}, "model_us_per_step": model_prediction(args.ids), "workloads": {}, "errors": []}
     print(f"gpu_bench: {dev['name']} (cc {dev['compute_capability']}), commit {result['git']['commit']}"
           f"{' (dirty)' if result['git']['dirty'] else ''}; torch peer: {torch_note}")
     timer = Timer()
@@ -373,25 +382,23 @@ def main(argv=None) -> int:
         entry: dict = {}
         try:
             if not args.no_check:
-                entry["check"] = check_workload(name, w, torch_mod, scores=args.scores)
-                c = entry["check"]
+                entry["check"] = c = check_workload(name, w, torch_mod)
                 failed |= not c["cuda_ok"] or not c.get("torch_ok", True)
-                print(f"  {name} check vs the numpy reference: " + ", ".join(
-                    f"cuda[{v}] loss rel err {cv['loss_rel_err']:.2e} ({'ok' if cv['ok'] else 'MISMATCH'})"
-                    for v, cv in c["cuda"].items())
-                    + (f", torch {c['torch_loss_rel_err']:.2e} ({'ok' if c['torch_ok'] else 'MISMATCH'})"
-                       if "torch_ok" in c else ""))
-            entry |= bench_workload(name, w, args.steps, args.repeats, torch_mod, timer, scores=args.scores)
-            line = f"  {name}: " + " | ".join(
-                f"gru4rec_kernels[{v}] {g['us_per_step_median']:8.1f} us/step ({g['steps_per_s']:,.0f} steps/s)"
-                for v, g in entry["gru4rec_kernels"].items())
+                print(f"  {name} check vs the numpy reference: cuda loss rel err {c['cuda_loss_rel_err']:.2e} "
+                      f"({'ok' if c['cuda_ok'] else 'MISMATCH'})"
+                      + (f", torch {c['torch_loss_rel_err']:.2e} ({'ok' if c['torch_ok'] else 'MISMATCH'})"
+                         if "torch_ok" in c else ""))
+            entry |= bench_workload(name, w, args.steps, args.repeats, torch_mod, timer, ids=args.ids)
+            g = entry["gru4rec_kernels"]
+            result["us_per_step"][name] = g["us_per_step_median"]
+            line = f"  {name}: gru4rec_kernels {g['us_per_step_median']:8.1f} us/step ({g['steps_per_s']:,.0f} steps/s)"
             if "torch_eager" in entry:
                 t = entry["torch_eager"]
                 line += (f" | torch eager {t['us_per_step_median']:8.1f} us/step ({t['steps_per_s']:,.0f} steps/s)"
-                         f" | speedup " + ", ".join(f"{v} {x:.1f}x" for v, x in entry["speedup_vs_torch"].items()))
+                         f" | speedup {entry['speedup_vs_torch']:.1f}x")
             model = result["model_us_per_step"].get(name)
-            if isinstance(model, dict):
-                line += f" | MODEL plain {model['plain']:.1f} us"
+            if isinstance(model, float):
+                line += f" | MODEL {model:.1f} us"
             print(line)
         except Exception as e:
             failed = True

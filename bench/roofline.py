@@ -1,56 +1,71 @@
-"""MODEL, not a measurement: a roofline of one GRU4Rec v2 training step and of all-item evaluation on an H100.
+"""MODEL, not a measurement: a per-kernel roofline of the cuda backend's training step and evaluation AS BUILT.
 
-Nothing here runs on a GPU. For every kernel of the cuda backend's step plan (docs/design.md sections 3 and 5) it
-counts FLOPs and bytes moved (float32, int32 ids; every operand read once from memory and every result written
-once, at HBM bandwidth: L2-resident reuse between kernels is ignored, which overstates traffic), and predicts
+Nothing here runs on a GPU. The step is not described by hand: the cuda backend's own code runs in Numba's CUDA
+simulator with kernel execution switched off (``trace``), at the full W1-W3 sizes and the GPU's block sizes and
+GEMM tile, and every launch is recorded with its grid, block and arguments. Each recorded launch (= one node of
+the captured CUDA graph) is then priced as the slowest of three limits, plus a per-node overhead:
 
-    time(kernel) = max(flops / fp32 peak, bytes / HBM bandwidth) + per-graph-node overhead
+    time = node_overhead + max( bytes / HBM bandwidth,
+                                FLOPs / (fp32 peak x min(1, blocks / SMs)),
+                                waves x block latency )
+    waves         = ceil(blocks / (SMs x resident blocks per SM))        resident: by threads, and by the
+                    kernel's registers and shared memory from bench/results/kernels.json (compile_kernels.py)
+    block latency = chain x memory latency + block bytes / per-SM bandwidth + block FLOPs / per-SM peak
+                    (a GEMM block: K-slabs x slab time)
 
-summed over the kernels of one step (CUDA graph replay: Python is not in the loop). The per-node overhead is a
-parameter (default 2.5 us, the middle of the ~2-3 us a dependent kernel node costs in a replayed graph); at
-these sizes it dominates, so the number of graph nodes per step decides the result.
+``chain`` is the number of dependent global-memory round trips on a block's critical path: a serial walk over
+slots, a loop whose every iteration waits for its load. Bytes count every operand once at HBM bandwidth (L2
+reuse between kernels ignored: pessimistic for the step's ~15-80 MB working set, which fits the 50 MB L2 only
+at W1). The ids of the traced step are drawn like real data (``--ids zipf``: targets and inputs from a Zipf
+(s = 1) item popularity, samples from popularity^0.5 as the sampler does; ``uniform`` for comparison), because
+duplicate ids decide the cost of the sparse update.
 
-Besides that "ideal" roofline (the formula above), a second, more pessimistic column "occupancy" accounts for
-two things the ideal one hides: a kernel with fewer thread blocks than SMs gets only that fraction of the fp32
-peak (small-M GEMMs, one-block-per-row kernels), and the fused score+loss kernel (one block per row) streams the
-whole gathered Wy[Y] through L2 once per row, at min(L2 bandwidth, blocks x per-SM L2 bandwidth). The L2 figures
-and the GEMM kernel's tile count is an assumption, stated in ``Device`` and ``gemm_blocks``.
+Parameters are the H100 SXM datasheet, plus stated ASSUMPTIONS (``Device``): the node overhead, the latencies,
+the per-SM bandwidth and the GEMM slab time. The slab time is CALIBRATED from one measurement (H200,
+bench/results/gpu_check_NVIDIA_H200.json run: dh = dZ.Wy[Y] at W1, 2 blocks x 130 slabs, ~360 us), everything
+else is not fitted. ``--tree PATH`` traces another checkout (e.g. the one the H200 measured) so the model can
+be compared with a measurement: for that tree (29 launches) the model gives 731 / 1605 / 1892 us for W1 / W2 / W3
+on uniform ids against 897 / 1888 / 2204 us measured, i.e. 14-19% low (bench/results/roofline_3476240.json).
 
-Plans: "plain" (score GEMM + one-block-per-row loss/dZ kernel), "fused" (scores, loss and dZ in one kernel, one
-block per row), "lean (proposal)" (plain, with the weight-gradient GEMMs merged and the step end folded into the
-optimizer: what it would take to fit the W1 budget) and "as built (cuda.py today)" (CudaBackend._step as it was
-composed when this model was written: one node per launch).
-
-Run:  python bench/roofline.py [--node-us 2.5] [--eval-batch 512] [--out bench/results/roofline.json]
-Writes bench/results/roofline.json and prints one table per workload, the plan comparison and the evaluation.
+Run:  python bench/roofline.py [--ids zipf|uniform] [--tree PATH] [--out bench/results/roofline.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "bench" / "results" / "roofline.json"
-F = 4  # bytes per float32
-I = 4  # bytes per int32 id
-LABEL = "MODEL (roofline prediction from counted FLOPs and bytes; not a measurement)"
+LABEL = "MODEL (per-kernel roofline of the traced step; not a measurement)"
+F = 4  # bytes per float32 / int32
 
 
-# --------------------------------------------------------------------------------------------- device, workloads
+# ============================================================================================ device, workloads
 @dataclass(frozen=True)
 class Device:
     name: str = "NVIDIA H100 SXM5 80GB"
     hbm_bw: float = 3.35e12  # B/s, datasheet
     fp32_peak: float = 67e12  # FLOP/s, fp32 non-tensor, datasheet
-    l2_bytes: float = 50e6  # datasheet
     n_sm: int = 132  # datasheet
-    node_overhead_s: float = 2.5e-6  # per CUDA-graph kernel node: ASSUMPTION (parameter), ~2-3 us
-    l2_bw: float = 5.5e12  # B/s aggregate L2 read bandwidth: ASSUMPTION (microbenchmarks report ~5.5-7 TB/s)
-    l2_bw_per_sm: float = 112e9  # B/s one SM can pull from L2 (~64 B/clk at 1.75 GHz): ASSUMPTION
+    node_overhead_s: float = 2.0e-6  # ASSUMPTION: a kernel node of a replayed graph, launch + drain
+    dram_latency_s: float = 0.6e-6  # ASSUMPTION: a dependent global load that misses L2 (~1000 cycles)
+    l2_latency_s: float = 0.3e-6  # ASSUMPTION: a dependent global load that hits L2
+    l1_latency_s: float = 0.025e-6  # ASSUMPTION: a load that hits L1 (a block re-reading a small array: ids)
+    sm_bw: float = 100e9  # ASSUMPTION: what one SM's blocks can stream (B/s)
+    gemm_slab_s: float = 2.77e-6  # CALIBRATED: one BK=16 slab of a 64x64 tile (H200: 360 us / 130 slabs)
+    gemm_efficiency: float = 0.12  # CALIBRATED: kernels/gemm.py's share of fp32 peak with every SM busy (H200:
+    #                                the 512 x 700k x 100 score GEMM in ~9 ms = 8 TFLOP/s)
+
+    @property
+    def sm_flops(self) -> float:
+        return self.fp32_peak / self.n_sm
 
 
 @dataclass(frozen=True)
@@ -62,402 +77,607 @@ class Workload:
     loss: str
     final_act: str = "linear"
     bpreg: float = 0.0
-    N: int = 37_483  # items (the W1 data set; W2 / W3 assume the same catalogue: only memory depends on it)
-    momentum: float = 0.0  # official default: Adagrad without momentum (with momentum: +mom read/write)
-    constrained: bool = True
+    N: int = 37_483  # items (the W1 data set; W2 / W3 use the same catalogue)
+    dropout_p_hidden: float = 0.0
+    momentum: float = 0.0
 
-    @property
-    def O(self) -> int:  # noqa: E743  (O: the output-column count of the GRU4Rec equations)
-        return self.B + self.S
+    def config(self):
+        from gru4rec_kernels.config import TrainConfig
+
+        return TrainConfig(layers=[self.H], batch_size=self.B, n_sample=self.S, loss=self.loss,
+                           final_act=self.final_act, bpreg=self.bpreg, constrained_embedding=True, embedding=0,
+                           dropout_p_hidden=self.dropout_p_hidden, momentum=self.momentum)
 
 
+# The shapes bench/gpu_bench.py measures (its configs: no dropout, no momentum, constrained embedding).
 WORKLOADS = (
     Workload("W1", B=32, H=100, S=2048, loss="cross-entropy"),
     Workload("W2", B=48, H=480, S=2048, loss="cross-entropy"),
     Workload("W3", B=128, H=512, S=2048, loss="bpr-max", final_act="elu-1", bpreg=0.9),
 )
-TARGET_W1_S = 50e-6  # W1 <= 50 us per step (>= 20,000 steps/s)
-TARGET_LAUNCHES = 20
-TARGET_EVAL_S = 1.0  # 100k test events against 700k items
+TARGET_W1_S = 50e-6
+TARGET_LAUNCHES = 18
+MEASURED_H200_US = {"W1": 897.0, "W2": 1888.0, "W3": 2204.0}  # gpu_check_NVIDIA_H200.json (tree 3476240, uniform ids)
+MEASURED_H200_EVAL_S = 2.41  # the same run: 100k events x 700k items
 
 
-# --------------------------------------------------------------------------------------------- kernels
+# ============================================================================================ the trace
 @dataclass
-class Kernel:
+class Launch:
     name: str
-    kind: str  # "gemm" (kernels/gemm.py) or another numba.cuda "kernel"
-    flops: float
-    bytes: float  # HBM traffic, every operand once
-    blocks: int  # thread blocks (occupancy column only)
-    l2_bytes: float = 0.0  # extra L2 traffic beyond `bytes` (occupancy column only)
-    note: str = ""
+    grid: tuple
+    block: tuple
+    args: list
+    consts: dict = field(default_factory=dict)
 
-    def time(self, dev: Device, occupancy: bool = False) -> float:
-        if not occupancy:
-            return max(self.flops / dev.fp32_peak, self.bytes / dev.hbm_bw) + dev.node_overhead_s
-        u = min(1.0, self.blocks / dev.n_sm)
-        t = max(self.flops / (dev.fp32_peak * u), self.bytes / dev.hbm_bw)
-        if self.l2_bytes:
-            t = max(t, self.l2_bytes / min(dev.l2_bw, self.blocks * dev.l2_bw_per_sm))
-        return t + dev.node_overhead_s
+    @property
+    def blocks(self) -> int:
+        return int(np.prod(self.grid))
 
-    def bound(self, dev: Device) -> str:
-        return "compute" if self.flops / dev.fp32_peak > self.bytes / dev.hbm_bw else "memory"
+    @property
+    def threads(self) -> int:
+        return int(np.prod(self.block))
 
 
-def gemm_blocks(M: int, N: int, K: int, dev: Device, tile: int = 64) -> int:
-    """Blocks of kernels/gemm.py: one per tile x tile block of C (no split-K: each C element is one thread's
-    sum, which keeps it deterministic). Only the occupancy column uses it."""
-    return math.ceil(M / tile) * math.ceil(N / tile)
-
-
-def gemm(name: str, M: int, N: int, K: int, dev: Device, note: str = "") -> Kernel:
-    """C[M, N] = A[M, K] B[K, N]: 2MNK FLOPs; A, B read once, C written once."""
-    return Kernel(name, "gemm", 2.0 * M * N * K, F * (M * K + K * N + M * N), gemm_blocks(M, N, K, dev),
-                  note=note or f"[{M},{K}]x[{K},{N}]")
-
-
-def elementwise(name: str, n: int, flops_per: float, bytes_: float, note: str, threads: int = 256) -> Kernel:
-    return Kernel(name, "kernel", n * flops_per, bytes_, max(1, math.ceil(n / threads)), note=note)
-
-
-# Per-element operation counts of the row loss kernels (a special function counts as one op: these kernels are
-# memory- and launch-bound, so the exact count does not move the result).
-LOSS_OPS = {"cross-entropy": 8, "bpr-max": 30, "top1-max": 30, "bpr": 12, "top1": 14}
-ACT_OPS = {"linear": 0, "tanh": 3, "relu": 2, "elu": 4, "leaky": 2}
-
-
-def _row_ops(w: Workload) -> float:
-    return LOSS_OPS[w.loss] + ACT_OPS[w.final_act.split("-")[0]]
-
-
-def step_kernels(w: Workload, dev: Device, scores: str = "plain", lean: bool = False) -> list[Kernel]:
-    """The graph nodes of one training step (one GRU layer, constrained embedding, no dropout).
-
-    scores: "plain" = score GEMM + one-block-per-row loss/dZ kernel; "fused" = one kernel, one block per
-    row, computing that row's O scores, loss and dZ (the row's softmax statistics in shared memory).
-    lean: a proposed plan with two fewer nodes (one weight-gradient GEMM, step end folded into the optimizer).
-    """
-    B, H, O = w.B, w.H, w.O
-    U = O + B  # Wy rows touched: output columns + input rows (constrained embedding); all unique (worst case)
-    mom = 2 if w.momentum > 0 else 0
-    D = 6 * H * H + 3 * H  # flat dense buffer: Wx0 [H,3H], Wrz [H,2H], Wh [H,H], Bh [3H]
-    ks: list[Kernel] = []
-    # forward ----------------------------------------------------------------------------------
-    ks.append(Kernel("step_begin", "kernel", 0,
-                     I * U + B + F * (2 * U * H + 2 * O) + F * 2 * B * H + I * 2 * U,
-                     math.ceil(U * H / 256),
-                     note="ids at the device step counter; gather Wy[Y] [O,H], By[Y], x = Wy[X] [B,H]; zero h on "
-                          "reset rows; duplicate-id owner table (atomicMin)"))
-    ks.append(gemm("gemm x.Wx", B, 3 * H, H, dev))
-    ks.append(gemm("gemm h.Wrz", B, 2 * H, H, dev))
-    ks.append(elementwise("gru_fwd_rz", B * H, 20, F * (8 * B * H + 2 * H), "r, z = sigmoid(a + hU + b); r*h"))
-    ks.append(gemm("gemm (r*h).Wh", B, H, H, dev))
-    ks.append(elementwise("gru_fwd_out", B * H, 15, F * (6 * B * H + H), "c = tanh(..); h' = (1-z) h + z c"))
-    # scores, loss, dZ ---------------------------------------------------------------------------
-    row_flops = B * O * _row_ops(w)
-    if scores == "plain":
-        ks.append(gemm("gemm scores h'.Wy[Y]^T", B, O, H, dev))
-        ks.append(Kernel("loss_dz_rows", "kernel", row_flops, F * (2 * B * O + O + B) + I * O + B, B,
-                         note="one block per row: bias, final act, loss, dZ; reads Z, writes dZ"))
-    elif scores == "fused":
-        ks.append(Kernel("score_loss_fused", "kernel", 2.0 * B * O * H + row_flops,
-                         F * (B * H + O * H + O + B * O + B) + I * O + B, B,
-                         l2_bytes=F * B * O * H,
-                         note="one block per row: h'_i.Wy[Y]^T + By, loss, dZ; no Z round trip, one node fewer; "
-                              "every block streams all of Wy[Y] through L2"))
-    else:
-        raise ValueError(f"scores must be 'plain' or 'fused'; got {scores!r}")
-    # backward -----------------------------------------------------------------------------------
-    ks.append(gemm("gemm dh = dZ.Wy[Y]", B, H, O, dev))
-    ks.append(gemm("gemm dWy[Y] = dZ^T.h'", O, H, B, dev))
-    ks.append(elementwise("gru_bwd_cz", B * H, 10, F * 6 * B * H, "dc, dz"))
-    ks.append(gemm("gemm drh = dc.Wh^T", B, H, H, dev))
-    ks.append(elementwise("gru_bwd_r", B * H, 8, F * (7 * B * H + 3 * H), "dr; dBh = column sums of da"))
-    if lean:
-        ks.append(Kernel("gemm [x|h|rh]^T.da", "gemm", 2.0 * 3 * H * 3 * H * B,
-                         F * (3 * B * H + 3 * B * H + 9 * H * H), gemm_blocks(3 * H, 3 * H, B, dev),
-                         note="PROPOSAL: dWx, dWrz, dWh from one GEMM [3H,B]x[B,3H] (1.5x their FLOPs; the "
-                              "optimizer reads the three gradient blocks from it)"))
-    else:
-        ks.append(gemm("gemm dWx = x^T.da", H, 3 * H, B, dev))
-        ks.append(gemm("gemm dWrz = h^T.da_rz", H, 2 * H, B, dev))
-        ks.append(gemm("gemm dWh = (r*h)^T.dc", H, H, B, dev))
-    ks.append(gemm("gemm dx = da.Wx^T", B, H, 3 * H, dev))
-    # optimizer ----------------------------------------------------------------------------------
-    sparse_bytes = (F * U * H  # gradient rows (dWy[Y] and dx)
-                    + F * (2 + 2 + mom) * U * H  # Wy rows and acc (and mom) read + write
-                    + F * B * O  # dBy = column sums of dZ
-                    + F * (2 + 2 + mom) * O  # By and its acc (and mom) read + write
-                    + I * 2 * U)  # ids, owner table
-    dense_bytes = F * (5 + mom) * D
-    ks.append(Kernel("adagrad (sparse Wy/By + dense flat)", "kernel",
-                     6.0 * (U * H + D) + B * O + float(U) * U, sparse_bytes + dense_bytes,
-                     U + math.ceil(D / 256),
-                     note="one launch, two block ranges: coalesced rows (owner block sums its duplicates) and "
-                          "the flat dense buffer"))
-    if not lean:
-        ks.append(Kernel("step_end", "kernel", 0, I * U + F * 2 * B * H + 8, math.ceil(B * H / 256),
-                         note="advance the device step counter; clear owner entries; hidden <- h'"))
-    return ks
-
-
-def as_built_kernels(w: Workload, dev: Device) -> list[Kernel]:
-    """The step as gru4rec_kernels/backends/cuda.py composes it today (CudaBackend._step, constrained embedding,
-    plain scores, no dropout, no clipping), one graph node per launch: 29 nodes. Read from the code while it was
-    being written: re-check against CudaBackend._step when it changes."""
-    B, H, O = w.B, w.H, w.O
-    U = O + B
-    mom = 2 if w.momentum > 0 else 0
-    D = 6 * H * H + 3 * H
-    return [
-        Kernel("step_begin", "kernel", 0, 2 * I * U + 4 * B, math.ceil(U / 256), note="stage ids, active, reset"),
-        Kernel("hidden_reset", "kernel", 0, 2 * F * B * H + B, math.ceil(B * H / 256)),
-        Kernel("gather_rows x0 = Wy[X]", "kernel", 0, I * B + 2 * F * B * H, math.ceil(B * H / 256)),
-        gemm("gemm x.Wx", B, 3 * H, H, dev),
-        gemm("gemm h.Wrz", B, 2 * H, H, dev),
-        elementwise("gru_fwd_rz", B * H, 20, F * (8 * B * H + 2 * H), "r, z, r*h"),
-        gemm("gemm (r*h).Wh", B, H, H, dev),
-        elementwise("gru_fwd_out", B * H, 15, F * (6 * B * H + H), "c, h'"),
-        Kernel("gather_rows Wy[Y]", "kernel", 0, I * O + 2 * F * O * H, math.ceil(O * H / 256)),
-        gemm("gemm scores h'.Wy[Y]^T", B, O, H, dev),
-        Kernel("row_loss", "kernel", B * O * _row_ops(w), F * (2 * B * O + O + B) + I * O + B, B),
-        gemm("gemm dh = dZ.Wy[Y]", B, H, O, dev),
-        gemm("gemm dWy[Y] = dZ^T.h'", O, H, B, dev),
-        Kernel("col_sum dBy", "kernel", B * O, F * (B * O + O), math.ceil(O / 128)),
-        elementwise("gru_bwd_cz", B * H, 10, F * 6 * B * H, "dc, dz"),
-        gemm("gemm drh = dc.Wh^T", B, H, H, dev),
-        elementwise("gru_bwd_r", B * H, 8, F * 4 * B * H, "dr"),
-        gemm("gemm dWrz = h^T.da_rz", H, 2 * H, B, dev),
-        gemm("gemm dWh = (r*h)^T.dc", H, H, B, dev),
-        Kernel("col_sum dBh", "kernel", 3 * B * H, F * (3 * B * H + 3 * H), math.ceil(3 * H / 128)),
-        gemm("gemm dWx = x^T.da", H, 3 * H, B, dev),
-        gemm("gemm dx = da.Wx^T", B, H, 3 * H, dev),
-        elementwise("dropout_inplace dx0 (p=0)", B * H, 1, 2 * F * B * H, "launched even when p = 0"),
-        Kernel("adagrad_dense", "kernel", 6.0 * D, F * (5 + mom) * D, math.ceil(D / 256)),
-        Kernel("sparse_adagrad_mark Wy", "kernel", 0, I * U + 4 * I * U, math.ceil(U / 256)),
-        Kernel("sparse_adagrad_apply Wy", "kernel", 6.0 * U * H, F * U * H + F * (4 + mom) * U * H + 6 * I * U,
-               U),
-        Kernel("sparse_adagrad_mark By", "kernel", 0, I * O + 4 * I * O, math.ceil(O / 256)),
-        Kernel("sparse_adagrad_apply By", "kernel", 6.0 * O, F * O + F * (4 + mom) * O + 6 * I * O, O),
-        Kernel("step_end", "kernel", B, F * B + 16, 1, note="step loss, advance the device counter"),
-    ]
-
-
-PLANS = {  # name -> (scores version, lean); None: as_built_kernels
-    "plain": ("plain", False),
-    "fused": ("fused", False),
-    "lean (proposal)": ("plain", True),
-    "as built (cuda.py today)": None,
-}
-
-
-def summarize(ks: list[Kernel], dev: Device) -> dict:
-    ideal = sum(k.time(dev) for k in ks)
-    occ = sum(k.time(dev, occupancy=True) for k in ks)
-    overhead = len(ks) * dev.node_overhead_s
-    return {
-        "launches": len(ks),
-        "flops": sum(k.flops for k in ks),
-        "bytes": sum(k.bytes for k in ks),
-        "overhead_s": overhead,
-        "work_s": ideal - overhead,
-        "step_s": ideal,
-        "steps_per_s": 1.0 / ideal,
-        "step_s_occupancy": occ,
-        "steps_per_s_occupancy": 1.0 / occ,
-    }
-
-
-def model_workload(w: Workload, dev: Device) -> dict:
-    out = {"workload": asdict(w) | {"O": w.O}, "plans": {}}
-    for plan, how in PLANS.items():
-        ks = as_built_kernels(w, dev) if how is None else step_kernels(w, dev, scores=how[0], lean=how[1])
-        out["plans"][plan] = summarize(ks, dev) | {"kernels": [
-            asdict(k) | {"time_s": k.time(dev), "time_s_occupancy": k.time(dev, True), "bound": k.bound(dev)}
-            for k in ks]}
-    # the scores/loss stage alone, both versions
-    p, f = out["plans"]["plain"], out["plans"]["fused"]
-    stage = lambda plan, names: sum(k["time_s"] for k in plan["kernels"] if k["name"] in names)
-    stage_o = lambda plan, names: sum(k["time_s_occupancy"] for k in plan["kernels"] if k["name"] in names)
-    plain_names = {"gemm scores h'.Wy[Y]^T", "loss_dz_rows"}
-    out["scores_loss"] = {
-        "plain_s": stage(p, plain_names), "fused_s": stage(f, {"score_loss_fused"}),
-        "plain_s_occupancy": stage_o(p, plain_names), "fused_s_occupancy": stage_o(f, {"score_loss_fused"}),
-    }
-    sl = out["scores_loss"]
-    sl["faster_ideal"] = "fused" if sl["fused_s"] < sl["plain_s"] else "plain"
-    sl["faster_occupancy"] = "fused" if sl["fused_s_occupancy"] < sl["plain_s_occupancy"] else "plain"
-    # working set: does the step's traffic stay in L2? (it would make the byte counts pessimistic)
-    out["wy_bytes"] = F * w.N * w.H
-    out["working_set_bytes"] = F * (2 * w.N * w.H + 2 * w.N) + F * 2 * (6 * w.H * w.H + 3 * w.H) + F * 4 * w.O * w.H
+def _closure(fn) -> dict:
+    names = fn.__code__.co_freevars
+    cells = fn.__closure__ or ()
+    out = {}
+    for n, c in zip(names, cells):
+        try:
+            v = c.cell_contents
+        except ValueError:
+            continue
+        if isinstance(v, (int, float, bool, np.integer, np.floating)):
+            out[n] = v
     return out
 
 
-# --------------------------------------------------------------------------------------------- evaluation
+class Recorder:
+    """Records every kernel launch of the simulator instead of running it (device functions are not kernels)."""
+
+    def __init__(self):
+        from numba.cuda.simulator import kernel as simk
+
+        self._simk = simk
+        self.launches: list[Launch] = []
+        self._orig = None
+
+    def __enter__(self):
+        simk = self._simk
+        self._orig = simk.FakeCUDAKernel.__call__
+        orig, launches = self._orig, self.launches
+
+        def record(kern, *args):
+            if kern._device or simk._kernel_context:
+                return orig(kern, *args)
+            launches.append(Launch(kern.fn.__name__, tuple(kern.grid_dim), tuple(kern.block_dim), list(args),
+                                   _closure(kern.fn)))
+            return None
+
+        simk.FakeCUDAKernel.__call__ = record
+        return self
+
+    def __exit__(self, *exc):
+        self._simk.FakeCUDAKernel.__call__ = self._orig
+        return False
+
+
+def _ensure_simulator():
+    if "numba.cuda" in sys.modules:
+        from numba import config
+
+        if not config.ENABLE_CUDASIM:
+            raise RuntimeError("roofline traces in the CUDA simulator: set NUMBA_ENABLE_CUDASIM=1 before numba.cuda "
+                               "is imported (the script does it when run directly)")
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+
+
+def step_ids(w: Workload, ids: str, seed: int = 0) -> dict:
+    """One step's ids: inputs, targets [B] and samples [S], uniform or Zipf-like (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    if ids == "uniform":
+        return {"X": rng.integers(0, w.N, w.B), "Y": rng.integers(0, w.N, w.B), "samples": rng.integers(0, w.N, w.S)}
+    if ids != "zipf":
+        raise ValueError(f"ids must be 'zipf' or 'uniform'; got {ids!r}")
+    pop = 1.0 / np.arange(1, w.N + 1)
+    pop = rng.permutation(pop)
+    p1 = pop / pop.sum()
+    p05 = np.sqrt(pop) / np.sqrt(pop).sum()
+    return {"X": rng.choice(w.N, w.B, p=p1), "Y": rng.choice(w.N, w.B, p=p1), "samples": rng.choice(w.N, w.S, p=p05)}
+
+
+class DeviceDefaults:
+    """While tracing, the launch decisions a GPU would make: its block sizes, GEMM tile, split-K minimum and
+    wave size (``target_blocks``) instead of the simulator's tiny ones. (Attributes an older tree lacks are
+    skipped, so ``--tree`` works on older checkouts.)"""
+
+    def __init__(self, n_sm: int):
+        from gru4rec_kernels.kernels import common as kc
+        from gru4rec_kernels.kernels import gemm as kgm
+
+        tile = kgm.TILE
+        min_slabs = getattr(kgm, "SPLIT_MIN_SLABS", None)
+        self._patches = [(kc, "target_blocks", lambda: n_sm), (kgm, "target_blocks", lambda: n_sm),
+                         (kgm, "default_tile", lambda: tile), (kgm, "default_min_slabs", lambda: min_slabs)]
+        self._saved = []
+
+    def __enter__(self):
+        for mod, name, val in self._patches:
+            if hasattr(mod, name):
+                self._saved.append((mod, name, getattr(mod, name)))
+                setattr(mod, name, val)
+        return self
+
+    def __exit__(self, *exc):
+        for mod, name, val in reversed(self._saved):
+            setattr(mod, name, val)
+        self._saved.clear()
+        return False
+
+
+def trace_step(w: Workload, ids: str = "zipf", n_sm: int = 132) -> tuple[list[Launch], dict]:
+    """The launches of one training step of the cuda backend as a GPU with ``n_sm`` SMs would run it (block sizes,
+    tile, splits), and the step's ids."""
+    _ensure_simulator()
+    from gru4rec_kernels.backends.cuda import CudaBackend
+    from gru4rec_kernels.kernels import common as kc
+    from gru4rec_kernels.layout import init_params
+
+    cfg = w.config()
+    _, params = init_params(cfg, w.N)
+    st = step_ids(w, ids)
+    X, Y, smp = (st[k].astype(np.int32)[None, :] for k in ("X", "Y", "samples"))
+    with DeviceDefaults(n_sm):
+        be = CudaBackend(cfg, w.N, params, threads=dict(kc.THREADS))
+        with Recorder() as rec:
+            be.train_chunk(X, Y, np.ones_like(X, bool), np.zeros_like(X, bool), smp, 0)
+        be.close()
+    return rec.launches, st
+
+
+# ============================================================================================ pricing
+@dataclass
+class Cost:
+    flops: float
+    bytes: float
+    chain: float = 2.0  # dependent global round trips per block (critical path)
+    block_bytes: float = 0.0
+    block_flops: float = 0.0
+    slabs: int = 0  # GEMM: K-slabs walked by one block
+    latency: str = "dram"  # which latency the chain pays
+    note: str = ""
+
+
+def _shape(a) -> tuple:
+    return tuple(getattr(a, "shape", ()))
+
+
+def _nbytes(a) -> int:
+    return int(np.prod(_shape(a))) * np.dtype(getattr(a, "dtype", np.float32)).itemsize
+
+
+def _gemm_problem(C, A, ta: bool, acc: bool, splits: int, kc: int, BK: int) -> tuple:
+    """(flops, bytes, slabs per block) of C [M, N] = op(A) op(B) with K cut into ``splits`` ranges of kc."""
+    M, N = _shape(C)
+    K = _shape(A)[0] if ta else _shape(A)[1]
+    kc = K if splits <= 1 else min(kc, K)
+    part = F * 2 * splits * M * N if splits > 1 else 0  # partial tiles written and read back by the last block
+    return 2.0 * M * N * K, F * (M * K + K * N + M * N * (2 if acc else 1)) + part, math.ceil(kc / BK)
+
+
+def _gemm_cost(L: Launch, ctx) -> Cost:
+    """gemm_nn / nt / tn (C, A, B, accumulate[, splits, kc, work, tickets]): grid (N tiles, M tiles, splits)."""
+    C, A = L.args[0], L.args[1]
+    BK = int(L.consts.get("BK", 16))
+    extra = [a for a in L.args[3:] if not hasattr(a, "shape")]
+    acc = bool(extra[0]) if extra else False
+    splits, kc = (int(extra[1]), int(extra[2])) if len(extra) >= 3 else (1, 0)
+    fl, by, slabs = _gemm_problem(C, A, L.name == "gemm_tn", acc, splits, kc, BK)
+    M, N = _shape(C)
+    K = _shape(A)[0] if L.name == "gemm_tn" else _shape(A)[1]
+    return Cost(fl, by, slabs=slabs + (1 if splits > 1 else 0),
+                note=f"[{M},{K}]x[{K},{N}]" + (f" split {splits}" if splits > 1 else ""))
+
+
+def _gemm_grouped_cost(L: Launch, ctx) -> Cost:
+    """gemm_grouped (Cs, As, Bs, desc, work, tickets): the products whose block range is not empty; a block's
+    critical path is the longest K range of any product (+ one slab-time for a split tile's final sum)."""
+    from gru4rec_kernels.kernels import gemm as kgm
+
+    Cs, As_, desc = L.args[0], L.args[1], np.asarray(L.args[3])
+    BK = int(L.consts.get("BK", 16))
+    fl = by = 0.0
+    slabs = 0
+    notes = []
+    for p in range(len(Cs)):
+        d = desc[p * kgm._ND:(p + 1) * kgm._ND]
+        if d[kgm._END] <= d[kgm._START]:
+            continue
+        flags, splits, kc = int(d[kgm._FLAGS]), int(d[kgm._SPLITS]), int(d[kgm._KC])
+        ta, acc = bool(flags & kgm._TA), bool(flags & kgm._ACC)
+        f_, b_, s_ = _gemm_problem(Cs[p], As_[p], ta, acc, splits, kc, BK)
+        fl, by = fl + f_, by + b_
+        slabs = max(slabs, s_ + (1 if splits > 1 else 0))
+        M, N = _shape(Cs[p])
+        notes.append(f"{M}x{N}" + (f"/{splits}" if splits > 1 else ""))
+    return Cost(fl, by, slabs=slabs, note="group " + " ".join(notes))
+
+
+def _sum_bytes(L: Launch, skip=()) -> int:
+    return sum(_nbytes(a) for i, a in enumerate(L.args) if hasattr(a, "shape") and i not in skip)
+
+
+def _elementwise(flops_per: float, skip=()):
+    def cost(L: Launch, ctx) -> Cost:
+        n = max(int(np.prod(_shape(L.args[0]))), 1)
+        return Cost(flops_per * n, _sum_bytes(L, skip))
+    return cost
+
+
+def _gather_rows(L: Launch, ctx) -> Cost:
+    out, table, ids = L.args[0], L.args[1], L.args[2]
+    return Cost(0.0, 2 * _nbytes(out) + _nbytes(ids), chain=3, latency="dram",
+                note=f"{_shape(out)} rows of {_shape(table)}")
+
+
+def _row_kernel(flops_per: float):
+    """One block per row of S [B, O]: passes over the row (max, sums, dZ)."""
+    def cost(L: Launch, ctx) -> Cost:
+        S = L.args[2]
+        B, O = _shape(S)
+        row = F * 2 * O
+        passes = math.ceil(O / L.threads)
+        return Cost(flops_per * B * O, F * (2 * B * O + 2 * O) + F * O, chain=3 * passes, block_bytes=row,
+                    latency="l2", note=f"{B} rows x {O} columns, {passes} iterations per pass")
+    return cost
+
+
+def _col_sum(L: Launch, ctx) -> Cost:
+    out, a = L.args[0], L.args[1]
+    R, Cn = _shape(a)
+    return Cost(R * Cn, _nbytes(a) + _nbytes(out), chain=R, latency="l2", note=f"{R} rows walked per column")
+
+
+def _adagrad_dense(L: Launch, ctx) -> Cost:
+    n = _shape(L.args[0])[0]
+    return Cost(6.0 * n, F * 5 * n)
+
+
+def _sparse_mark(L: Launch, ctx) -> Cost:
+    K = _shape(L.args[2])[0]
+    return Cost(0.0, F * 3 * K, chain=2, latency="l2")
+
+
+def _sparse_apply_scan(L: Launch, ctx) -> Cost:
+    """The scan version (tree 3476240): the block of an id's first slot walks forward over the slots until it
+    has seen all copies, one dependent ids[] load per slot, once per pass over the row's columns."""
+    p, ids = L.args[0], L.args[5]
+    D = _shape(p)[1] if len(_shape(p)) > 1 else 1
+    K = _shape(ids)[0]
+    ids_h = ctx["slot_ids"].get(K)
+    walk = 1
+    if ids_h is not None:
+        last = {}
+        first = {}
+        for k, u in enumerate(ids_h):
+            first.setdefault(u, k)
+            last[u] = k
+        walk = max(last[u] - first[u] + 1 for u in first)
+    passes = math.ceil(D / L.threads)
+    return Cost(6.0 * K * D, F * (K * D + 4 * K * D) + F * 3 * K, chain=walk * passes + 3, latency="l1",
+                note=f"longest walk {walk} slots x {passes} column passes")
+
+
+def _sparse_adagrad_segments(L: Launch, ctx) -> Cost:
+    """The host-segment version: block q sums segment q's gradient rows in slot order (one dependent L2 load per
+    slot per column pass), then updates the row; the longest segment (the most duplicated id) is the block on
+    the critical path."""
+    p, perm = L.args[0], L.args[4]
+    D = _shape(p)[1] if len(_shape(p)) > 1 else 1
+    K = _shape(perm)[1]
+    ids_h = ctx["slot_ids"].get(K)
+    longest, n_seg = 1, K
+    if ids_h is not None:
+        counts = np.unique(ids_h, return_counts=True)[1]
+        longest, n_seg = int(counts.max()), len(counts)
+    passes = math.ceil(D / L.threads)
+    # rows + perm read, p / acc (/ mom) read and written per touched row, the bias likewise
+    return Cost(6.0 * K * D, F * (K * D + K) + F * 4 * n_seg * D + F * 4 * n_seg,
+                chain=passes * longest + 3, latency="l2",
+                note=f"{n_seg} segments of {K} slots, longest {longest} x {passes} column passes")
+
+
+def _step_begin(L: Launch, ctx) -> Cost:
+    """ids [O + B] staged from the chunk row; and (since the launch folding) h_in reset/copy, x0 = emb[X] and
+    WyY = Wy[Y] gathers: every written element read once, written once."""
+    if len(L.args) < 12:  # the older step_begin: ids only
+        return Cost(0.0, F * 2 * _shape(L.args[0])[0])
+    ids, h_in, x0, WyY = L.args[0], L.args[3], L.args[6], L.args[9]
+    gather_x0 = bool(L.args[8])
+    n = _nbytes(ids) + _nbytes(h_in) + (_nbytes(x0) if gather_x0 else 0) + _nbytes(WyY)
+    return Cost(0.0, 2.0 * n, chain=3, note=f"ids, h_in, {'x0, ' if gather_x0 else ''}Wy[Y] {_shape(WyY)}")
+
+
+def _row_loss_partial(L: Launch, ctx) -> Cost:
+    """Stage 1 (grid chunks x rows): each block two passes (max, sums) over its chunk of one row of S."""
+    part, S = L.args[0], L.args[1]
+    B, O = _shape(S)
+    C = _shape(part)[1]
+    it = math.ceil(math.ceil(O / C) / L.threads)
+    return Cost(14.0 * B * O, F * 2 * B * O + _nbytes(part), chain=2 * it + 2, latency="l2",
+                note=f"{B} rows x {C} chunks, {it} iterations per pass")
+
+
+def _row_loss_grad(L: Launch, ctx) -> Cost:
+    """Stage 2: each block combines its row's C partials in order, then one pass writes dZ of its chunk."""
+    part, S = L.args[2], L.args[3]
+    B, O = _shape(S)
+    C = _shape(part)[1]
+    it = math.ceil(math.ceil(O / C) / L.threads)
+    return Cost(10.0 * B * O, F * 3 * B * O + _nbytes(part) * 2, chain=it + 3, latency="l2",
+                note=f"{B} rows x {C} chunks")
+
+
+def _one_block_reduce(L: Launch, ctx) -> Cost:
+    n = sum(int(np.prod(_shape(a))) for a in L.args if hasattr(a, "shape"))
+    return Cost(n, F * n, chain=4, latency="l2")
+
+
+def _rank_counts(L: Launch, ctx) -> Cost:
+    S = L.args[2]
+    B, N = _shape(S)
+    passes = math.ceil(N / L.threads)
+    return Cost(6.0 * B * N, F * (B * N + N), chain=passes, block_bytes=F * N, latency="dram")
+
+
+def _eval_rank_counts(L: Launch, ctx) -> Cost:
+    """Tiled version: block (x, y) counts one span of row y of the score tile against the row's target score."""
+    S = L.args[2]
+    B, n = _shape(S)
+    span = math.ceil(n / L.grid[0])
+    it = math.ceil(span / L.threads)
+    return Cost(4.0 * B * n, F * (B * n + n + B), chain=it + 3, latency="l2", note=f"[{B}, {n}] tile, span {span}")
+
+
+def _target_scores(L: Launch, ctx) -> Cost:
+    h = L.args[1]
+    B, H = _shape(h)
+    return Cost(2.0 * B * H, F * 2 * B * H, chain=H + 2, latency="l1", note=f"{B} dots of {H} (serial in k)")
+
+
+#: kernel function name -> pricing. A kernel the step launches without an entry here is an error (test). Entries
+#: of kernels the current tree no longer launches (row_loss, col_sum, the scan sparse update) price older trees
+#: (``--tree``), e.g. the one measured on the H200.
+COSTS = {
+    "gemm_nn": _gemm_cost, "gemm_nt": _gemm_cost, "gemm_tn": _gemm_cost, "gemm_grouped": _gemm_grouped_cost,
+    "row_loss_partial": _row_loss_partial, "row_loss_grad": _row_loss_grad,
+    "step_begin": _step_begin,
+    "step_end": _one_block_reduce,
+    "hidden_reset": _elementwise(1),
+    "gather_rows": _gather_rows,
+    "gru_fwd_rz": _elementwise(20, skip=(3, 7)),
+    "gru_fwd_out": _elementwise(15, skip=(2, 6)),
+    "gru_bwd_cz": _elementwise(10),
+    "gru_bwd_r": _elementwise(8),
+    "dropout_inplace": _elementwise(1),
+    "row_loss": _row_kernel(12),
+    "col_sum": _col_sum,
+    "adagrad_dense": _adagrad_dense,
+    "sparse_adagrad_mark": _sparse_mark,
+    "sparse_adagrad_apply": _sparse_apply_scan,
+    "sparse_adagrad": _sparse_adagrad_segments,
+    "sumsq_partial": _elementwise(2),
+    "clip_scale": _one_block_reduce,
+    "rank_counts": _rank_counts,
+    "eval_rank_counts": _eval_rank_counts,
+    "target_scores": _target_scores,
+    "eval_step_begin": _elementwise(0),
+    "eval_step_end": _one_block_reduce,
+}
+
+
+def _compiled() -> dict:
+    """kernel name -> (registers, static shared bytes) on sm_90 from bench/results/kernels.json (COMPILED facts of
+    compile_kernels.py), to bound how many blocks an SM holds; {} when the file is absent."""
+    if "table" not in _COMPILED:
+        table = {}
+        path = REPO / "bench" / "results" / "kernels.json"
+        if path.exists():
+            for r in json.loads(path.read_text()):
+                if r.get("ok") and r.get("arch") == "sm_90":
+                    regs, smem = table.get(r["kernel"], (0, 0))
+                    table[r["kernel"]] = (max(regs, r["registers"]), max(smem, r["smem"]))
+        _COMPILED["table"] = table
+    return _COMPILED["table"]
+
+
+_COMPILED: dict = {}
+
+
+def resident_blocks(name: str, threads: int) -> int:
+    """Blocks one SM holds at once (H100: 2048 threads, 32 blocks, 64K registers, 228 KB shared memory), with the
+    kernel's compiled registers and shared memory when known; threads alone otherwise."""
+    n = min(32, 2048 // max(threads, 1))
+    regs, smem = _compiled().get(name, (0, 0))
+    if regs:
+        n = min(n, 65536 // (((regs + 7) // 8 * 8) * threads))
+    if smem:
+        n = min(n, (228 * 1024) // (smem + 1024))
+    return max(n, 1)
+
+
+def price(L: Launch, dev: Device, ctx: dict) -> dict:
+    key = L.name
+    if key == "rank_counts" and len(L.args) == 10 and len(_shape(L.args[0])) == 2:  # the tiled one (T, B counts)
+        key = "eval_rank_counts"
+    fn = COSTS.get(key)
+    if fn is None:
+        raise KeyError(f"roofline: no cost model for kernel {L.name!r}; add one to COSTS")
+    c = fn(L, ctx)
+    blocks, threads = L.blocks, L.threads
+    resident = resident_blocks(L.name, threads)
+    waves = math.ceil(blocks / (dev.n_sm * resident))
+    lat = {"dram": dev.dram_latency_s, "l2": dev.l2_latency_s, "l1": dev.l1_latency_s}[c.latency]
+    if c.slabs:
+        block_s = c.slabs * dev.gemm_slab_s
+    else:
+        block_s = c.chain * lat + c.block_bytes / dev.sm_bw + c.block_flops / dev.sm_flops
+    t_mem = c.bytes / dev.hbm_bw
+    eff = dev.gemm_efficiency if c.slabs else 1.0
+    t_flop = c.flops / (dev.fp32_peak * eff * min(1.0, blocks / dev.n_sm))
+    t_lat = waves * block_s
+    limits = {"memory": t_mem, "compute": t_flop, "latency": t_lat}
+    bound = max(limits, key=limits.get)
+    return {"name": L.name, "grid": list(L.grid), "block": list(L.block), "blocks": blocks, "waves": waves,
+            "flops": c.flops, "bytes": c.bytes, "t_memory_s": t_mem, "t_compute_s": t_flop, "t_latency_s": t_lat,
+            "bound": bound, "time_s": dev.node_overhead_s + limits[bound], "below_one_wave": blocks < dev.n_sm,
+            "note": c.note}
+
+
 @dataclass(frozen=True)
 class EvalWorkload:
     events: int = 100_000  # scored test events
     N: int = 700_000  # items ranked per event
     H: int = 100
-    batch: int = 512  # rows (session-parallel lanes) scored per step
+    batch: int = 512  # session-parallel rows per step
+    tile: int = 16_384  # items per score tile (CudaBackend's eval_tile default on a GPU)
 
 
-def eval_kernels(e: EvalWorkload, dev: Device) -> list[Kernel]:
-    B, H, N = e.batch, e.H, e.N
-    return [
-        Kernel("eval_begin", "kernel", 0, I * 2 * B + B + F * (2 * B * H + B * H), math.ceil(B * H / 256),
-               note="ids, targets; x = Wy[X]; zero h on reset rows"),
-        gemm("gemm x.Wx", B, 3 * H, H, dev),
-        gemm("gemm h.Wrz", B, 2 * H, H, dev),
-        elementwise("gru_fwd_rz", B * H, 20, F * (8 * B * H + 2 * H), "r, z, r*h"),
-        gemm("gemm (r*h).Wh", B, H, H, dev),
-        elementwise("gru_fwd_out", B * H, 15, F * (6 * B * H + H), "h'"),
-        gemm("gemm scores h'.Wy^T", B, N, H, dev, note=f"[{B},{H}]x[{H},{N}] (Wy streamed from HBM every step)"),
-        Kernel("rank_count", "kernel", 4.0 * B * N, F * (B * N + N + 2 * B) + 16 * B, B * max(1, N // 8192),
-               note="+By, final act, count > / == target score; int64 counts stay on the device"),
-    ]
+def trace_eval(e: EvalWorkload, n_sm: int = 132) -> list[Launch]:
+    """The launches of one all-item evaluation step (CudaBackend.eval_chunk, T = 1)."""
+    _ensure_simulator()
+    from gru4rec_kernels.backends.cuda import CudaBackend
+    from gru4rec_kernels.config import TrainConfig
+    from gru4rec_kernels.kernels import common as kc
+    from gru4rec_kernels.layout import init_params
+
+    cfg = TrainConfig(layers=[e.H], constrained_embedding=True, embedding=0)
+    _, params = init_params(cfg, e.N)
+    X = np.zeros((1, e.batch), np.int32)
+    with DeviceDefaults(n_sm):
+        be = CudaBackend(cfg, e.N, params, threads=dict(kc.THREADS), eval_tile=e.tile)
+        be.reset_eval(e.batch)
+        with Recorder() as rec:
+            be.eval_chunk(X, X, np.zeros_like(X, bool), np.ones_like(X, bool))
+        be.close()
+    return rec.launches
 
 
 def model_eval(e: EvalWorkload, dev: Device) -> dict:
-    ks = eval_kernels(e, dev)
+    ks = [price(L, dev, {"slot_ids": {}}) for L in trace_eval(e)]
     steps = math.ceil(e.events / e.batch)
-    per_step = sum(k.time(dev) for k in ks)
-    per_step_o = sum(k.time(dev, True) for k in ks)
-    return {
-        "eval": asdict(e), "steps": steps, "launches_per_step": len(ks),
-        "step_s": per_step, "total_s": steps * per_step, "total_s_occupancy": steps * per_step_o,
-        "events_per_s": e.events / (steps * per_step),
-        "scores_buffer_bytes": F * e.batch * e.N,
-        "flop_floor_s": 2.0 * e.events * e.H * e.N / dev.fp32_peak,
-        "kernels": [asdict(k) | {"time_s": k.time(dev), "bound": k.bound(dev)} for k in ks],
-        "assumes": "every lane busy (steps = ceil(events / batch)); session-parallel replay leaves lanes idle "
-                   "at the end, so real steps are somewhat more",
-    }
+    per_step = sum(k["time_s"] for k in ks)
+    by_name: dict = {}
+    for k in ks:
+        d = by_name.setdefault(k["name"], {"launches": 0, "time_s": 0.0, "bound": k["bound"]})
+        d["launches"] += 1
+        d["time_s"] += k["time_s"]
+    return {"eval": asdict(e), "steps": steps, "launches_per_step": len(ks), "step_s": per_step,
+            "total_s": steps * per_step, "flop_floor_s": 2.0 * e.events * e.H * e.N / dev.fp32_peak,
+            "kernels_by_name": by_name,
+            "assumes": "every lane busy (steps = ceil(events / batch)); the session-parallel replay leaves lanes "
+                       "idle at the end, so real steps are somewhat more"}
 
 
-# --------------------------------------------------------------------------------------------- report
-def us(s: float) -> str:
-    return f"{s * 1e6:8.2f}"
+def slot_ids(st: dict, w: Workload) -> dict:
+    """The host view of the slot arrays the sparse update walks, keyed by their length."""
+    Y = np.concatenate([st["Y"], st["samples"]])
+    return {len(Y): Y, len(Y) + w.B: np.concatenate([Y, st["X"]])}
 
 
-def kernel_table(plan: dict) -> str:
-    lines = [f"  {'kernel':<38} {'kind':<6} {'MFLOP':>8} {'KB':>9} {'bound':<7} {'ideal us':>8} {'occ us':>8}"]
-    for k in plan["kernels"]:
-        lines.append(f"  {k['name']:<38} {k['kind']:<6} {k['flops'] / 1e6:8.2f} {k['bytes'] / 1e3:9.1f} "
-                     f"{k['bound']:<7} {us(k['time_s'])} {us(k['time_s_occupancy'])}")
+def model_step(w: Workload, dev: Device, ids: str) -> dict:
+    launches, st = trace_step(w, ids)
+    ctx = {"slot_ids": slot_ids(st, w)}
+    ks = [price(L, dev, ctx) for L in launches]
+    total = sum(k["time_s"] for k in ks)
+    return {"workload": asdict(w), "ids": ids, "launches": len(ks), "step_s": total, "steps_per_s": 1 / total,
+            "overhead_s": len(ks) * dev.node_overhead_s, "kernels": ks,
+            "below_one_wave": sorted({k["name"] for k in ks if k["below_one_wave"]})}
+
+
+# ============================================================================================ report
+def table(m: dict) -> str:
+    lines = [f"  {'kernel':<24} {'grid':>12} {'blk':>4} {'waves':>5} {'MFLOP':>8} {'KB':>8} "
+             f"{'mem us':>7} {'flop us':>7} {'lat us':>7} {'bound':<8} {'us':>7}  note"]
+    for k in m["kernels"]:
+        g = "x".join(str(v) for v in k["grid"] if v > 1) or "1"
+        lines.append(f"  {k['name']:<24} {g:>12} {k['block'][0]:>4} {k['waves']:>5} {k['flops'] / 1e6:8.2f} "
+                     f"{k['bytes'] / 1e3:8.1f} {k['t_memory_s'] * 1e6:7.2f} {k['t_compute_s'] * 1e6:7.2f} "
+                     f"{k['t_latency_s'] * 1e6:7.2f} {k['bound']:<8} {k['time_s'] * 1e6:7.2f}  {k['note']}")
     return "\n".join(lines)
 
 
-def report(result: dict) -> str:
-    dev = result["device"]
+def run(dev: Device, ids: str, workloads=WORKLOADS, eval_w: EvalWorkload | None = None) -> dict:
+    res = {"label": LABEL, "device": asdict(dev), "ids": ids, "workloads": {}}
+    for w in workloads:
+        res["workloads"][w.name] = model_step(w, dev, ids)
+    if eval_w is not None:
+        res["eval"] = model_eval(eval_w, dev)
+    w1 = res["workloads"].get("W1")
+    if w1:
+        res["verdict_W1"] = {"launches": w1["launches"], "step_us": w1["step_s"] * 1e6,
+                             "meets_launches": w1["launches"] <= TARGET_LAUNCHES,
+                             "meets_time": w1["step_s"] <= TARGET_W1_S,
+                             "grids_below_one_wave": w1["below_one_wave"]}
+    return res
+
+
+def report(res: dict) -> str:
+    d = res["device"]
     out = [f"=== {LABEL} ===",
-           (f"device: {dev['name']}: HBM {dev['hbm_bw'] / 1e12:.2f} TB/s, fp32 {dev['fp32_peak'] / 1e12:.0f} TFLOP/s, "
-            f"L2 {dev['l2_bytes'] / 1e6:.0f} MB, {dev['n_sm']} SMs; graph-node overhead "
-            f"{dev['node_overhead_s'] * 1e6:.2f} us per node (parameter --node-us)"),
-           ("ideal = max(flops/peak, bytes/HBM bw) + node overhead; occ = ideal with grid-size occupancy and the "
-            "fused kernel's L2 re-reads"), ""]
-    for name, wr in result["workloads"].items():
-        w = wr["workload"]
-        out.append(f"--- {name}: B={w['B']} H={w['H']} S={w['S']} O={w['O']} N={w['N']} {w['loss']} "
-                   f"{w['final_act']}{' bpreg ' + str(w['bpreg']) if w['loss'] == 'bpr-max' else ''} (constrained)")
-        out.append(kernel_table(wr["plans"]["plain"]))
-        out.append(f"  {'plan':<26} {'launches':>8} {'MFLOP':>8} {'MB':>7} {'work us':>8} {'ovh us':>8} "
-                   f"{'step us':>8} {'steps/s':>9} {'occ us':>8} {'occ st/s':>9}")
-        for plan, p in wr["plans"].items():
-            out.append(f"  {plan:<26} {p['launches']:>8} {p['flops'] / 1e6:8.1f} {p['bytes'] / 1e6:7.2f} "
-                       f"{us(p['work_s'])} {us(p['overhead_s'])} {us(p['step_s'])} {p['steps_per_s']:9.0f} "
-                       f"{us(p['step_s_occupancy'])} {p['steps_per_s_occupancy']:9.0f}")
-        sl = wr["scores_loss"]
-        out.append(f"  scores+loss stage: plain (GEMM + row kernel) {us(sl['plain_s'])} us vs fused {us(sl['fused_s'])}"
-                   f" us (ideal: {sl['faster_ideal']} faster); occupancy: plain {us(sl['plain_s_occupancy'])} us vs "
-                   f"fused {us(sl['fused_s_occupancy'])} us ({sl['faster_occupancy']} faster)")
-        ws = wr["working_set_bytes"]
-        out.append(f"  working set (Wy, By, their acc, dense params+grad, gathered rows) {ws / 1e6:.1f} MB "
-                   f"{'<' if ws < dev['l2_bytes'] else '>'} L2 {dev['l2_bytes'] / 1e6:.0f} MB"
-                   + (": byte counts at HBM bandwidth are pessimistic here" if ws < dev['l2_bytes'] else ""))
-        out.append("")
-    out.append("--- targets")
-    for line in result["verdicts"]:
-        out.append("  " + line)
-    ev = result["eval"]
-    e = ev["eval"]
-    out.append("")
-    out.append(f"--- all-item evaluation: {e['events']:,} events x {e['N']:,} items, H={e['H']}, batch {e['batch']} "
-               f"({ev['steps']} steps, {ev['launches_per_step']} launches/step, scores buffer "
-               f"{ev['scores_buffer_bytes'] / 1e9:.2f} GB)")
-    for k in ev["kernels"]:
-        out.append(f"  {k['name']:<22} {k['flops'] / 1e9:9.2f} GFLOP {k['bytes'] / 1e6:9.1f} MB {k['bound']:<7} "
-                   f"{us(k['time_s'])} us")
-    out.append(f"  per step {ev['step_s'] * 1e3:.3f} ms; total {ev['total_s']:.3f} s "
-               f"(occupancy {ev['total_s_occupancy']:.3f}"
-               f" s); {ev['events_per_s']:,.0f} events/s; FLOP floor {ev['flop_floor_s']:.3f} s")
-    out.append("  batch sweep: " + ", ".join(f"{b}: {t:.3f} s" for b, t in result["eval_sweep"].items()))
-    out.append(f"  note: {ev['assumes']}")
+           f"device {d['name']}: HBM {d['hbm_bw'] / 1e12:.2f} TB/s, fp32 {d['fp32_peak'] / 1e12:.0f} TFLOP/s, "
+           f"{d['n_sm']} SMs; node {d['node_overhead_s'] * 1e6:.1f} us, DRAM/L2/L1 latency "
+           f"{d['dram_latency_s'] * 1e6:.2f}/{d['l2_latency_s'] * 1e6:.2f}/{d['l1_latency_s'] * 1e6:.3f} us, "
+           f"per-SM {d['sm_bw'] / 1e9:.0f} GB/s, "
+           f"GEMM slab {d['gemm_slab_s'] * 1e6:.2f} us and {d['gemm_efficiency']:.0%} of peak (calibrated); "
+           f"ids: {res['ids']}"]
+    for name, m in res["workloads"].items():
+        w = m["workload"]
+        meas = MEASURED_H200_US.get(name)
+        out.append(f"--- {name}: B={w['B']} H={w['H']} S={w['S']} N={w['N']} {w['loss']} {w['final_act']}: "
+                   f"{m['launches']} launches, {m['step_s'] * 1e6:.1f} us/step ({m['steps_per_s']:,.0f} steps/s)"
+                   + (f"; [H200 measurement of tree 3476240, uniform ids: {meas:.0f} us]" if meas else ""))
+        out.append(table(m))
+        if m["below_one_wave"]:
+            out.append("  grids below one wave (< SMs blocks): " + ", ".join(m["below_one_wave"]))
+    if "verdict_W1" in res:
+        v = res["verdict_W1"]
+        out.append(f"--- W1 target (<= {TARGET_LAUNCHES} launches, <= {TARGET_W1_S * 1e6:.0f} us): "
+                   f"{v['launches']} launches ({'meets' if v['meets_launches'] else 'MISSES'}), {v['step_us']:.1f} us "
+                   f"({'meets' if v['meets_time'] else 'MISSES'})")
+    if "eval" in res:
+        ev, e = res["eval"], res["eval"]["eval"]
+        out.append(f"--- all-item evaluation: {e['events']:,} events x {e['N']:,} items, H={e['H']}, "
+                   f"batch {e['batch']}, tile {e['tile']:,}: {ev['launches_per_step']} launches/step, "
+                   f"{ev['step_s'] * 1e3:.3f} ms/step, "
+                   f"{ev['total_s']:.3f} s in all ({ev['steps']} steps; FLOP floor {ev['flop_floor_s']:.3f} s); "
+                   f"[H200 measurement of tree 3476240: {MEASURED_H200_EVAL_S:.2f} s]")
+        for name, d in ev["kernels_by_name"].items():
+            out.append(f"  {name:<24} {d['launches']:>4} launches {d['time_s'] * 1e6:10.1f} us/step  ({d['bound']})")
     out.append(f"=== {LABEL} ===")
     return "\n".join(out)
 
 
-def verdicts(result: dict, dev: Device) -> list[str]:
-    lines = []
-    w1 = result["workloads"]["W1"]["plans"]
-    for plan, p in w1.items():
-        for col, key in (("ideal", "step_s"), ("occupancy", "step_s_occupancy")):
-            ok = p[key] <= TARGET_W1_S and p["launches"] <= TARGET_LAUNCHES
-            lines.append(f"W1 {plan:<26} {col:<9}: {p[key] * 1e6:6.1f} us/step ({1 / p[key]:,.0f} steps/s), "
-                         f"{p['launches']} launches -> {'meets' if ok else 'MISSES'} the target <= 50 us, "
-                         "<= 20 launches")
-        work = p["work_s"]
-        budget = (TARGET_W1_S - work) / dev.node_overhead_s
-        lines.append(f"   {plan}: node overhead that would just meet 50 us with {p['launches']} nodes: "
-                     f"{(TARGET_W1_S - work) / p['launches'] * 1e6:.2f} us; at {dev.node_overhead_s * 1e6:.2f} us/node "
-                     f"the budget is {max(0, math.floor(budget))} nodes")
-    ev = result["eval"]
-    lines.append(f"eval 100k x 700k: {ev['total_s']:.3f} s (occupancy {ev['total_s_occupancy']:.3f} s) -> "
-                 f"{'meets' if ev['total_s'] < TARGET_EVAL_S else 'MISSES'} the target < 1 s")
-    return lines
-
-
-def run_model(dev: Device, eval_w: EvalWorkload, workloads=WORKLOADS) -> dict:
-    result = {
-        "label": LABEL,
-        "device": asdict(dev),
-        "formula": "time = max(flops / fp32_peak, bytes / hbm_bw) + node_overhead_s, summed over the graph nodes "
-                   "of one step; occupancy column: peak scaled by min(1, blocks / n_sm), fused kernel's L2 reads "
-                   "at min(l2_bw, blocks * l2_bw_per_sm)",
-        "assumptions": [
-            ("float32 values, int32 ids; every operand read once and every result written once per kernel, at HBM "
-             "bandwidth (L2 reuse across kernels ignored)"),
-            "one GRU layer, constrained embedding, no dropout, Adagrad without momentum (official defaults)",
-            "all O + B touched Wy rows distinct (worst case for the sparse update)",
-            "GEMMs through kernels/gemm.py (64 x 64 tiles, no split-K), one graph node each; no TF32",
-            "whole step captured in a CUDA graph: no host work per step",
-            f"per-node overhead {dev.node_overhead_s * 1e6:.2f} us is an assumed parameter, not measured",
-        ],
-        "workloads": {w.name: model_workload(w, dev) for w in workloads},
-        "eval": model_eval(eval_w, dev),
-        "eval_sweep": {b: model_eval(replace(eval_w, batch=b), dev)["total_s"] for b in (128, 256, 512, 1024, 2048)},
-    }
-    result["verdicts"] = verdicts(result, dev)
-    return result
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="Roofline MODEL of the GRU4Rec v2 training step and evaluation (H100).")
-    ap.add_argument("--node-us", type=float, default=2.5, help="per CUDA-graph node overhead in us (default 2.5)")
-    ap.add_argument("--hbm-tbs", type=float, default=3.35, help="HBM bandwidth in TB/s (default 3.35)")
-    ap.add_argument("--fp32-tflops", type=float, default=67.0, help="fp32 non-tensor peak in TFLOP/s (default 67)")
-    ap.add_argument("--eval-batch", type=int, default=512, help="evaluation rows per step (default 512)")
-    ap.add_argument("--eval-items", type=int, default=700_000)
-    ap.add_argument("--eval-events", type=int, default=100_000)
+    ap = argparse.ArgumentParser(description="Per-kernel roofline MODEL of the traced cuda step (H100).")
+    ap.add_argument("--ids", choices=("zipf", "uniform"), default="zipf")
+    ap.add_argument("--tree", type=Path, help="trace the gru4rec_kernels of another checkout (e.g. an older commit)")
+    ap.add_argument("--node-us", type=float, default=Device.node_overhead_s * 1e6)
+    ap.add_argument("--workloads", nargs="+", default=[w.name for w in WORKLOADS])
+    ap.add_argument("--no-eval", action="store_true", help="skip the all-item evaluation model (700k items)")
+    ap.add_argument("--eval-items", type=int, default=EvalWorkload.N)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
-    dev = Device(node_overhead_s=args.node_us * 1e-6, hbm_bw=args.hbm_tbs * 1e12, fp32_peak=args.fp32_tflops * 1e12)
-    ev = EvalWorkload(events=args.eval_events, N=args.eval_items, batch=args.eval_batch)
-    result = run_model(dev, ev)
-    print(report(result))
+    _ensure_simulator()
+    sys.path.insert(0, str((args.tree or REPO).resolve()))
+    dev = Device(node_overhead_s=args.node_us * 1e-6)
+    res = run(dev, args.ids, [w for w in WORKLOADS if w.name in args.workloads],
+              None if args.no_eval else EvalWorkload(N=args.eval_items))
+    res["tree"] = str(args.tree or REPO)
+    print(report(res))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    args.out.write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(f"wrote {args.out}")
     return 0
 

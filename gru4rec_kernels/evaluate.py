@@ -294,12 +294,11 @@ def _replay(be, data, batch_size, mode, cand_idx):
         chunk = sched.next_chunk(256)
         if chunk is None:
             break
-        for t in range(chunk.inputs.shape[0]):
-            act = chunk.active[t]
-            gt, eq = be.eval_step(chunk.inputs[t], chunk.targets[t], chunk.reset[t], act, candidates=cand_idx)
-            eq = np.asarray(eq)[act]
-            r, o = _ranks(np.asarray(gt)[act], eq, chunk.targets[t][act], cand_idx, mode)
-            ranks.append(r)
-            equal.append(eq)
-            outside += o
+        gt, eq = be.eval_chunk(chunk.inputs, chunk.targets, chunk.reset, chunk.active, candidates=cand_idx)
+        act = chunk.active  # [T, B]: boolean indexing keeps the schedule order (step, then row)
+        eq = np.asarray(eq)[act]
+        r, o = _ranks(np.asarray(gt)[act], eq, chunk.targets[act], cand_idx, mode)
+        ranks.append(r)
+        equal.append(eq)
+        outside += o
     return ranks, equal, outside

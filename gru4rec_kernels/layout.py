@@ -87,7 +87,14 @@ def init_params(cfg: TrainConfig, n_items: int, dtype=np.float32, seed: int | No
     """U(-s, s) with s = sqrt(6 / (rows + cols)) per gate block (as the official code); biases zero; seeded."""
     specs = param_specs(cfg, n_items)
     flat, params = allocate(specs, dtype)
-    rng = np.random.default_rng(cfg.seed if seed is None else seed)
+    init_uniform(specs, params, cfg.seed if seed is None else seed)
+    return flat, params
+
+
+def init_uniform(specs: list[ParamSpec], params: dict[str, np.ndarray], seed: int) -> None:
+    """Fill every spec's gate blocks in place, in spec order, from one generator seeded by ``seed``: U(-s, s)
+    with s = sqrt(6 / (rows + block cols)); specs without blocks (biases) stay as they are (zero)."""
+    rng = np.random.default_rng(seed)
     for s in specs:
         p = params[s.name]
         for c0, c1 in s.blocks:
@@ -98,4 +105,3 @@ def init_params(cfg: TrainConfig, n_items: int, dtype=np.float32, seed: int | No
             for r0 in range(0, rows, step):
                 r1 = min(rows, r0 + step)
                 p[r0:r1, c0:c1] = rng.uniform(-scale, scale, size=(r1 - r0, c1 - c0))
-    return flat, params

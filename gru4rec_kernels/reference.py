@@ -134,6 +134,21 @@ def gru_fwd(a, h, Wrz, Wh, mask):
     return r, z, c, out
 
 
+def gru_stack_fwd(params, a0, x0, H: list, masks: list) -> list[LayerCache]:
+    """The layers of one GRU stack, given layer 0's input pre-activations a0 [B, 3H_0] (x0: layer 0's dense
+    input, kept for backward; None when there is none, as in one-hot mode). params: Wx{l} (l >= 1), Wrz{l},
+    Wh{l}, Bh{l}; H and masks: per layer. The new hidden state is [lc.out for lc in the returned caches]."""
+    layers: list[LayerCache] = []
+    a, x = a0, x0
+    for l in range(len(H)):
+        if l > 0:
+            x = layers[-1].out
+            a = x @ params[f"Wx{l}"] + params[f"Bh{l}"]
+        r, z, c, out = gru_fwd(a, H[l], params[f"Wrz{l}"], params[f"Wh{l}"], masks[l])
+        layers.append(LayerCache(x, H[l], r, z, c, masks[l], out))
+    return layers
+
+
 def forward(params, cfg: TrainConfig, H: list, step: StepInputs):
     """Scores Z [B, O] (before the final activation) and the cache for backward. H: hidden state per layer
     (already zeroed on reset rows). The new hidden state is [lc.out for lc in cache.layers]."""
@@ -141,24 +156,17 @@ def forward(params, cfg: TrainConfig, H: list, step: StepInputs):
     cache = ForwardCache()
     mode = cfg.input_mode
     masks = step.hidden_masks or [None] * len(cfg.layers)
-    y = None
-    for l in range(len(cfg.layers)):
-        Wx, Wrz, Wh, Bh = params[f"Wx{l}"], params[f"Wrz{l}"], params[f"Wh{l}"], params[f"Bh{l}"]
-        if l == 0:
-            if mode == "onehot":
-                x = None
-                a = Wx[X] + Bh
-            else:
-                emb = params["Wy"] if mode == "constrained" else params["E"]
-                x = emb[X] * step.emb_mask if step.emb_mask is not None else emb[X].copy()
-                cache.x0 = x
-                a = x @ Wx + Bh
-        else:
-            x = y
-            a = x @ Wx + Bh
-        r, z, c, out = gru_fwd(a, H[l], Wrz, Wh, masks[l])
-        cache.layers.append(LayerCache(x, H[l], r, z, c, masks[l], out))
-        y = out
+    Wx0, Bh0 = params["Wx0"], params["Bh0"]
+    if mode == "onehot":
+        x0 = None
+        a0 = Wx0[X] + Bh0
+    else:
+        emb = params["Wy"] if mode == "constrained" else params["E"]
+        x0 = emb[X] * step.emb_mask if step.emb_mask is not None else emb[X].copy()
+        cache.x0 = x0
+        a0 = x0 @ Wx0 + Bh0
+    cache.layers = gru_stack_fwd(params, a0, x0, H, masks)
+    y = cache.layers[-1].out
     Wy_Y = params["Wy"][Y]
     Z = y @ Wy_Y.T + params["By"][Y]
     if step.col_logq is not None:
@@ -269,6 +277,23 @@ def gru_bwd(dout, lc: LayerCache, Wrz, Wh):
     return da, dWrz, dWh
 
 
+def gru_stack_bwd(params, layers: list[LayerCache], dy, dense: dict):
+    """Backward through one GRU stack from dy = dLoss/d(top layer's output): the dense gradients of layers
+    L-1 .. 0 (Wrz{l}, Wh{l}, Bh{l}, and Wx{l} for l >= 1) go into ``dense`` in that order; returns da0
+    [B, 3H_0], the gradient w.r.t. layer 0's input pre-activations (its input weights are the caller's)."""
+    for l in reversed(range(len(layers))):
+        lc = layers[l]
+        da, dWrz, dWh = gru_bwd(dy, lc, params[f"Wrz{l}"], params[f"Wh{l}"])
+        dense[f"Wrz{l}"] = dWrz
+        dense[f"Wh{l}"] = dWh
+        dense[f"Bh{l}"] = da.sum(axis=0)
+        if l == 0:
+            return da
+        dense[f"Wx{l}"] = lc.x.T @ da
+        dy = da @ params[f"Wx{l}"].T  # gradient w.r.t. the layer input
+    raise ValueError("gru_stack_bwd needs at least one layer")
+
+
 def backward(params, cfg: TrainConfig, cache: ForwardCache, dZ, step: StepInputs) -> Grads:
     g = Grads()
     top = cache.layers[-1].out
@@ -276,18 +301,12 @@ def backward(params, cfg: TrainConfig, cache: ForwardCache, dZ, step: StepInputs
     dy = dZ @ cache.Wy_Y
     g.sparse["Wy"] = [(step.Y, dZ.T @ top)]
     g.sparse["By"] = [(step.Y, dZ.sum(axis=0))]
-    for l in reversed(range(len(cfg.layers))):
-        lc = cache.layers[l]
-        da, dWrz, dWh = gru_bwd(dy, lc, params[f"Wrz{l}"], params[f"Wh{l}"])
-        g.dense[f"Wrz{l}"] = dWrz
-        g.dense[f"Wh{l}"] = dWh
-        g.dense[f"Bh{l}"] = da.sum(axis=0)
-        if l == 0 and cfg.input_mode == "onehot":
-            g.sparse["Wx0"] = [(step.X, da)]
-            continue
-        g.dense[f"Wx{l}"] = lc.x.T @ da
-        dy = da @ params[f"Wx{l}"].T  # gradient w.r.t. the layer input
-    if cfg.input_mode != "onehot":
+    da0 = gru_stack_bwd(params, cache.layers, dy, g.dense)
+    if cfg.input_mode == "onehot":
+        g.sparse["Wx0"] = [(step.X, da0)]
+    else:
+        g.dense["Wx0"] = cache.x0.T @ da0
+        dy = da0 @ params["Wx0"].T
         dx0 = dy * step.emb_mask if step.emb_mask is not None else dy
         name = "Wy" if cfg.input_mode == "constrained" else "E"
         g.sparse.setdefault(name, []).append((step.X, dx0))

@@ -18,7 +18,7 @@ import pandas as pd
 
 from gru4rec_kernels.preprocess import filter_support, split_by_time
 
-__all__ = ["generate_clicks", "default_split"]
+__all__ = ["generate_clicks", "generate_category_clicks", "default_split"]
 
 
 def _group_draw(rng: np.random.Generator, cum: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -96,16 +96,82 @@ def generate_clicks(n_items: int = 5000, n_sessions: int = 20000, seed: int = 0,
         cur[alive] = nxt
         items[offsets[:-1][alive] + t] = nxt
 
-    # Time: session starts uniform over n_days (ids follow start order), clicks 5 s .. minutes apart.
-    starts = np.sort(rng.random(n_sessions)) * n_days * 86400.0 + start_time
-    gaps = 5.0 + rng.exponential(60.0, n_events)
+    times, id_map = _times_and_ids(rng, lengths, offsets, n_days, start_time, n_items)
+    return pd.DataFrame({"SessionId": np.repeat(np.arange(1, n_sessions + 1, dtype=np.int64), lengths),
+                         "ItemId": id_map[items], "Time": np.round(times, 3)})
+
+
+def _times_and_ids(rng: np.random.Generator, lengths: np.ndarray, offsets: np.ndarray, n_days: float,
+                   start_time: float, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Click times (session starts uniform over n_days, ids in start order; clicks 5 s .. minutes apart) and
+    distinct, non-contiguous original item ids (so id maps get exercised)."""
+    starts = np.sort(rng.random(lengths.size)) * n_days * 86400.0 + start_time
+    gaps = 5.0 + rng.exponential(60.0, int(offsets[-1]))
     gaps[offsets[:-1]] = 0.0
     csum = np.cumsum(gaps)
     times = np.repeat(starts, lengths) + csum - np.repeat(csum[offsets[:-1]], lengths)
-    # Distinct, non-contiguous original item ids.
     id_map = 100_000 + np.sort(rng.choice(50 * n_items, n_items, replace=False))
-    return pd.DataFrame({"SessionId": np.repeat(np.arange(1, n_sessions + 1, dtype=np.int64), lengths),
-                         "ItemId": id_map[items], "Time": np.round(times, 3)})
+    return times, id_map
+
+
+def generate_category_clicks(n_items: int = 2000, n_categories: int = 50, n_sessions: int = 10000, seed: int = 0,
+                             *, p_category: float = 0.8, p_successor: float = 0.1, zipf_exponent: float = 1.1,
+                             length_mu: float = 1.25, length_sigma: float = 0.85, max_length: int = 50,
+                             n_days: float = 7.0, start_time: float = 1_600_000_000.0
+                             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Synthetic clicks whose item features carry signal the item IDs alone cannot learn, for p-RNN tests.
+
+    Every item has a category; every category c a successor category succ(c). With probability ``p_category``
+    the next click is an item of succ(category of the current item), drawn by popularity within that category,
+    whatever the current item is: the behaviour is the category's, shared by all its items. With
+    ``p_successor`` it is the current item's own successor (one fixed item: a signal only an ID model holds);
+    otherwise a jump anywhere by popularity. Popularity is Zipf (``zipf_exponent``) over a random ranking, so
+    most items are rare: an ID model sees a rare item too seldom to learn where it leads, a model that reads
+    its category learns that from all the category's clicks. Sessions and times as ``generate_clicks``.
+
+    Returns ``(clicks, categories)``: clicks (SessionId, ItemId, Time) sorted by session then time; categories
+    (ItemId, Category) with one row per item and string labels ``"c<k>"`` (one-hot by
+    ``ItemFeatures.from_frame``). Deterministic for a given seed.
+    """
+    if n_items < 2 or n_sessions < 1 or not 1 <= n_categories <= n_items:
+        raise ValueError(f"need n_items >= 2, n_sessions >= 1 and 1 <= n_categories <= n_items; got {n_items}, "
+                         f"{n_sessions}, {n_categories}")
+    if not (0 <= p_category and 0 <= p_successor and p_category + p_successor <= 1):
+        raise ValueError("p_category and p_successor must be >= 0 with a sum <= 1")
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / (rng.permutation(n_items) + 1.0) ** zipf_exponent
+    pop_cum = np.cumsum(pop)
+    cat = rng.integers(0, n_categories, n_items)
+    cat[:n_categories] = np.arange(n_categories)  # no empty category
+    by_cat = np.argsort(cat, kind="stable")  # a category is a contiguous range [c_lo, c_hi) of this order
+    c_cum = np.cumsum(pop[by_cat])
+    c_hi = np.searchsorted(cat[by_cat], np.arange(n_categories), side="right")
+    c_lo = np.concatenate(([0], c_hi[:-1]))
+    succ_cat = rng.permutation(n_categories)
+    succ_item = rng.integers(0, n_items, n_items)
+
+    lengths = np.clip(np.ceil(rng.lognormal(length_mu, length_sigma, n_sessions)), 1, max_length).astype(np.int64)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    items = np.empty(int(offsets[-1]), dtype=np.int64)
+    cur = np.minimum(np.searchsorted(pop_cum, rng.random(n_sessions) * pop_cum[-1], side="right"), n_items - 1)
+    items[offsets[:-1]] = cur
+    for t in range(1, int(lengths.max())):
+        alive = np.flatnonzero(lengths > t)
+        c = cur[alive]
+        r = rng.random(alive.size)
+        nxt = np.minimum(np.searchsorted(pop_cum, rng.random(alive.size) * pop_cum[-1], side="right"), n_items - 1)
+        m = r < p_category
+        tc = succ_cat[cat[c[m]]]
+        nxt[m] = by_cat[_group_draw(rng, c_cum, c_lo[tc], c_hi[tc])]
+        m2 = (r >= p_category) & (r < p_category + p_successor)
+        nxt[m2] = succ_item[c[m2]]
+        cur[alive] = nxt
+        items[offsets[:-1][alive] + t] = nxt
+    times, id_map = _times_and_ids(rng, lengths, offsets, n_days, start_time, n_items)
+    clicks = pd.DataFrame({"SessionId": np.repeat(np.arange(1, n_sessions + 1, dtype=np.int64), lengths),
+                           "ItemId": id_map[items], "Time": np.round(times, 3)})
+    categories = pd.DataFrame({"ItemId": id_map, "Category": np.array([f"c{k}" for k in cat], dtype=object)})
+    return clicks, categories
 
 
 def default_split(seed: int = 0, test_days: float = 1.0, **kwargs) -> tuple[pd.DataFrame, pd.DataFrame]:

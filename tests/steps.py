@@ -87,16 +87,16 @@ def logq_arrays(cfg, n_items, seed=0):
 
 
 # Whole-run cases: each loss, each input mode and both depths; dropout, momentum, logq, accidental-hit masking,
-# gradient clipping, every final activation and both of the cuda backend's score versions appear somewhere.
+# gradient clipping and every final activation appear somewhere.
 RUN_CASES = {
     "ce-constrained-1": dict(loss="cross-entropy", mode="constrained", layers=(5,), final_act="linear",
                              dropout_p_embed=0.2, dropout_p_hidden=0.3, momentum=0.5, logq=0.5),
     "bprmax-onehot-2": dict(loss="bpr-max", mode="onehot", layers=(4, 5), final_act="tanh", dropout_p_hidden=0.2),
-    "top1max-embedding-1-fused": dict(loss="top1-max", mode="embedding", layers=(5,), final_act="elu-0.5",
-                                      dropout_p_embed=0.25, momentum=0.3, scores="fused"),
+    "top1max-embedding-1": dict(loss="top1-max", mode="embedding", layers=(5,), final_act="elu-0.5",
+                                dropout_p_embed=0.25, momentum=0.3),
     "bpr-constrained-2": dict(loss="bpr", mode="constrained", layers=(4, 5), final_act="relu",
                               mask_accidental_hits=True, momentum=0.9),
     "top1-onehot-1-clip": dict(loss="top1", mode="onehot", layers=(5,), final_act="leaky-0.1", grad_cap=0.05),
-    "ce-embedding-2-fused": dict(loss="cross-entropy", mode="embedding", layers=(4, 5), final_act="linear",
-                                 dropout_p_hidden=0.1, mask_accidental_hits=True, scores="fused"),
+    "ce-embedding-2": dict(loss="cross-entropy", mode="embedding", layers=(4, 5), final_act="linear",
+                           dropout_p_hidden=0.1, mask_accidental_hits=True),
 }

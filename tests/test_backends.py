@@ -32,13 +32,13 @@ BACKENDS = ["cpu", "cuda"]
 MODES = ("constrained", "embedding", "onehot")
 
 
-def make_backend(name, cfg, n_items, params, lq=None, scores=None):
-    """The backend under test; ``scores`` picks the cuda backend's score version (the cpu backend has one)."""
+def make_backend(name, cfg, n_items, params, lq=None):
+    """The backend under test."""
     lq = lq or (None, None)
     if name == "cpu":
         return CpuBackend(cfg, n_items, params, *lq)
     from gru4rec_kernels.backends.cuda import CudaBackend
-    return CudaBackend(cfg, n_items, params, *lq, scores=scores)
+    return CudaBackend(cfg, n_items, params, *lq)
 
 
 def numpy_pair(cfg, n_items, params, lq=None):
@@ -159,12 +159,10 @@ def test_twenty_training_steps_match_numpy(backend, case):
     and hidden state within float32 drift of the float64 numpy backend; then the last step once more from the
     float64 run's state (rounded to float32) in fresh backends: strictly within 4x the float32 numpy backend's
     error of that one step."""
-    kw = dict(RUN_CASES[case])
-    scores = kw.pop("scores", None)
     B, S = 3, 5
     T = 20 if backend != "cuda" or GPU else 8  # the simulator runs 8 (CI's time budget); a GPU all 20
     c1, c2 = (12, 19) if T == 20 else (4, 7)
-    cfg = make_cfg(batch_size=B, learning_rate=0.1, **kw)
+    cfg = make_cfg(batch_size=B, learning_rate=0.1, **RUN_CASES[case])
     _, params = init_params(cfg, RUN_ITEMS, seed=1)
     lq = logq_arrays(cfg, RUN_ITEMS)
     sched = make_schedule(T, B, S, RUN_ITEMS, seed=len(case))
@@ -172,7 +170,7 @@ def test_twenty_training_steps_match_numpy(backend, case):
     # ---- free-running: 20 steps
     b64, b32 = numpy_pair(cfg, RUN_ITEMS, params, lq)
     l64, l32 = (b.train_chunk(*sched, step0) for b in (b64, b32))
-    be = make_backend(backend, cfg, RUN_ITEMS, params, lq, scores=scores)
+    be = make_backend(backend, cfg, RUN_ITEMS, params, lq)
     lc = list(be.train_chunk(*(a[:c1] for a in sched), step0))
     lc += list(be.train_chunk(*(a[c1:c2] for a in sched), step0 + c1))
     inputs, targets, active, reset, samples = sched
@@ -185,7 +183,7 @@ def test_twenty_training_steps_match_numpy(backend, case):
     r64.train_chunk(*(a[:c2] for a in sched), step0)
     state = ({k: v.astype(np.float32) for k, v in r64.get_params().items()}, r64.get_opt_state(), r64.get_hidden())
     f64, f32 = numpy_pair(cfg, RUN_ITEMS, state[0], lq)
-    fresh = make_backend(backend, cfg, RUN_ITEMS, state[0], lq, scores=scores)
+    fresh = make_backend(backend, cfg, RUN_ITEMS, state[0], lq)
     losses = []
     for b in (fresh, f32, f64):
         b.set_opt_state(state[1])

@@ -58,14 +58,12 @@ def test_cuda_backend_without_gpu_or_simulator_raises():
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", ["ce-constrained-1", "bprmax-onehot-2", "top1-onehot-1-clip"])
 def test_graph_replay_equals_eager_steps(case):
-    kw = dict(RUN_CASES[case])
-    scores = kw.pop("scores", None)
-    cfg = make_cfg(batch_size=3, learning_rate=0.1, **kw)
+    cfg = make_cfg(batch_size=3, learning_rate=0.1, **RUN_CASES[case])
     _, params = init_params(cfg, N_ITEMS, seed=5)
     lq = logq_arrays(cfg, N_ITEMS)
     sched = make_schedule(29, 3, 5, N_ITEMS, seed=6)
-    eager = cuda_backend(cfg, params, lq, scores=scores, graph_steps=0)
-    graph = cuda_backend(cfg, params, lq, scores=scores, graph_steps=8)
+    eager = cuda_backend(cfg, params, lq, graph_steps=0)
+    graph = cuda_backend(cfg, params, lq, graph_steps=8)
     le = np.concatenate([eager.train_chunk(*[a[:13] for a in sched], 7), eager.train_chunk(*[a[13:] for a in sched],
                                                                                             20)])
     lg = np.concatenate([graph.train_chunk(*[a[:13] for a in sched], 7), graph.train_chunk(*[a[13:] for a in sched],

@@ -94,6 +94,25 @@ def test_every_kernel_compiles_for_every_arch(compiled):
     assert proc.returncode in (0, 4), f"exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
 
 
+# The kernels of the training step's families (the others, adagrad and evaluate, are checked by inventory only):
+# a kernel added, renamed or removed must show up here and in docs/kernels.md.
+STEP_KERNELS = {
+    "gemm": {"gemm_nn", "gemm_nt", "gemm_tn", "gemm_grouped"},
+    "step": {"step_begin", "step_end"},
+    "gru": {"hidden_reset", "gru_fwd_rz", "gru_fwd_out", "gru_bwd_cz", "gru_bwd_r", "dropout_inplace"},
+    "embedding": {"gather_rows", "scatter_add_rows"},
+    "scores_loss": {"row_loss_partial", "row_loss_grad"},
+}
+
+
+def test_step_kernels_are_the_listed_ones(compiled):
+    proc, records = compiled
+    assert records, f"no kernels were compiled (exit {proc.returncode}):\n{proc.stderr}"
+    inv = _kernel_inventory(records)
+    for module, names in STEP_KERNELS.items():
+        assert set(inv.get(module, {})) == names, f"kernels/{module}.py: compiled {sorted(inv.get(module, {}))}"
+
+
 def test_default_kernels_do_not_spill(compiled):
     proc, records = compiled
     assert records, f"no kernels were compiled (exit {proc.returncode}):\n{proc.stderr}"
@@ -102,6 +121,56 @@ def test_default_kernels_do_not_spill(compiled):
         f"  {r['module']}.{r['kernel']} sig {r['sig_index']} [{r['arch']}]: {r['spill_stores']} B stores, "
         f"{r['spill_loads']} B loads, {r['registers']} registers" for r in spills)
     assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+
+
+# The evaluation kernels (kernels/evaluate.py), one by one: all used by the cuda backend's evaluation step.
+EVAL_KERNELS = ("eval_step_begin", "target_scores", "rank_counts", "eval_step_end")
+
+
+def test_evaluation_kernels_compile_without_spills(compiled):
+    _, records = compiled
+    assert records, "no kernels were compiled"
+    for kernel in EVAL_KERNELS:
+        for arch in ck.ARCHS:
+            rs = [r for r in records if r["module"] == "evaluate" and r["kernel"] == kernel and r["arch"] == arch]
+            assert rs, f"evaluate.{kernel} was not compiled for {arch}"
+            for r in rs:
+                assert r["ok"] and r["default"], r
+                assert not (r["spill_stores"] or r["spill_loads"]), f"evaluate.{kernel} [{arch}] spills: {r}"
+
+
+FMA_SCRIPT = textwrap.dedent(r"""
+    import json, re, sys
+    from numba import cuda
+    from gru4rec_kernels.kernels import evaluate as kev, gemm as kgm
+    out = {}
+    for arch in sys.argv[1:]:
+        cc = (int(arch[3]), int(arch[4:]))
+        for name, (fn, sigs) in (("target_scores", kev.KERNELS["target_scores"]),
+                                 ("gemm_nt", kgm.KERNELS["gemm_nt"])):
+            ptx, _ = cuda.compile_ptx(fn, sigs[0], cc=cc)
+            out[f"{name}/{arch}"] = re.findall(r"\b(fma\.rn\.f32|mul(?:\.rn)?\.f32|add(?:\.rn)?\.f32)\b", ptx)
+    print(json.dumps(out))
+""")
+
+
+def test_target_score_dot_is_the_gemm_fma_chain():
+    """Ties are exact only if the target's score (target_scores' dot) has the bits of the GEMM's element for the
+    target's column: both must be one fused multiply-add per k, in the same order (kernels/evaluate.py). In the
+    PTX: the GEMM's products are all FMAs (no separate f32 multiply), and target_scores' float ops up to the bias
+    add are FMAs only."""
+    _needs_toolchain()
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    proc = subprocess.run([sys.executable, "-c", FMA_SCRIPT, *ck.ARCHS], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    ops = json.loads(proc.stdout.strip().splitlines()[-1])
+    for arch in ck.ARCHS:
+        gemm = ops[f"gemm_nt/{arch}"]
+        assert "fma.rn.f32" in gemm and not any(o.startswith("mul") for o in gemm), gemm
+        dot = ops[f"target_scores/{arch}"]
+        first_add = next(i for i, o in enumerate(dot) if o.startswith("add"))
+        assert first_add > 0 and set(dot[:first_add]) == {"fma.rn.f32"}, dot
 
 
 # --------------------------------------------------------------------------------------------- the checker itself

@@ -25,7 +25,7 @@ from gru4rec_kernels.kernels import evaluate as kev
 from gru4rec_kernels.kernels import gru as kgru
 from gru4rec_kernels.kernels import scores_loss as ksl
 from gru4rec_kernels.kernels import step as kstep
-from gru4rec_kernels.kernels.common import INT32_MAX, NORM_BLOCKS, SIM
+from gru4rec_kernels.kernels.common import NORM_BLOCKS
 from gru4rec_kernels.reference import StepInputs
 from gru4rec_kernels.rng import dropout_key, dropout_mask_np
 
@@ -61,16 +61,20 @@ def naive_scores_loss(h, Wy, By, Y, active, col_logq, cfg, dtype):
     return ref.loss_and_grad(Z, cfg, step)
 
 
-def naive_adagrad_sparse(p, ids, rows, acc, mom, lr, mu, dtype):
-    p, rows, acc, mom = (np.array(a, dtype) for a in (p, rows, acc, mom))
-    ref.sparse_adagrad(p, np.asarray(ids, np.int64), rows, acc, mom, lr, mu)
-    return p, acc, mom
-
-
 def naive_adagrad_dense(p, g, acc, mom, lr, mu, dtype):
     p, g, acc, mom = (np.array(a, dtype) for a in (p, g, acc, mom))
     ref.adagrad_dense(p, g, acc, mom, lr, mu)
     return p, acc, mom
+
+
+def naive_rank_counts(scores, targets, cand=None):
+    """reference.rank_counts over all items, or over the columns ``cand`` with NumpyBackend.eval_step's rule (the
+    target's score from its own column; n_equal >= 1)."""
+    if cand is None:
+        return ref.rank_counts(scores, targets)
+    t = scores[np.arange(len(targets)), targets][:, None]
+    sc = scores[:, cand]
+    return (sc > t).sum(1), np.maximum((sc == t).sum(1), 1)
 
 
 # ============================================================================================ helpers
@@ -199,26 +203,35 @@ def test_gru_forward_backward(xp, B, gather, p):
     np.testing.assert_array_equal(host(drz), host(da)[:, H:])
 
 
+def naive_hidden_reset(hid_layers, reset):
+    """reference.train_step's reset: every layer's state zeroed on reset rows, as the flat [layer][b][j] buffer."""
+    return np.concatenate([np.where(reset[:, None] != 0, 0, h).ravel() for h in hid_layers])
+
+
 def test_hidden_reset(xp):
+    """Every layer in one launch over the flat states (layers of 7 and 3 units)."""
     rng = np.random.default_rng(3)
-    hid = rng.normal(size=(3, H)).astype(np.float32)
+    widths = np.array([H, 3], np.int32)
+    hid = [rng.normal(size=(3, w)).astype(np.float32) for w in widths]
     reset = np.array([1, 0, 1], np.uint8)
-    h_in = dev(xp, np.full((3, H), 9.0, np.float32))
-    kgru.launch_hidden_reset(h_in, dev(xp, hid), dev(xp, reset), threads=T)
-    np.testing.assert_array_equal(host(h_in), np.where(reset[:, None] == 1, 0, hid))
+    h_in = dev(xp, np.full(3 * widths.sum(), 9.0, np.float32))
+    flat = np.concatenate([h.ravel() for h in hid])
+    kgru.launch_hidden_reset(h_in, dev(xp, flat), dev(xp, widths), dev(xp, reset), threads=T)
+    np.testing.assert_array_equal(host(h_in), naive_hidden_reset(hid, reset))
 
 
 # ============================================================================================ scores + loss
-SL_CASES = [(loss, act, version, 3, False, False) for loss, act, version
-            in itertools.product(LOSSES, ACTS, ("plain", "fused"))]
-SL_CASES += [(loss, "linear", "plain", 1, False, False) for loss in LOSSES]
-SL_CASES += [("cross-entropy", act, version, B, True, mah) for act, version, B, mah
-             in [("linear", "plain", 3, False), ("tanh", "fused", 3, True), ("elu-0.5", "plain", 1, True)]]
-SL_CASES += [(loss, "linear", "fused", 3, False, True) for loss in LOSSES if loss != "cross-entropy"]
+# C: each row in C chunks (C = 3 at B = 1 leaves the last chunk empty: O = 6 columns in chunks of 2)
+SL_CASES = [(loss, act, 2, 3, False, False) for loss, act in itertools.product(LOSSES, ACTS)]
+SL_CASES += [(loss, "tanh", 1, 3, False, False) for loss in LOSSES]
+SL_CASES += [(loss, "linear", 4, 1, False, False) for loss in LOSSES]
+SL_CASES += [("cross-entropy", act, C, B, True, mah) for act, C, B, mah
+             in [("linear", 3, 3, False), ("tanh", 2, 3, True), ("elu-0.5", 3, 1, True)]]
+SL_CASES += [(loss, "linear", 3, 3, False, True) for loss in LOSSES if loss != "cross-entropy"]
 
 
-@pytest.mark.parametrize("loss,act,version,B,logq,mah", SL_CASES)
-def test_scores_loss(xp, loss, act, version, B, logq, mah):
+@pytest.mark.parametrize("loss,act,C,B,logq,mah", SL_CASES)
+def test_scores_loss(xp, loss, act, C, B, logq, mah):
     h, Wy, By, Y, active, logq_t, logq_s = scores_problem(B, seed=LOSSES.index(loss) + 7 * B)
     cfg = TrainConfig(loss=loss, final_act=act, bpreg=0.5, logq=0.5 if logq else 0.0, batch_size=B + 1,
                       mask_accidental_hits=mah, layers=[H])
@@ -227,27 +240,37 @@ def test_scores_loss(xp, loss, act, version, B, logq, mah):
     L32, dZ32 = naive_scores_loss(h, Wy, By, Y, active, col_logq, cfg, np.float32)
     O = Y.shape[0]
     code, a = cfg.final_act_code
-    dZ, rl, Sm = (dev(xp, np.zeros(s, np.float32)) for s in ((B, O), (B,), (B, O)))
+    dZ, rl = dev(xp, np.zeros((B, O), np.float32)), dev(xp, np.zeros(B, np.float32))
+    part = dev(xp, np.full((B, C, ksl.N_STATS), np.nan, np.float32))  # every entry read is written
     lq = (dev(xp, logq_t), dev(xp, logq_s)) if logq else None
-    kw = dict(loss=cfg.loss_code, act=code, act_a=a, bpreg=cfg.bpreg, mah=mah, inv_batch=1.0 / cfg.batch_size,
-              threads=T if B > 1 else 8)
-    if version == "plain":
-        Sm = dev(xp, h @ Wy[Y].T)
-        ksl.launch_row_loss(dZ, rl, Sm, dev(xp, By), dev(xp, Y), dev(xp, active), lq, **kw)
-    else:
-        ksl.launch_score_loss_fused(dZ, rl, Sm, dev(xp, h), dev(xp, Wy), dev(xp, By), dev(xp, Y), dev(xp, active),
-                                    lq, **kw)
-        assert_close("fused scores", host(Sm), h @ Wy[Y].T, h.astype(np.float64) @ Wy[Y].T.astype(np.float64))
+    ksl.launch_row_loss(dZ, rl, part, dev(xp, h @ Wy[Y].T), dev(xp, By), dev(xp, Y), dev(xp, active), lq,
+                        loss=cfg.loss_code, act=code, act_a=a, bpreg=cfg.bpreg, mah=mah, inv_batch=1.0 / cfg.batch_size,
+                        threads=T if B > 1 else 8)
     assert_close(f"{loss}/{act} dZ", host(dZ), dZ32, dZ64)
     assert_close(f"{loss}/{act} loss", host(rl).sum(dtype=np.float64), L32, L64)
     assert np.all(host(rl)[active == 0] == 0) and np.all(host(dZ)[active == 0] == 0)
 
 
-def test_col_sum(xp):
-    a = np.random.default_rng(4).normal(size=(3, 11)).astype(np.float32)
-    out = dev(xp, np.zeros(11, np.float32))
-    ksl.launch_col_sum(out, dev(xp, a), threads=T)
-    np.testing.assert_array_equal(host(out), a.sum(axis=0))  # same (row) order as numpy
+@pytest.mark.parametrize("loss", ["cross-entropy", "bpr-max", "bpr"])
+def test_row_loss_chunks_repeat_and_agree(xp, loss):
+    """The chunked row loss gives the same bits on every run, and any chunking gives the one-chunk result up to
+    float32 rounding (the sums are added in another order, and rescaled for the softmax losses)."""
+    B = 3
+    h, Wy, By, Y, active, _, _ = scores_problem(B, seed=11, scale=3.0)
+    cfg = TrainConfig(loss=loss, final_act="linear", bpreg=0.5, batch_size=B, layers=[H])
+    O = len(Y)
+    kw = dict(loss=cfg.loss_code, bpreg=cfg.bpreg, inv_batch=1.0 / B, threads=T)
+    got = {}
+    for C in (1, 2, 2, 3):
+        dZ, rl = dev(xp, np.zeros((B, O), np.float32)), dev(xp, np.zeros(B, np.float32))
+        part = dev(xp, np.zeros((B, C, ksl.N_STATS), np.float32))
+        ksl.launch_row_loss(dZ, rl, part, dev(xp, h @ Wy[Y].T), dev(xp, By), dev(xp, Y), dev(xp, active), **kw)
+        if C in got:
+            assert host(dZ).tobytes() == got[C][0].tobytes() and host(rl).tobytes() == got[C][1].tobytes()
+        got[C] = (host(dZ), host(rl))
+    for C in (2, 3):
+        np.testing.assert_allclose(got[C][0], got[1][0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got[C][1], got[1][1], rtol=1e-5, atol=1e-7)
 
 
 # ============================================================================================ Adagrad
@@ -266,35 +289,6 @@ def test_adagrad_dense(xp, mu, gs):
         assert_close(f"adagrad_dense {name}", host(got), r32[i], r64[i])
 
 
-@pytest.mark.parametrize("D,mu,threads", [(7, 0.0, 4), (1, 0.9, 2), (7, 0.5, 8)])
-def test_sparse_adagrad_coalesces_duplicates(xp, D, mu, threads):
-    rng = np.random.default_rng(D)
-    ids = np.array([4, 90, 4, 0, 96, 4, 90, 13], np.int32)  # 4 three times, 90 twice
-    p = rng.normal(size=(N, D)).astype(np.float32)
-    acc = rng.uniform(0, 1, (N, D)).astype(np.float32)
-    mom = rng.normal(0, 0.1, (N, D)).astype(np.float32)
-    rows = rng.normal(size=(len(ids), D)).astype(np.float32)
-    rows[3] = 0  # a touched row with a zero gradient still moves with momentum
-    owner = dev(xp, np.full(N, INT32_MAX, np.int32))
-    count = dev(xp, np.zeros(N, np.int32))
-    results = []
-    for _ in range(2):  # twice: deterministic, and the scratch is restored for the next call
-        dp, dacc, dmom = dev(xp, p), dev(xp, acc), dev(xp, mom)
-        kad.launch_sparse_adagrad(dp, dacc, dmom, dev(xp, ids), dev(xp, rows), owner, count,
-                                  dev(xp, np.ones(1, np.float32)), 0.1, mu, threads=threads)
-        results.append([host(a) for a in (dp, dacc, dmom)])
-        assert np.all(host(owner) == INT32_MAX) and np.all(host(count) == 0)
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-    r64 = naive_adagrad_sparse(p, ids, rows, acc, mom, 0.1, mu, np.float64)
-    r32 = naive_adagrad_sparse(p, ids, rows, acc, mom, 0.1, mu, np.float32)
-    for name, got, i in zip(("p", "acc", "mom"), results[0], range(3)):
-        assert_close(f"sparse adagrad {name}", got, r32[i], r64[i])
-    if SIM:  # the reference sums duplicates in slot order too (np.add.at): bitwise equal in float32 (a GPU may
-        for got, want in zip(results[0], r32):  # contract acc + g*g into an FMA: one rounding fewer)
-            np.testing.assert_array_equal(got, want)
-
-
 @pytest.mark.parametrize("cap", [0.5, 1e6])
 def test_clip_scale(xp, cap):
     rng = np.random.default_rng(6)
@@ -310,52 +304,144 @@ def test_clip_scale(xp, cap):
 
 
 # ============================================================================================ evaluation
-@pytest.mark.parametrize("act,cand,B", [("linear", False, 3), ("relu", False, 1), ("tanh", True, 3),
-                                        ("leaky-0.1", True, 1), ("elu-0.5", False, 3)])
-def test_rank_counts(xp, act, cand, B):
-    rng = np.random.default_rng(8)
-    h = rng.normal(0, 1, (B, H)).astype(np.float32)
-    Wy = rng.normal(0, 0.3, (N, H)).astype(np.float32)
+def dyadic_scores_problem(B, seed):
+    """h, Wy, By whose scores are exact in float32 in any summation order, with or without FMA (multiples of 1/64
+    far below 2^24 ulps), so the counts are those of exact scores on the simulator and on a GPU alike; many ties:
+    an item equal to row 0's target, a block of items scoring exactly 0 after relu, and small-integer scores."""
+    rng = np.random.default_rng(seed)
+    h = rng.integers(-4, 5, (B, H)).astype(np.float32) / 4
+    Wy = rng.integers(-3, 4, (N, H)).astype(np.float32) / 8
+    By = rng.integers(-8, 9, N).astype(np.float32) / 64
+    targets = rng.integers(0, N, B).astype(np.int32)
+    targets[0] = 4
+    Wy[10], By[10] = Wy[4], By[4]  # an exact tie with row 0's target
+    Wy[20:30], By[20:30] = -0.25 * np.sign(h.sum(0) + 0.5), -1.0  # relu: a block of zero scores
+    return h, Wy, By, targets
+
+
+@pytest.mark.parametrize("act,cand,B,tile,span", [("linear", False, 3, 10, 3), ("relu", False, 1, 97, 4),
+                                                 ("relu", True, 3, 4, 2), ("tanh", True, 3, 5, 16),
+                                                 ("leaky-0.1", True, 1, 3, 1), ("elu-0.5", False, 3, 40, 7)])
+def test_rank_counts(xp, act, cand, B, tile, span):
+    """target_scores, then rank_counts over item tiles of S (a tile smaller than N and not dividing it, a tile of
+    all N, several blocks per row of a tile), then eval_step_end, into row t = 1 of [T, B] counts; row 1 of B = 3
+    inactive (its counts stay 0), other steps' rows untouched."""
+    h, Wy, By, targets = dyadic_scores_problem(B, seed=8)
+    code, a = TrainConfig(final_act=act, layers=[H]).final_act_code
+    S_ = h @ Wy.T  # exact (dyadic)
+    scores = ref.final_act(S_ + By, code, a)
+    items = np.array([4, 10, 3, 50, 96, 20, 21, 10, 60, 61, 62], np.int32) if cand else np.arange(N, dtype=np.int32)
+    want_gt, want_eq = naive_rank_counts(scores, targets, items if cand else None)
+    active = np.ones(B, np.uint8)
+    if B > 2:
+        active[1] = 0
+        want_gt[1] = want_eq[1] = 0
+    Tn, t = 3, 1
+    counts = dev(xp, np.zeros((2, Tn, B), np.int32))
+    gt, eq = counts[0], counts[1]
+    ctr = ctr_of(xp, 0, t=t)
+    tscore, act_d = dev(xp, np.full(B, np.nan, np.float32)), dev(xp, active)
+    kev.launch_target_scores(tscore, dev(xp, h), dev(xp, Wy), dev(xp, By), dev(xp, targets), act_d, code, a, threads=2)
+    on = active == 1  # numpy's float32 tanh / expm1 may differ from the device's by an ulp
+    np.testing.assert_allclose(host(tscore)[on], scores[np.arange(B), targets][on], rtol=1e-6)
+    for j0 in range(0, len(items), tile):
+        cols = items[j0:j0 + tile]
+        kev.launch_rank_counts(gt, eq, dev(xp, S_[:, cols]), dev(xp, By[cols]), tscore, act_d, ctr, code, a, span=span,
+                               threads=T)
+    kev.launch_eval_step_end(eq, act_d, cand, ctr, threads=2)
+    got = host(counts)
+    np.testing.assert_array_equal(got[0, t], want_gt)
+    np.testing.assert_array_equal(got[1, t], want_eq)
+    assert not got[:, [0, 2]].any() and list(host(ctr)) == [t + 1, 0]
+    if B > 2:
+        assert want_eq[0] >= 2  # the tie with item 10 was counted
+
+
+@pytest.mark.parametrize("H_,act", [(7, "linear"), (16, "tanh"), (33, "elu-0.5")])
+def test_target_scores_equal_the_gemm_column(xp, H_, act):
+    """The target's score has the bits of its own column of the GEMM's score tile (random floats, K not a multiple
+    of the slab), what makes ties exact: linear, bit for bit; any activation, rank_counts finds the target's own
+    column equal to it (n_equal >= 1; another summation order would miss by an ulp). The default GEMM tile here:
+    the simulator's, or on a GPU the device's (with FMA)."""
+    from gru4rec_kernels.kernels import gemm as kgm
+    rng = np.random.default_rng(11)
+    B = 5
+    h = rng.normal(0, 1, (B, H_)).astype(np.float32)
+    Wy = rng.normal(0, 0.5, (N, H_)).astype(np.float32)
     By = rng.normal(0, 0.1, N).astype(np.float32)
     targets = rng.integers(0, N, B).astype(np.int32)
-    Wy[10], By[10] = Wy[targets[0]], By[targets[0]]  # an exact tie with row 0's target
-    Wy[20:30] = -5.0  # relu: a block of zero scores
-    cfg = TrainConfig(final_act=act, layers=[H])
-    code, a = cfg.final_act_code
-    S_ = h @ Wy.T
-    scores = ref.final_act(S_ + By, code, a)
-    cands = np.array([targets[0], 10, 3, 50, 96, 20, 21], np.int32) if cand else None
-    if cand:
-        t = scores[np.arange(B), targets][:, None]
-        sc = scores[:, cands]
-        want_gt, want_eq = (sc > t).sum(1), np.maximum((sc == t).sum(1), 1)
-    else:
-        want_gt, want_eq = ref.rank_counts(scores, targets)
-    gt, eq = dev(xp, np.zeros(B, np.int64)), dev(xp, np.zeros(B, np.int64))
-    kev.launch_rank_counts(gt, eq, dev(xp, S_), dev(xp, By), dev(xp, targets), code, a,
-                           None if cands is None else dev(xp, cands), threads=T)
-    np.testing.assert_array_equal(host(gt), want_gt)
-    np.testing.assert_array_equal(host(eq), want_eq)
+    code, a = TrainConfig(final_act=act, layers=[H_]).final_act_code
+    on = dev(xp, np.ones(B, np.uint8))
+    S_ = dev(xp, np.zeros((B, N), np.float32))
+    kgm.launch_gemm(S_, dev(xp, h), dev(xp, Wy), tb=True)
+    tscore = dev(xp, np.zeros(B, np.float32))
+    kev.launch_target_scores(tscore, dev(xp, h), dev(xp, Wy), dev(xp, By), dev(xp, targets), on, code, a, threads=2)
+    if code == 0:
+        col = host(S_)[np.arange(B), targets]
+        np.testing.assert_array_equal(host(tscore), col + By[targets])
+    counts = dev(xp, np.zeros((2, 1, B), np.int32))
+    kev.launch_rank_counts(counts[0], counts[1], S_, dev(xp, By), tscore, on, ctr_of(xp, 0), code, a, threads=T)
+    assert np.all(host(counts)[1, 0] >= 1), host(counts)
 
 
-# ============================================================================================ step counter
-def test_step_begin_end(xp):
+def test_eval_step_begin(xp):
     rng = np.random.default_rng(9)
     Tn, B = 3, 2
     inputs = rng.integers(0, N, (Tn, B)).astype(np.int32)
     targets = rng.integers(0, N, (Tn, B)).astype(np.int32)
+    rst_s = (rng.random((Tn, B)) < 0.5).astype(np.uint8)
+    act_s = (rng.random((Tn, B)) < 0.5).astype(np.uint8)
+    X, tg = dev(xp, np.zeros(B, np.int32)), dev(xp, np.zeros(B, np.int32))
+    reset, active = dev(xp, np.zeros(B, np.uint8)), dev(xp, np.zeros(B, np.uint8))
+    ctr = ctr_of(xp, 7, t=2)
+    kev.launch_eval_step_begin(X, tg, reset, active, *(dev(xp, a) for a in (inputs, targets, rst_s, act_s)), ctr,
+                               threads=T)
+    np.testing.assert_array_equal(host(X), inputs[2])
+    np.testing.assert_array_equal(host(tg), targets[2])
+    np.testing.assert_array_equal(host(reset), rst_s[2])
+    np.testing.assert_array_equal(host(active), act_s[2])
+    assert list(host(ctr)) == [2, 7]  # eval_step_end advances it, not begin
+
+
+# ============================================================================================ step counter
+@pytest.mark.parametrize("x0_width,p", [(H, 0.3), (4, 0.0), (None, 0.0)])
+def test_step_begin_end(xp, x0_width, p):
+    """step_begin stages row t of the chunk and does the step's first gathers: the hidden reset of two layers,
+    x0 = emb[X] with the embedding dropout (x0_width H: the constrained Wy; 4: an embedding E; None: one-hot,
+    no x0) and WyY = Wy[Y], each against reference.forward's arrays."""
+    rng = np.random.default_rng(9)
+    Tn, B, t, step = 3, 2, 1, 100
+    inputs = rng.integers(0, N, (Tn, B)).astype(np.int32)
+    targets = rng.integers(0, N, (Tn, B)).astype(np.int32)
     samples = rng.integers(0, N, (Tn, S)).astype(np.int32)
     act_s = (rng.random((Tn, B)) < 0.5).astype(np.uint8)
-    rst_s = (rng.random((Tn, B)) < 0.5).astype(np.uint8)
+    rst_s = np.array([[0, 0], [1, 0], [0, 1]], np.uint8)
     ids, active, reset = dev(xp, np.zeros(2 * B + S, np.int32)), dev(xp, np.zeros(B, np.uint8)), dev(
         xp, np.zeros(B, np.uint8))
-    ctr = ctr_of(xp, 100, t=1)
+    widths = np.array([3, H], np.int32)
+    hid = [rng.normal(size=(B, w)).astype(np.float32) for w in widths]
+    h_in = dev(xp, np.full(B * widths.sum(), 9.0, np.float32))
+    Wy = rng.normal(size=(N, H)).astype(np.float32)
+    WyY = dev(xp, np.zeros((B + S, H), np.float32))
+    x0 = emb = None
+    if x0_width is not None:
+        table = Wy if x0_width == H else rng.normal(size=(N, x0_width)).astype(np.float32)
+        x0, emb = dev(xp, np.zeros((B, x0_width), np.float32)), dev(xp, table)
+    ctr = ctr_of(xp, step, t=t)
     losses = dev(xp, np.zeros(Tn, np.float32))
-    kstep.launch_step_begin(ids, active, reset, *(dev(xp, a) for a in (inputs, targets, samples, act_s, rst_s)), ctr,
-                            threads=T)
-    np.testing.assert_array_equal(host(ids), np.concatenate([targets[1], samples[1], inputs[1]]))
-    np.testing.assert_array_equal(host(active), act_s[1])
-    np.testing.assert_array_equal(host(reset), rst_s[1])
+    chunk = tuple(dev(xp, a) for a in (inputs, targets, samples, act_s, rst_s))
+    hidden = (h_in, dev(xp, np.concatenate([h.ravel() for h in hid])), dev(xp, widths))
+    kstep.launch_step_begin(ids, active, reset, chunk, ctr, hidden, WyY, dev(xp, Wy), x0=x0, emb=emb,
+                            key=dropout_key(5, -1), p=p, threads=T)
+    Y = np.concatenate([targets[t], samples[t]])
+    np.testing.assert_array_equal(host(ids), np.concatenate([Y, inputs[t]]))
+    np.testing.assert_array_equal(host(active), act_s[t])
+    np.testing.assert_array_equal(host(reset), rst_s[t])
+    np.testing.assert_array_equal(host(h_in), naive_hidden_reset(hid, rst_s[t]))
+    np.testing.assert_array_equal(host(WyY), Wy[Y])
+    if x0 is not None:
+        mask = dropout_mask_np(5, -1, step, B, x0_width, p) if p > 0 else 1.0
+        np.testing.assert_array_equal(host(x0), table[inputs[t]] * mask)
     rl = np.array([0.25, 0.5, 0.125], np.float32)
     kstep.launch_step_end(losses, dev(xp, rl), ctr, threads=2)
     assert host(losses)[1] == 0.875 and list(host(ctr)) == [2, 101]
@@ -365,8 +451,9 @@ def test_step_begin_end(xp):
 def _ok_row_loss_args(B=3):
     h, Wy, By, Y, active, logq_t, logq_s = scores_problem(B)
     O = len(Y)
-    return dict(dZ=np.zeros((B, O), np.float32), row_loss_=np.zeros(B, np.float32), S=np.zeros((B, O), np.float32),
-                By=By, Y=Y, active=active)
+    return dict(dZ=np.zeros((B, O), np.float32), row_loss_=np.zeros(B, np.float32),
+                part=np.zeros((B, 2, ksl.N_STATS), np.float32), S=np.zeros((B, O), np.float32), By=By, Y=Y,
+                active=active)
 
 
 @pytest.mark.parametrize("arg,bad,msg", [
@@ -376,12 +463,15 @@ def _ok_row_loss_args(B=3):
     ("Y", lambda a: a[:-1], "Y"),
     ("active", lambda a: a.astype(bool), "active"),
     ("row_loss_", lambda a: np.zeros(len(a) + 1, np.float32), "row_loss"),
+    ("part", lambda a: np.zeros((a.shape[0], 2, 4), np.float32), "part"),
+    ("part", lambda a: np.zeros((a.shape[0], 0, a.shape[2]), np.float32), "part"),
 ])
 def test_row_loss_launcher_rejects(arg, bad, msg):
     kw = _ok_row_loss_args()
     kw[arg] = bad(kw[arg])
     with pytest.raises(ValueError, match=msg):
-        ksl.launch_row_loss(kw["dZ"], kw["row_loss_"], kw["S"], kw["By"], kw["Y"], kw["active"], loss=0, threads=T)
+        ksl.launch_row_loss(kw["dZ"], kw["row_loss_"], kw["part"], kw["S"], kw["By"], kw["Y"], kw["active"], loss=0,
+                            threads=T)
 
 
 def test_launchers_reject_bad_arguments():
@@ -408,28 +498,51 @@ def test_launchers_reject_bad_arguments():
         kemb.launch_scatter_add_rows(f32(N, H), np.zeros(B, np.int32), f32(B, H + 1))
     with pytest.raises(ValueError, match="mom"):
         kad.launch_adagrad_dense(f32(5), f32(5), f32(5), f32(4), np.ones(1, np.float32), 0.1, 0.0)
-    with pytest.raises(ValueError, match="owner"):
-        kad.launch_sparse_adagrad(f32(N, H), f32(N, H), f32(N, H), np.zeros(B, np.int32), f32(B, H),
-                                  np.zeros(N, np.int64), np.zeros(N, np.int32), np.ones(1, np.float32), 0.1, 0.0)
-    owner, count = np.full(N, INT32_MAX, np.int32), np.zeros(N, np.int32)
-    with pytest.raises(ValueError, match="rows"):  # checked before anything runs: the scratch stays clean
-        kad.launch_sparse_adagrad(f32(N, H), f32(N, H), f32(N, H), np.arange(B, dtype=np.int32), f32(B, H - 1),
-                                  owner, count, np.ones(1, np.float32), 0.1, 0.0)
-    assert np.all(owner == INT32_MAX) and np.all(count == 0)
     with pytest.raises(ValueError, match="lr"):
         kad.launch_adagrad_dense(f32(5), f32(5), f32(5), f32(5), np.ones(1, np.float32), 0.0, 0.0)
     with pytest.raises(ValueError, match="threads"):
-        ksl.launch_col_sum(f32(4), f32(2, 4), threads=0)
+        ksl.launch_row_loss(f32(B, 8), f32(B), f32(B, 1, ksl.N_STATS), f32(B, 8), f32(N), np.zeros(8, np.int32),
+                            np.ones(B, np.uint8), loss=0, threads=6)
+    cnt = lambda *s: np.zeros(s, np.int32)
+    u8 = lambda n: np.ones(n, np.uint8)
+    ctr = np.zeros(2, np.int64)
     with pytest.raises(ValueError, match="threads"):
-        kev.launch_rank_counts(np.zeros(B, np.int64), np.zeros(B, np.int64), f32(B, N), f32(N),
-                               np.zeros(B, np.int32), threads=6)
+        kev.launch_rank_counts(cnt(2, B), cnt(2, B), f32(B, N), f32(N), f32(B), u8(B), ctr, threads=6)
+    with pytest.raises(ValueError, match="By"):
+        kev.launch_rank_counts(cnt(2, B), cnt(2, B), f32(B, N), f32(N + 1), f32(B), u8(B), ctr)
+    with pytest.raises(ValueError, match="n_equal"):
+        kev.launch_rank_counts(cnt(2, B), cnt(3, B), f32(B, N), f32(N), f32(B), u8(B), ctr)
+    with pytest.raises(ValueError, match="n_greater"):
+        kev.launch_rank_counts(np.zeros((2, B), np.int64), cnt(2, B), f32(B, N), f32(N), f32(B), u8(B), ctr)
+    with pytest.raises(ValueError, match="span"):
+        kev.launch_rank_counts(cnt(2, B), cnt(2, B), f32(B, N), f32(N), f32(B), u8(B), ctr, span=0)
     with pytest.raises(ValueError, match="targets"):
-        kev.launch_rank_counts(np.zeros(B, np.int64), np.zeros(B, np.int64), f32(B, N), f32(N),
-                               np.zeros(B + 1, np.int32))
+        kev.launch_target_scores(f32(B), f32(B, H), f32(N, H), f32(N), np.zeros(B + 1, np.int32), u8(B))
+    with pytest.raises(ValueError, match="Wy"):
+        kev.launch_target_scores(f32(B), f32(B, H), f32(N, H + 1), f32(N), np.zeros(B, np.int32), u8(B))
+    with pytest.raises(ValueError, match="act"):
+        kev.launch_target_scores(f32(B), f32(B, H), f32(N, H), f32(N), np.zeros(B, np.int32), u8(B), act=9)
+    with pytest.raises(ValueError, match="reset_s"):
+        kev.launch_eval_step_begin(cnt(B), cnt(B), u8(B), u8(B), cnt(2, B), cnt(2, B), np.zeros((3, B), np.uint8),
+                                   np.zeros((2, B), np.uint8), ctr)
+    with pytest.raises(ValueError, match="ctr"):
+        kev.launch_eval_step_end(cnt(2, B), u8(B), True, np.zeros(2, np.int32))
     with pytest.raises(ValueError, match="loss"):
-        ksl.launch_row_loss(f32(B, 8), f32(B), f32(B, 8), f32(N), np.zeros(8, np.int32), np.ones(B, np.uint8),
-                            loss=7)
+        ksl.launch_row_loss(f32(B, 8), f32(B), f32(B, 1, ksl.N_STATS), f32(B, 8), f32(N), np.zeros(8, np.int32),
+                            np.ones(B, np.uint8), loss=7)
+    with pytest.raises(ValueError, match="widths"):
+        kgru.launch_hidden_reset(f32(B * H), f32(B * H), np.array([H], np.int64), np.zeros(B, np.uint8))
+    with pytest.raises(ValueError, match="h_in must hold"):
+        kgru.launch_hidden_reset(f32(B * H + 1), f32(B * H + 1), np.array([H], np.int32), np.zeros(B, np.uint8))
+    chunk = (np.zeros((2, B), np.int32), np.zeros((2, B), np.int32), np.zeros((3, S), np.int32),
+             np.zeros((2, B), np.uint8), np.zeros((2, B), np.uint8))
+    hidden = (f32(B * H), f32(B * H), np.array([H], np.int32))
+    step_bufs = (np.zeros(2 * B + S, np.int32), np.zeros(B, np.uint8), np.zeros(B, np.uint8))
     with pytest.raises(ValueError, match="samples"):
-        kstep.launch_step_begin(np.zeros(2 * B + S, np.int32), np.zeros(B, np.uint8), np.zeros(B, np.uint8),
-                                np.zeros((2, B), np.int32), np.zeros((2, B), np.int32), np.zeros((3, S), np.int32),
-                                np.zeros((2, B), np.uint8), np.zeros((2, B), np.uint8), np.zeros(2, np.int64))
+        kstep.launch_step_begin(*step_bufs, chunk, np.zeros(2, np.int64), hidden, f32(B + S, H), f32(N, H))
+    chunk = chunk[:2] + (np.zeros((2, S), np.int32),) + chunk[3:]
+    with pytest.raises(ValueError, match="WyY"):
+        kstep.launch_step_begin(*step_bufs, chunk, np.zeros(2, np.int64), hidden, f32(B, H), f32(N, H))
+    with pytest.raises(ValueError, match="emb"):
+        kstep.launch_step_begin(*step_bufs, chunk, np.zeros(2, np.int64), hidden, f32(B + S, H), f32(N, H),
+                                x0=f32(B, 4), emb=f32(N, 5))

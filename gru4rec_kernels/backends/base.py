@@ -13,7 +13,10 @@ Contract of ``train_step(X, Y, active, reset, step)`` (see ``reference.train_ste
     hidden state, and returns the step loss (sum over active rows / batch_size) as a float.
 Contract of ``eval_step(X, targets, reset, active)``: advances the evaluation hidden state (no dropout) by one
     step and returns (n_greater [B] int64, n_equal [B] int64): how many items score strictly above / equal to
-    the target (target included in n_equal), over all items or ``candidates``.
+    the target (target included in n_equal), over all items or ``candidates``. Only the active rows' counts are
+    defined (the cuda backend returns 0 on inactive rows).
+Contract of ``eval_chunk(inputs, targets, reset, active)``: ``eval_step`` over the T rows of a schedule chunk
+    ([T, B] each); returns (n_greater [T, B] int64, n_equal [T, B] int64), 0 on inactive lanes.
 """
 from __future__ import annotations
 
@@ -109,6 +112,30 @@ class Backend(ABC):
 
     @abstractmethod
     def eval_step(self, X, targets, reset, active, candidates=None) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def eval_chunk(self, inputs, targets, reset, active, candidates=None) -> tuple[np.ndarray, np.ndarray]:
+        """Evaluation steps over a schedule chunk: inputs/targets/reset/active [T, B]. Returns (n_greater [T, B],
+        n_equal [T, B]) int64, 0 on inactive lanes. Default: ``eval_step`` per row of the chunk."""
+        T, B = self.check_eval_chunk_shapes(inputs, targets, reset, active)
+        n_greater = np.zeros((T, B), np.int64)
+        n_equal = np.zeros((T, B), np.int64)
+        for t in range(T):
+            gt, eq = self.eval_step(inputs[t], targets[t], reset[t], active[t], candidates=candidates)
+            on = np.asarray(active[t], bool)
+            n_greater[t, on] = np.asarray(gt)[on]
+            n_equal[t, on] = np.asarray(eq)[on]
+        return n_greater, n_equal
+
+    @staticmethod
+    def check_eval_chunk_shapes(inputs, targets, reset, active) -> tuple[int, int]:
+        """(T, B) of an evaluation chunk, or a ValueError naming the argument whose shape does not fit."""
+        shape = np.shape(inputs)
+        if len(shape) != 2:
+            raise ValueError(f"inputs must be [T, B]; got shape {shape}")
+        for name, a in (("targets", targets), ("reset", reset), ("active", active)):
+            if np.shape(a) != shape:
+                raise ValueError(f"{name} must have shape {shape} like inputs; got {np.shape(a)}")
+        return shape
 
     def warmup(self, batch_size: int, n_sample: int) -> None:
         """Compile (or load from the on-disk cache) the training kernels without changing any state, so that

@@ -7,20 +7,24 @@ made once (``cuda.as_cuda_array``, no sync). Under the CUDA simulator (``NUMBA_E
 numpy and the very same step code and kernels run on the CPU; that is how the tests check whole training steps
 against the numpy backend without a GPU.
 
-One training step (``_step``; shape letters B rows, S samples, O = B + S, N items, H_l units):
+One training step (``_step``; shape letters B rows, S samples, O = B + S, N items, H_l units; docs/kernels.md
+lists its launches, 15 besides the sparse Adagrad for one layer; the GEMMs are plans built with the buffers,
+several independent products per launch, K split where few tiles meet a long K):
 
-    step_begin          row ctr[0] of the uploaded chunk -> ids = [Y (O) | X (B)], active, reset
-    hidden_reset        h_in_l = 0 on reset rows, else the state hid_l
-    layer 0 input       gather_rows: x0 = Wy[X] / E[X] times the embedding dropout (one-hot: fused below)
-    per layer           xw = x Wx (GEMM), hU = h_in Wrz (GEMM), gru_fwd_rz, rhU = rh Wh (GEMM), gru_fwd_out
-                        -> hid_l (the output after dropout = the next hidden state)
-    scores + loss       gather_rows WyY = Wy[Y]; plain (default): S = h WyY^T (GEMM) + row_loss;
-                        fused: score_loss_fused -> dZ [B, O], row_loss [B]
-    backward            dh = dZ WyY, dWy rows = dZ^T h (GEMMs), dBy rows = col_sum(dZ); per layer gru_bwd_cz,
-                        drh = dc Wh^T, gru_bwd_r, dWrz / dWh / dWx (GEMMs into the flat gradient buffer), dBh =
-                        col_sum(da), dx = da Wx^T; the input gradient times the embedding mask (dropout_inplace)
+    step_begin          row ctr[0] of the uploaded chunk -> ids = [Y (O) | X (B)], active, reset; h_in_l = 0 on
+                        reset rows, else the state hid_l (every layer); x0 = Wy[X] / E[X] times the embedding
+                        dropout (one-hot: gathered inside the gate kernels); WyY = Wy[Y]
+    per layer           [xw = x Wx, hU = h_in Wrz] (one GEMM launch), gru_fwd_rz, rhU = rh Wh (GEMM),
+                        gru_fwd_out -> hid_l (the output after dropout = the next hidden state)
+    scores + loss       S = h WyY^T (GEMM), row_loss (row_loss_partial, row_loss_grad: each row over several
+                        blocks) -> dZ [B, O], row_loss [B]
+    backward            [dh = dZ WyY, dWy rows = dZ^T h, dBy = 1^T dZ] (one GEMM launch); per layer gru_bwd_cz,
+                        drh = dc Wh^T (GEMM), gru_bwd_r, [dWrz, dWh, dBh = 1^T da, dWx, dx = da Wx^T] (one GEMM
+                        launch, into the flat gradient buffer); the input gradient times the embedding mask
+                        (dropout_inplace, only when dropout_p_embed > 0)
     clipping            (grad_cap > 0) sumsq_partial + clip_scale -> gscale
-    optimizer           adagrad_dense over the flat buffer; sparse Adagrad (duplicates summed) on Wy, By, E, Wx0
+    optimizer           adagrad_dense over the flat buffer; sparse_adagrad over the id segments grouped on the
+                        host for the chunk (backends/segments.py): Wy with By in one launch, then E or Wx0
     step_end            losses[ctr[0]] = sum(row_loss); ctr += 1
 
 Everything a step reads comes from device buffers and the device step counter ``ctr = [t, global step]``, so on
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numba
 import numpy as np
 
 from ..codes import MODE_CODES, MODE_CONSTRAINED, MODE_EMBEDDING, MODE_ONEHOT
@@ -47,6 +52,7 @@ from ..kernels import step as kst
 from ..layout import allocate, embed_width
 from ..rng import dropout_key
 from .base import Backend
+from .segments import segment_chunk
 
 
 class _Bufs:
@@ -69,16 +75,17 @@ class _Bufs:
 class CudaBackend(Backend):
     """GRU4Rec v2 training / evaluation steps on numba.cuda kernels (or the CUDA simulator).
 
-    Parameters beyond ``Backend``'s: ``scores`` "plain" (GEMM + row loss kernel; default, see
-    kernels/scores_loss.py) or "fused"; ``graph_steps`` the largest number of steps captured in one CUDA graph
-    (0: no graphs, every step launched eagerly); ``threads`` overrides of the block sizes per kernel kind
-    (kernels.common.THREADS; under the simulator SIM_THREADS are the defaults).
+    Parameters beyond ``Backend``'s: ``graph_steps`` the largest number of steps captured in one CUDA graph (0: no
+    graphs, every step launched eagerly); ``threads`` overrides of the block sizes per kernel kind
+    (kernels.common.THREADS; under the simulator SIM_THREADS are the defaults); ``eval_tile`` the items scored per
+    tile in evaluation (the score tile is [B, eval_tile]; default kernels/evaluate.py EVAL_TILE, SIM_EVAL_TILE under
+    the simulator).
     """
 
     name = "cuda"
 
     def __init__(self, cfg, n_items, params, logq_target=None, logq_sample=None, dtype=np.float32, *,
-                 scores: str | None = None, graph_steps: int = 64, threads: dict | None = None):
+                 graph_steps: int = 64, threads: dict | None = None, eval_tile: int | None = None):
         super().__init__(cfg, n_items, params, logq_target, logq_sample)
         import os
 
@@ -100,12 +107,12 @@ class CudaBackend(Backend):
         from numba import cuda
 
         self.sim = kc.SIM
-        self.scores = ks.DEFAULT_SCORES if scores is None else scores
-        if self.scores not in ("plain", "fused"):
-            raise ValueError(f"scores must be 'plain' or 'fused'; got {scores!r}")
         if not isinstance(graph_steps, int) or graph_steps < 0:
             raise ValueError(f"graph_steps must be an int >= 0; got {graph_steps!r}")
         self.graph_steps = graph_steps
+        self.eval_tile = (kev.SIM_EVAL_TILE if self.sim else kev.EVAL_TILE) if eval_tile is None else eval_tile
+        if not isinstance(self.eval_tile, (int, np.integer)) or self.eval_tile < 1:
+            raise ValueError(f"eval_tile must be a positive int (items per score tile); got {eval_tile!r}")
         self.threads = dict(kc.SIM_THREADS if self.sim else kc.THREADS)
         for k, v in (threads or {}).items():
             if k not in self.threads:
@@ -136,7 +143,8 @@ class CudaBackend(Backend):
         self._graphs: dict = {}
         self._warm = False
         self._pending_hidden = None
-        self._cand = (None, None, None)  # (host candidates object, device array, kernel view)
+        self._seg_head = None  # segments.segment_chunk's scratch [P <= 8 parts, N]
+        self._eval_graphs: dict = {}
 
     # ================================================================================================ memory
     def _view(self, arr):
@@ -199,12 +207,7 @@ class CudaBackend(Backend):
             n = host[s.name].size
             for B_ in (P, G, OA, OM):
                 B_.add(s.name, B_.a["flat"][off:off + n].reshape(s.shape))
-        # By as an [N, 1] matrix for the row kernels (views of the same memory)
-        for B_ in (P, OA, OM):
-            B_.add("By2", B_.a["By"].reshape(-1, 1))
         self.scratch = _Bufs(self)
-        self.scratch.new("owner", (self.n_items,), np.int32, fill=np.iinfo(np.int32).max)
-        self.scratch.new("count", (self.n_items,), np.int32)
         self.scratch.new("gscale", (1,), np.float32, fill=1.0)
         self.logq = None
         if self.logq_target is not None:  # logq * log q of target / sample columns, [N] each (own copies)
@@ -222,11 +225,20 @@ class CudaBackend(Backend):
         return out
 
     def _layer_bufs(self, bb: _Bufs, B: int, backward: bool):
-        """Activation buffers of every layer (and their gradients when ``backward``)."""
+        """Activation buffers of every layer (and their gradients when ``backward``: the training buffers) and the
+        forward GEMM plans. The hidden states h_in / hid of all layers are one flat buffer each ([B, H_l] views
+        one after another, ``widths`` = H_l), so that one kernel resets every layer."""
         f32 = np.float32
-        for l, H in enumerate(self.cfg.layers):
-            for n, w in (("h_in", H), ("hid", H), ("hU", 2 * H), ("r", H), ("z", H), ("rh", H), ("rhU", H),
-                         ("c", H)):
+        L = self.cfg.layers
+        bb.new("h_in", (B * sum(L),), f32)
+        bb.new("hid", (B * sum(L),), f32)
+        bb.add("widths", self.xp.asarray(np.array(L, np.int32)))
+        off = 0
+        for l, H in enumerate(L):
+            for n in ("h_in", "hid"):
+                bb.add(f"{n}{l}", bb.a[n][off:off + B * H].reshape(B, H))
+            off += B * H
+            for n, w in (("hU", 2 * H), ("r", H), ("z", H), ("rh", H), ("rhU", H), ("c", H)):
                 bb.new(f"{n}{l}", (B, w), f32)
             if not (l == 0 and self.mode == MODE_ONEHOT):
                 bb.new(f"xw{l}", (B, 3 * H), f32)
@@ -236,6 +248,44 @@ class CudaBackend(Backend):
         if self.mode != MODE_ONEHOT:
             bb.new("x0", (B, embed_width(self.cfg)), f32)
         bb.new("ctr", (2,), np.int64)
+        # forward GEMMs: x Wx and h U_rz of a layer in one launch, then (r h) U_h; K split only in training
+        # (evaluation buffers have no workspace)
+        D, P = bb.d, self.P.d
+        bb.plans = {}
+        for l in range(len(L)):
+            probs = [kgm.GemmProblem(D[f"hU{l}"], D[f"h_in{l}"], P[f"Wrz{l}"])]
+            if not (l == 0 and self.mode == MODE_ONEHOT):
+                probs.insert(0, kgm.GemmProblem(D[f"xw{l}"], D["x0"] if l == 0 else D[f"hid{l - 1}"], P[f"Wx{l}"]))
+            bb.plans[f"fwd{l}"] = self._plan(probs, backward)
+            bb.plans[f"rhU{l}"] = self._plan([kgm.GemmProblem(D[f"rhU{l}"], D[f"rh{l}"], P[f"Wh{l}"])], backward)
+
+    def _plan(self, problems, split: bool):
+        return kgm.plan_gemm(problems, self.gemm_tile, kc.target_blocks(), splits=None if split else 1)
+
+    def _step_plans(self, tb: _Bufs):
+        """The loss and backward GEMM plans of the training step (independent products grouped per launch; a
+        column sum is the product 1^T a with the ``ones`` column) and the workspace that every split plan shares
+        (the launches run one after another on one stream)."""
+        D, P, G = tb.d, self.P.d, self.G
+        top = len(self.cfg.layers) - 1
+        row = lambda bufs, name: self._view(bufs.a[name].reshape(1, -1))  # a vector as a [1, n] matrix
+        gp = kgm.GemmProblem
+        plans = tb.plans
+        plans["scores"] = self._plan([gp(D["S"], D[f"hid{top}"], D["WyY"], tb=True)], True)
+        plans["bwd_top"] = self._plan([gp(D[f"dout{top}"], D["dZ"], D["WyY"]),
+                                       gp(D["gWy_out"], D["dZ"], D[f"hid{top}"], ta=True),
+                                       gp(row(tb, "gBy"), D["ones"], D["dZ"], ta=True)], True)
+        for l in range(top + 1):
+            plans[f"drh{l}"] = self._plan([gp(D[f"drh{l}"], D[f"dc{l}"], P[f"Wh{l}"], tb=True)], True)
+            probs = [gp(G.d[f"Wrz{l}"], D[f"h_in{l}"], D[f"drz{l}"], ta=True),
+                     gp(G.d[f"Wh{l}"], D[f"rh{l}"], D[f"dc{l}"], ta=True),
+                     gp(row(G, f"Bh{l}"), D["ones"], D[f"da{l}"], ta=True)]
+            if not (l == 0 and self.mode == MODE_ONEHOT):  # one-hot: the rows da0 are the sparse gradient of Wx0
+                probs.append(gp(G.d[f"Wx{l}"], D["x0"] if l == 0 else D[f"hid{l - 1}"], D[f"da{l}"], ta=True))
+                probs.append(gp(D["dx0"] if l == 0 else D[f"dout{l - 1}"], D[f"da{l}"], P[f"Wx{l}"], tb=True))
+            plans[f"wgrad{l}"] = self._plan(probs, True)
+        tb.new("gemm_work", (max([1] + [p.work_size for p in plans.values()]),), np.float32)
+        tb.new("gemm_tickets", (max([1] + [p.tickets_size for p in plans.values()]),), np.int32)
 
     def _train_bufs(self, B: int, S: int, T: int):
         tb = self._tb
@@ -260,9 +310,7 @@ class CudaBackend(Backend):
                 n_wy = O + B if self.mode == MODE_CONSTRAINED else O
                 tb.new("gWy", (n_wy, HL), np.float32)
                 tb.add("gWy_out", tb.a["gWy"][:O])
-                tb.add("Wy_ids", tb.a["ids"][:n_wy])
                 tb.new("gBy", (O,), np.float32)
-                tb.add("gBy2", tb.a["gBy"].reshape(-1, 1))
                 if self.mode == MODE_CONSTRAINED:
                     tb.add("dx0", tb.a["gWy"][O:])
                 elif self.mode == MODE_EMBEDDING:
@@ -274,6 +322,11 @@ class CudaBackend(Backend):
                     rows_in = tb.a["gE"] if self.mode == MODE_EMBEDDING else tb.a["da0"]
                     self._clip_bufs.append(self._view(rows_in.reshape(-1)))
                 tb.new("partials", (kc.NORM_BLOCKS * len(self._clip_bufs),), np.float32)
+                # the step's column sums as GEMMs (1^T a), the row-loss chunk statistics, the GEMM plans
+                tb.new("ones", (B, 1), np.float32, fill=1.0)
+                tb.new("loss_part", (B, ks.row_chunks(B, O, self._t("row"), kc.target_blocks()), ks.N_STATS),
+                       np.float32)
+                self._step_plans(tb)
             if self._pending_hidden is not None and self._pending_hidden[0].shape[0] == B:
                 for l, h in enumerate(self._pending_hidden):
                     self._put(tb.a[f"hid{l}"], h)
@@ -281,87 +334,94 @@ class CudaBackend(Backend):
         if T > tb.T:  # the schedule of a chunk: graphs hold its pointers, so a bigger chunk re-captures
             self._graphs.clear()
             tb.T = T
+            sched = [("inputs_s", B, np.int32), ("targets_s", B, np.int32), ("samples_s", S, np.int32),
+                     ("active_s", B, np.uint8), ("reset_s", B, np.uint8)]
+            tb.seg_host = {}  # the sparse-update segments (backends/segments.py): computed here, uploaded
+            for g, K in self._seg_groups(B, S):
+                sched += [(f"perm_{g}", K, np.int32), (f"seg_start_{g}", K + 1, np.int32), (f"seg_id_{g}", K, np.int32)]
+                tb.seg_host[g] = tuple(np.empty((T, w), np.int32) for w in (K, K + 1, K))
             with self._on_stream():
-                for n, w, dt in (("inputs_s", B, np.int32), ("targets_s", B, np.int32), ("samples_s", S, np.int32),
-                                 ("active_s", B, np.uint8), ("reset_s", B, np.uint8)):
+                for n, w, dt in sched:
                     tb.new(n, (T, w), dt)
                 tb.new("losses", (T,), np.float32)
         return tb
 
+    def _seg_groups(self, B: int, S: int):
+        """The slot lists grouped by id for the sparse updates: (name, K). "wy": Wy (and By, its first O slots)
+        over Y = [targets | samples], plus X in the constrained mode; "x": E or Wx0 over X."""
+        O = B + S
+        if self.mode == MODE_CONSTRAINED:
+            return [("wy", O + B)]
+        return [("wy", O), ("x", B)]
+
+    def _segment(self, tb: _Bufs, inputs, targets, samples):
+        """Group the chunk's ids of every sparse update on the host (segments.segment_chunk) and upload them."""
+        T = inputs.shape[0]
+        ids = {"wy": np.concatenate([targets, samples] + ([inputs] if self.mode == MODE_CONSTRAINED else []),
+                                    axis=1, dtype=np.int32),
+               "x": np.ascontiguousarray(inputs, dtype=np.int32)}
+        if self._seg_head is None:  # a row per parallel part, -1 between calls; at most 8 parts: P x N int32
+            self._seg_head = np.full((min(numba.get_num_threads(), 8), self.n_items), -1, np.int32)
+        for g, (perm, seg_start, seg_id) in tb.seg_host.items():
+            segment_chunk(perm, seg_start, seg_id, ids[g], self._seg_head)
+            for name, h in (("perm", perm), ("seg_start", seg_start), ("seg_id", seg_id)):
+                self._put(tb.a[f"{name}_{g}"][:T], h[:T])
+
     # ================================================================================================ the step
+    def _gemm(self, bb: _Bufs, name: str):
+        kgm.launch_plan(bb.plans[name], bb.d.get("gemm_work"), bb.d.get("gemm_tickets"), stream=self._nb_stream)
+
     def _layer_forward(self, bb: _Bufs, l: int, train: bool):
         D, P = bb.d, self.P
         st = self._nb_stream
         te = self._t("elementwise")
-
         if l == 0 and self.mode == MODE_ONEHOT:
             xw, gather = P.d["Wx0"], True
         else:
-            x = D["x0"] if l == 0 else D[f"hid{l - 1}"]
-            self._mm(D[f"xw{l}"], x, P.d[f"Wx{l}"])
             xw, gather = D[f"xw{l}"], False
-        self._mm(D[f"hU{l}"], D[f"h_in{l}"], P.d[f"Wrz{l}"])
+        self._gemm(bb, f"fwd{l}")  # xw = x Wx (not one-hot layer 0), hU = h_in U_rz
         kg.launch_gru_fwd_rz(D[f"r{l}"], D[f"z{l}"], D[f"rh{l}"], xw, D["X"], gather, P.d[f"Bh{l}"], D[f"hU{l}"],
                              D[f"h_in{l}"], threads=te, stream=st)
-        self._mm(D[f"rhU{l}"], D[f"rh{l}"], P.d[f"Wh{l}"])
+        self._gemm(bb, f"rhU{l}")
         p = self.cfg.dropout_p_hidden if train else 0.0
         kg.launch_gru_fwd_out(D[f"c{l}"], D[f"hid{l}"], xw, D["X"], gather, P.d[f"Bh{l}"], D[f"rhU{l}"],
                               D[f"h_in{l}"], D[f"z{l}"], D["ctr"], self.keys[l], p, threads=te, stream=st)
 
     def _forward(self, bb: _Bufs, train: bool):
-
+        """The layers. Training: step_begin has reset the hidden states and gathered x0 already; evaluation
+        (``train=False``) resets and gathers here."""
         D, st, te = bb.d, self._nb_stream, self._t("elementwise")
-        for l in range(len(self.cfg.layers)):
-            kg.launch_hidden_reset(D[f"h_in{l}"], D[f"hid{l}"], D["reset"], threads=te, stream=st)
-        if self.mode != MODE_ONEHOT:
-            emb = self.P.d["Wy" if self.mode == MODE_CONSTRAINED else "E"]
-            p = self.cfg.dropout_p_embed if train else 0.0
-            ke.launch_gather_rows(D["x0"], emb, D["X"], D["ctr"], self.key_emb, p, threads=te, stream=st)
+        if not train:
+            kg.launch_hidden_reset(D["h_in"], D["hid"], D["widths"], D["reset"], threads=te, stream=st)
+            if self.mode != MODE_ONEHOT:
+                emb = self.P.d["Wy" if self.mode == MODE_CONSTRAINED else "E"]
+                ke.launch_gather_rows(D["x0"], emb, D["X"], D["ctr"], threads=te, stream=st)
         for l in range(len(self.cfg.layers)):
             self._layer_forward(bb, l, train)
 
     def _loss(self, tb: _Bufs):
 
-        D, P, cfg = tb.d, self.P, self.cfg
-        st = self._nb_stream
-        top = len(cfg.layers) - 1
-        ke.launch_gather_rows(D["WyY"], P.d["Wy"], D["Y"], D["ctr"], threads=self._t("elementwise"), stream=st)
-        kw = dict(loss=cfg.loss_code, act=self.act, act_a=self.act_a, bpreg=cfg.bpreg, mah=cfg.mask_accidental_hits,
-                  inv_batch=1.0 / cfg.batch_size, threads=self._t("row"), stream=st)
-        if self.scores == "plain":
-            self._mm(D["S"], D[f"hid{top}"], D["WyY"], tb=True)
-            ks.launch_row_loss(D["dZ"], D["row_loss"], D["S"], P.d["By"], D["Y"], D["active"], self.logq, **kw)
-        else:
-            ks.launch_score_loss_fused(D["dZ"], D["row_loss"], D["S"], D[f"hid{top}"], P.d["Wy"], P.d["By"], D["Y"],
-                                       D["active"], self.logq, **kw)
+        D, cfg = tb.d, self.cfg
+        self._gemm(tb, "scores")  # S = h WyY^T
+        ks.launch_row_loss(D["dZ"], D["row_loss"], D["loss_part"], D["S"], self.P.d["By"], D["Y"], D["active"],
+                           self.logq, loss=cfg.loss_code, act=self.act, act_a=self.act_a, bpreg=cfg.bpreg,
+                           mah=cfg.mask_accidental_hits, inv_batch=1.0 / cfg.batch_size, threads=self._t("row"),
+                           stream=self._nb_stream)
 
     def _backward(self, tb: _Bufs):
 
-        D, P, G, cfg = tb.d, self.P, self.G, self.cfg
-        st, te, tc = self._nb_stream, self._t("elementwise"), self._t("column")
-        top = len(cfg.layers) - 1
-        self._mm(D[f"dout{top}"], D["dZ"], D["WyY"])
-        self._mm(D["gWy_out"], D["dZ"], D[f"hid{top}"], ta=True)
-        ks.launch_col_sum(D["gBy"], D["dZ"], threads=tc, stream=st)
+        D, cfg = tb.d, self.cfg
+        st, te = self._nb_stream, self._t("elementwise")
+        self._gemm(tb, "bwd_top")  # dh = dZ WyY, dWy rows = dZ^T h, dBy = 1^T dZ
         for l in reversed(range(len(cfg.layers))):
             kg.launch_gru_bwd_cz(D[f"da{l}"], D[f"dc{l}"], D[f"drz{l}"], D[f"dout{l}"], D[f"h_in{l}"], D[f"z{l}"],
                                  D[f"c{l}"], D["ctr"], self.keys[l], cfg.dropout_p_hidden, threads=te, stream=st)
-            self._mm(D[f"drh{l}"], D[f"dc{l}"], P.d[f"Wh{l}"], tb=True)
+            self._gemm(tb, f"drh{l}")  # drh = dc Wh^T
             kg.launch_gru_bwd_r(D[f"da{l}"], D[f"drz{l}"], D[f"drh{l}"], D[f"h_in{l}"], D[f"r{l}"], threads=te,
                                 stream=st)
-            self._mm(G.d[f"Wrz{l}"], D[f"h_in{l}"], D[f"drz{l}"], ta=True)
-            self._mm(G.d[f"Wh{l}"], D[f"rh{l}"], D[f"dc{l}"], ta=True)
-            ks.launch_col_sum(G.d[f"Bh{l}"], D[f"da{l}"], threads=tc, stream=st)
-            if l == 0 and self.mode == MODE_ONEHOT:
-                continue  # the rows da0 are the sparse gradient of Wx0 at X
-            x = D["x0"] if l == 0 else D[f"hid{l - 1}"]
-            self._mm(G.d[f"Wx{l}"], x, D[f"da{l}"], ta=True)
-            if l > 0:
-                self._mm(D[f"dout{l - 1}"], D[f"da{l}"], P.d[f"Wx{l}"], tb=True)
-            else:
-                self._mm(D["dx0"], D["da0"], P.d["Wx0"], tb=True)
-                kg.launch_dropout_inplace(D["dx0"], D["ctr"], self.key_emb, cfg.dropout_p_embed, threads=te,
-                                          stream=st)
+            self._gemm(tb, f"wgrad{l}")  # dWrz, dWh, dBh, dWx and dx = da Wx^T (the layer below's dout, or dx0)
+        if self.mode != MODE_ONEHOT and cfg.dropout_p_embed > 0:
+            kg.launch_dropout_inplace(D["dx0"], D["ctr"], self.key_emb, cfg.dropout_p_embed, threads=te, stream=st)
 
     def _update(self, tb: _Bufs):
 
@@ -374,21 +434,28 @@ class CudaBackend(Backend):
         lr, mu = cfg.learning_rate, cfg.momentum
         ka.launch_adagrad_dense(P.d["flat"], G.d["flat"], OA.d["flat"], OM.d["flat"], sc["gscale"], lr, mu,
                                 threads=self._t("elementwise"), stream=st)
-        sparse = [("Wy", D["Wy_ids"], D["gWy"]), ("By2", D["Y"], D["gBy2"])]
+        # one launch per group of slots: Wy with By on the output slots (the first O), then E / Wx0 over X
+        sparse = [("Wy", "wy", D["gWy"], D["gBy"].shape[0])]
         if self.mode == MODE_EMBEDDING:
-            sparse.append(("E", D["X"], D["gE"]))
+            sparse.append(("E", "x", D["gE"], 0))
         elif self.mode == MODE_ONEHOT:
-            sparse.append(("Wx0", D["X"], D["da0"]))
-        for name, ids, rows in sparse:
-            ka.launch_sparse_adagrad(P.d[name], OA.d[name], OM.d[name], ids, rows, sc["owner"], sc["count"],
-                                     sc["gscale"], lr, mu, threads=self._t("sparse"), stream=st)
+            sparse.append(("Wx0", "x", D["da0"], 0))
+        for name, g, rows, n_bslots in sparse:
+            ka.launch_sparse_adagrad(P.d[name], OA.d[name], OM.d[name], rows, D[f"perm_{g}"], D[f"seg_start_{g}"],
+                                     D[f"seg_id_{g}"], D["ctr"], sc["gscale"], lr, mu, P.d["By"], OA.d["By"],
+                                     OM.d["By"], D["gBy"], n_bslots, threads=self._t("sparse"), stream=st)
 
     def _step(self, tb: _Bufs):
         """One whole training step, every input from device buffers and the device step counter."""
 
         D, st = tb.d, self._nb_stream
-        kst.launch_step_begin(D["ids"], D["active"], D["reset"], D["inputs_s"], D["targets_s"], D["samples_s"],
-                              D["active_s"], D["reset_s"], D["ctr"], threads=self._t("elementwise"), stream=st)
+        x0 = emb = None
+        if self.mode != MODE_ONEHOT:
+            x0, emb = D["x0"], self.P.d["Wy" if self.mode == MODE_CONSTRAINED else "E"]
+        kst.launch_step_begin(D["ids"], D["active"], D["reset"],
+                              (D["inputs_s"], D["targets_s"], D["samples_s"], D["active_s"], D["reset_s"]), D["ctr"],
+                              (D["h_in"], D["hid"], D["widths"]), D["WyY"], self.P.d["Wy"], x0=x0, emb=emb,
+                              key=self.key_emb, p=self.cfg.dropout_p_embed, threads=self._t("elementwise"), stream=st)
         self._forward(tb, train=True)
         self._loss(tb)
         self._backward(tb)
@@ -425,6 +492,7 @@ class CudaBackend(Backend):
             self._put(A["samples_s"][:T], samples)
             self._put(A["active_s"][:T], np.asarray(active, bool).view(np.uint8))
             self._put(A["reset_s"][:T], np.asarray(reset, bool).view(np.uint8))
+            self._segment(tb, inputs, np.asarray(targets), samples)
             self._put(A["ctr"], np.array([0, step0], np.int64))
             if self.sim or self.graph_steps == 0:
                 for _ in range(T):
@@ -524,26 +592,189 @@ class CudaBackend(Backend):
             self._pending_hidden = H
 
     # ================================================================================================ evaluation
+    # Per step (kernels/evaluate.py): eval_step_begin, the forward without dropout (_forward), target_scores, then
+    # per item tile a GEMM S = h Wy[tile]^T into the [B, tile] score buffer and rank_counts (integer atomics into
+    # the chunk's [T, B] counts), and eval_step_end (candidate rule, ctr += 1). No [B, N] matrix exists; a chunk
+    # is uploaded once and its counts read back once; on a GPU its steps replay as CUDA graphs.
     def reset_eval(self, batch_size: int) -> None:
+        """Zero the evaluation hidden state of ``batch_size`` rows (allocating the evaluation buffers when the
+        batch size changes)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+        B = int(batch_size)
         eb = self._eb
-        if eb is None or eb.B != batch_size:
-            eb = self._eb = _Bufs(self)
-            eb.B = int(batch_size)
-            with self._on_stream():
-                eb.new("X", (batch_size,), np.int32)
-                eb.new("targets", (batch_size,), np.int32)
-                eb.new("reset", (batch_size,), np.uint8)
-                self._layer_bufs(eb, batch_size, backward=False)
-                eb.new("S", (batch_size, self.n_items), np.float32)
-                eb.new("n_gt", (batch_size,), np.int64)
-                eb.new("n_eq", (batch_size,), np.int64)
-        else:
+        if eb is not None and eb.B == B:
             with self._on_stream():
                 for l in range(len(self.cfg.layers)):
                     eb.a[f"hid{l}"].fill(0)
+            return
+        self._eval_graphs.clear()
+        eb = self._eb = _Bufs(self)
+        eb.B, eb.T, eb.cols, eb.warm = B, 0, 0, False
+        eb.items = None  # host copy of the candidate ids the tiles cover (None: all items)
+        eb.tiles = []  # (S tile, Wy rows, By entries) kernel views, one per item tile
+        with self._on_stream():
+            eb.new("X", (B,), np.int32)
+            eb.new("targets", (B,), np.int32)
+            eb.new("reset", (B,), np.uint8)
+            eb.new("active", (B,), np.uint8)
+            self._layer_bufs(eb, B, backward=False)
+            eb.new("tscore", (B,), np.float32)
+            self._eval_items(eb, None)
+
+    def eval_bytes(self) -> int:
+        """Device bytes the evaluation buffers hold now (0 before ``reset_eval``). Per row: the layer buffers
+        (12 H_l floats per layer, 9 H_0 for a one-hot first layer, plus the embedding width), the score tile
+        (min(eval_tile, max(N, C)) floats), and 18 bytes per step of the largest chunk so far (its schedule and
+        counts); with C candidates also 4 C (H + 2) bytes (their ids and Wy, By rows). Never O(B N)
+        (tests/test_cuda_eval.py::test_memory_does_not_grow_with_the_items counts them)."""
+        if self._eb is None:
+            return 0
+        return int(sum(a.nbytes for a in self._eb.a.values() if a.base is None))
+
+    def _eval_items(self, eb: _Bufs, candidates) -> None:
+        """Point the item tiles at all items (``candidates`` None) or at the candidates' rows: Wy[cand] and
+        By[cand] gathered now, at every chunk, so they are the current parameters. The tiles (and the graphs that
+        captured them) are rebuilt only when the item set changes."""
+        xp, B = self.xp, eb.B
+        if candidates is None:
+            if eb.items is None and eb.tiles:
+                return
+            for name in ("cand", "WyC", "ByC"):
+                eb.a.pop(name, None)
+                eb.d.pop(name, None)
+            eb.items = None
+            W, b = self.P.a["Wy"], self.P.a["By"]
+        else:
+            cand = np.ascontiguousarray(candidates, dtype=np.int32)
+            same = eb.items is not None and np.array_equal(eb.items, cand)
+            if not same:
+                eb.items = cand.copy()
+                eb.add("cand", xp.asarray(eb.items))
+                eb.new("WyC", (cand.size, self.P.a["Wy"].shape[1]), np.float32)
+                eb.new("ByC", (cand.size,), np.float32)
+            xp.take(self.P.a["Wy"], eb.a["cand"], axis=0, out=eb.a["WyC"])
+            xp.take(self.P.a["By"], eb.a["cand"], axis=0, out=eb.a["ByC"])
+            if same:
+                return
+            W, b = eb.a["WyC"], eb.a["ByC"]
+        self._eval_graphs.clear()
+        n_items = W.shape[0]
+        cols = min(self.eval_tile, n_items)
+        if cols > eb.cols:  # one flat buffer: each tile's [B, n] view of it is C-contiguous
+            eb.cols = cols
+            eb.new("S", (B * cols,), np.float32)
+        S = eb.a["S"]
+        eb.tiles = []
+        for j0 in range(0, n_items, cols):
+            n = min(cols, n_items - j0)
+            eb.tiles.append((self._view(S[:B * n].reshape(B, n)), self._view(W[j0:j0 + n]), self._view(b[j0:j0 + n])))
+
+    def _eval_sched(self, eb: _Bufs, T: int) -> None:
+        """The chunk's schedule [T, B] and counts [2, T, B] (n_greater, n_equal) buffers, grown to T steps."""
+        if T <= eb.T:
+            return
+        self._eval_graphs.clear()  # graphs hold the old buffers' pointers
+        eb.T = T
+        for name, dt in (("inputs_s", np.int32), ("targets_s", np.int32), ("reset_s", np.uint8),
+                         ("active_s", np.uint8)):
+            eb.new(name, (T, eb.B), dt)
+        counts = eb.new("counts", (2, T, eb.B), np.int32)  # one buffer: one read per chunk
+        eb.add("n_gt", counts[0])
+        eb.add("n_eq", counts[1])
+
+    def _eval_step(self, eb: _Bufs) -> None:
+        """One evaluation step, every input from device buffers and the device step counter."""
+        D, P, st = eb.d, self.P.d, self._nb_stream
+        te, tr = self._t("elementwise"), self._t("row")
+        kev.launch_eval_step_begin(D["X"], D["targets"], D["reset"], D["active"], D["inputs_s"], D["targets_s"],
+                                   D["reset_s"], D["active_s"], D["ctr"], threads=te, stream=st)
+        self._forward(eb, train=False)
+        h = D[f"hid{len(self.cfg.layers) - 1}"]
+        kev.launch_target_scores(D["tscore"], h, P["Wy"], P["By"], D["targets"], D["active"], self.act, self.act_a,
+                                 threads=te, stream=st)
+        for S, W, b in eb.tiles:
+            self._mm(S, h, W, tb=True)
+            kev.launch_rank_counts(D["n_gt"], D["n_eq"], S, b, D["tscore"], D["active"], D["ctr"], self.act,
+                                   self.act_a, threads=tr, stream=st)
+        kev.launch_eval_step_end(D["n_eq"], D["active"], eb.items is not None, D["ctr"], threads=tr, stream=st)
+
+    def eval_chunk(self, inputs, targets, reset, active, candidates=None):
+        """Evaluation steps over a schedule chunk: inputs/targets/reset/active [T, B] (B the reset_eval batch
+        size). Returns (n_greater [T, B], n_equal [T, B]) int64, 0 on inactive lanes.
+
+        The chunk is uploaded once and its counts read back once, at the end; on a GPU the steps run as replays
+        of captured CUDA graphs (kept per (B, steps)), under the simulator eagerly."""
+        eb = self._eb
+        if eb is None:
+            raise RuntimeError("call reset_eval(batch_size) before eval_chunk")
+        T, B = self.check_eval_chunk_shapes(inputs, targets, reset, active)
+        if B != eb.B:
+            raise ValueError(f"inputs must be [T, {eb.B}] (the reset_eval batch size); got shape {np.shape(inputs)}")
+        self.check_ids(inputs, "inputs")
+        self.check_ids(targets, "targets")
+        if candidates is not None:
+            if np.ndim(candidates) != 1 or np.size(candidates) < 1:
+                raise ValueError(f"candidates must be a non-empty 1-D array of item ids; got shape "
+                                 f"{np.shape(candidates)}")
+            self.check_ids(candidates, "candidates")
+        if T == 0:
+            return np.zeros((0, B), np.int64), np.zeros((0, B), np.int64)
+        A = eb.a
+        with self._on_stream():
+            self._eval_sched(eb, T)
+            self._eval_items(eb, candidates)
+            self._put(A["inputs_s"][:T], inputs)
+            self._put(A["targets_s"][:T], targets)
+            self._put(A["reset_s"][:T], np.asarray(reset, bool).view(np.uint8))
+            self._put(A["active_s"][:T], np.asarray(active, bool).view(np.uint8))
+            A["counts"].fill(0)
+            self._put(A["ctr"], np.zeros(2, np.int64))
+            if self.sim or self.graph_steps == 0:
+                for _ in range(T):
+                    self._eval_step(eb)
+            else:  # pragma: no cover - needs a GPU
+                self._eval_run_graphs(eb, T)
+            counts = self._get(A["counts"])  # the chunk's one blocking read
+        return counts[0, :T].astype(np.int64), counts[1, :T].astype(np.int64)
+
+    def _eval_run_graphs(self, eb: _Bufs, T: int) -> None:  # pragma: no cover - needs a GPU
+        """T evaluation steps as replays of graphs of 2^k captured steps (largest first), as ``_run_graphs``; the
+        first step after (re)allocation runs eagerly so that every kernel is loaded before anything is captured."""
+        t = 0
+        if not eb.warm:
+            self._eval_step(eb)
+            eb.warm = True
+            t = 1
+        size = 1 << (max(self.graph_steps, 1).bit_length() - 1)
+        while t < T:
+            while size > T - t:
+                size //= 2
+            self._eval_graph(eb, size).launch(stream=self._stream)
+            t += size
+
+    def _eval_graph(self, eb: _Bufs, size: int):  # pragma: no cover - needs a GPU
+        """The CUDA graph of ``size`` evaluation steps over the current buffers and item tiles, kept per
+        (B, size) until the buffers or the item set change (as ``_graph``: with its own memory pool)."""
+        key = (eb.B, size)
+        entry = self._eval_graphs.get(key)
+        if entry is None:
+            import cupy
+
+            pool = cupy.cuda.MemoryPool()
+            mode = getattr(cupy.cuda.runtime, "streamCaptureModeRelaxed", None)
+            with cupy.cuda.using_allocator(pool.malloc):
+                self._stream.begin_capture(mode=mode)
+                try:
+                    for _ in range(size):
+                        self._eval_step(eb)
+                finally:
+                    graph = self._stream.end_capture()
+            entry = self._eval_graphs[key] = (graph, pool)
+        return entry[0]
 
     def eval_step(self, X, targets, reset, active, candidates=None):
-
+        """One evaluation step: ``eval_chunk`` of one row (counts 0 on inactive rows)."""
         eb = self._eb
         if eb is None:
             raise RuntimeError("call reset_eval(batch_size) before eval_step")
@@ -551,28 +782,13 @@ class CudaBackend(Backend):
             raise ValueError(f"X must have shape ({eb.B},) (the reset_eval batch size); got {np.shape(X)}")
         self.check_ids(X, "X")
         self.check_ids(targets, "targets")
-        if candidates is not None:
-            self.check_ids(candidates, "candidates")
-        A, D = eb.a, eb.d
-        top = len(self.cfg.layers) - 1
-        with self._on_stream():
-            self._put(A["X"], X)
-            self._put(A["targets"], targets)
-            self._put(A["reset"], np.asarray(reset, bool).view(np.uint8))
-            self._forward(eb, train=False)
-            self._mm(D["S"], D[f"hid{top}"], self.P.d["Wy"], tb=True)
-            cand = None
-            if candidates is not None:
-                if self._cand[0] is not candidates:
-                    arr = self.xp.asarray(np.ascontiguousarray(candidates, np.int32))
-                    self._cand = (candidates, arr, self._view(arr))
-                cand = self._cand[2]
-            kev.launch_rank_counts(D["n_gt"], D["n_eq"], D["S"], self.P.d["By"], D["targets"], self.act, self.act_a,
-                                   cand, threads=self._t("row"), stream=self._nb_stream)
-            return self._get(A["n_gt"]), self._get(A["n_eq"])
+        gt, eq = self.eval_chunk(np.asarray(X)[None], np.asarray(targets)[None], np.asarray(reset)[None],
+                                 np.asarray(active)[None], candidates=candidates)
+        return gt[0], eq[0]
 
     def close(self) -> None:
         self._graphs.clear()
+        self._eval_graphs.clear()
         if self._stream is not None:  # pragma: no cover - needs a GPU
             self._stream.synchronize()
         self._tb = self._eb = None

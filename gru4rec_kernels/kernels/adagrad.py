@@ -1,8 +1,9 @@
 """Adagrad with heavy-ball momentum: dense over one flat buffer, sparse over rows with duplicate coalescing.
 
 Shape letters: P dense parameters in one flat buffer (``layout.allocate``), N rows of a sparse parameter
-(items), D its row width (H for Wy, 1 for By, E, 3H for the one-hot Wx0), K row slots of a step (O = B + S
-output columns for Wy / By, plus B input rows in the constrained mode; B for E and Wx0). Equations
+(items), D its row width (H for Wy, E, 3H for the one-hot Wx0; the bias By is a vector [N] updated with Wy), K row
+slots of a step (O = B + S output columns for Wy / By, plus B input rows in the constrained mode; B for E and Wx0),
+T the steps of an uploaded chunk. Equations
 (docs/design.md section 2.10; as the official IndexedAdagradM), with g = grad * gscale[0] (gradient clipping, else 1):
 
     acc += g^2;   upd = -lr g / sqrt(acc + 1e-6);   mom = mu mom + upd;   p += mom     (p += upd when mu = 0)
@@ -11,18 +12,20 @@ They must match ``reference.adagrad_dense`` and ``reference.sparse_adagrad`` (wi
 ``sumsq_partial`` + ``clip_scale`` are ``reference.clip_grads``'s global norm and factor.
 
 Sparse rows, duplicates: the same id may fill several slots (a target twice, a target also sampled, an input
-also an output in the constrained mode). Every touched id is updated exactly once, with the sum of its slots:
-* ``sparse_adagrad_mark`` (a thread per slot): ``owner[id] = min(owner[id], k)`` and ``count[id] += 1`` with
-  integer atomics: the first occurrence of each id and its multiplicity (order-independent, so deterministic);
-* ``sparse_adagrad_apply`` (a block per slot, threads over the row): only the block of the first occurrence of
-  its id works; it sums the rows of all slots of that id in increasing slot order (it scans forward until it has
-  seen ``count[id]`` of them; most ids are unique and stop at once), then updates the row, and puts
-  ``owner[id]`` / ``count[id]`` back to INT32_MAX / 0 for the next step.
-The sum order is the slot order, which is the order ``np.add.at`` uses in ``reference.coalesce``: the result is
-deterministic and bitwise reproducible run to run (bitwise equal to the float32 reference in the simulator; on a
-GPU the compiler may contract ``acc + g*g`` into one FMA, one rounding fewer). ``owner`` / ``count`` are [N]
-int32 scratch arrays that must hold INT32_MAX / 0 on entry; they do again on exit. No sort, no host round trip:
-it runs inside a CUDA graph. Cost: a scan of the following slots only for duplicated ids (worst case O(K) each).
+also an output in the constrained mode). Every touched id is updated exactly once, with the sum of its slots.
+The cuda backend groups the slots on the host, a whole chunk of steps at once, before it uploads the chunk
+(``backends/segments.py``: per step a stable permutation ``perm`` that puts equal ids next to each other, the
+segment bounds ``seg_start`` and each segment's id ``seg_id``; O(K) per step, no sort). ``sparse_adagrad`` is
+then one launch per parameter group with a fixed grid of K blocks: block q takes segment q of step ctr[0] (the
+blocks beyond the step's number of distinct ids return at once, so the grid does not depend on the data and the
+launch is captured in a CUDA graph), its threads walk the row's D columns, each adding the segment's slot rows in
+slot order, and update the row. The bias By rides along in the Wy launch: the block's last thread (idle in the
+column loop while D < the block size) sums the segment's bias slots (slot k < n_bslots: the O output slots, never
+the constrained mode's input slots) and updates By[id] only when there is one, as the reference touches By only
+at Y (with momentum, even a zero-gradient touch moves an entry). No atomics, no scan, no scratch on the device.
+The sum order is the slot order from zero, which is what ``np.add.at`` does in ``reference.coalesce``: the result
+is deterministic and bitwise reproducible run to run (bitwise equal to the float32 reference in the simulator; on
+a GPU the compiler may contract ``acc + g*g`` or ``g + row*gscale`` into one FMA, one rounding fewer).
 A slot with a zero gradient still counts as touched (as in the reference: with momentum the row still moves).
 """
 from __future__ import annotations
@@ -37,7 +40,6 @@ from gru4rec_kernels.reference import ADAGRAD_EPS
 from .common import (
     F0,
     F1,
-    INT32_MAX,
     MAX_THREADS,
     NORM_BLOCKS,
     THREADS,
@@ -51,63 +53,59 @@ from .common import (
 EPS = np.float32(ADAGRAD_EPS)
 
 
+@cuda.jit(device=True, inline="always")
+def _adagrad_at(p, acc, mom, i, g, lr, mu):
+    """One Adagrad step of the entry p[i] (i an index or an index tuple) with the gradient g; mom is neither read
+    nor written when mu = 0."""
+    a = acc[i] + g * g
+    acc[i] = a
+    upd = (-lr * g) / math.sqrt(a + EPS)
+    if mu > F0:
+        m = mu * mom[i] + upd
+        mom[i] = m
+        p[i] += m
+    else:
+        p[i] += upd
+
+
 def adagrad_dense(p, g, acc, mom, gscale, lr, mu):
     """One thread per element of the flat buffers p, g, acc, mom [P]; gscale [1]; lr, mu float32."""
     i = cuda.grid(1)
     if i < p.shape[0]:
-        gg = g[i] * gscale[0]
-        a = acc[i] + gg * gg
-        acc[i] = a
-        upd = (-lr * gg) / math.sqrt(a + EPS)
-        if mu > F0:
-            m = mu * mom[i] + upd
-            mom[i] = m
-            p[i] += m
-        else:
-            p[i] += upd
+        _adagrad_at(p, acc, mom, i, g[i] * gscale[0], lr, mu)
 
 
-def sparse_adagrad_mark(owner, count, ids):
-    """owner[ids[k]] = min over slots k of that id; count[ids[k]] = its multiplicity. A thread per slot."""
-    k = cuda.grid(1)
-    if k < ids.shape[0]:
-        cuda.atomic.min(owner, ids[k], np.int32(k))
-        cuda.atomic.add(count, ids[k], np.int32(1))
-
-
-def sparse_adagrad_apply(p, acc, mom, owner, count, ids, rows, gscale, lr, mu):
-    """Block k: if slot k is its id's first occurrence, update row ids[k] of p, acc, mom [N, D] with the sum of
-    the rows [K, D] of all slots of that id (in slot order), then reset owner/count [N] of the id."""
-    k = cuda.blockIdx.x
+def sparse_adagrad(p, acc, mom, rows, perm, seg_start, seg_id, ctr, gscale, lr, mu, pb, accb, momb, brows,
+                   n_bslots):
+    """Block q, step t = ctr[0]: if q < n_seg, update row r = seg_id[t, q] of p, acc, mom [N, D] with the sum,
+    in slot order, of the rows [K, D] of the slots perm[t, seg_start[t, q] : seg_start[t, q + 1]]; and, when
+    some of those slots are bias slots (k < n_bslots), entry r of pb, accb, momb [N] with the sum of their
+    brows [>= n_bslots]. Blocks q >= n_seg (seg_start[t, q] = K) return at once."""
+    q = cuda.blockIdx.x
     tid = cuda.threadIdx.x
-    r = ids[k]
-    if owner[r] != k:  # block-uniform
+    t = ctr[0]
+    K = perm.shape[1]
+    s0 = seg_start[t, q]
+    if s0 >= K:  # block-uniform: no segment q in this step
         return
-    n = count[r]
+    s1 = seg_start[t, q + 1]
+    r = seg_id[t, q]
     s = gscale[0]
-    K = ids.shape[0]
     for d in range(tid, p.shape[1], cuda.blockDim.x):
-        g = rows[k, d] * s
-        found = 1
-        k2 = k + 1
-        while found < n and k2 < K:
-            if ids[k2] == r:
-                g += rows[k2, d] * s
-                found += 1
-            k2 += 1
-        a = acc[r, d] + g * g
-        acc[r, d] = a
-        upd = (-lr * g) / math.sqrt(a + EPS)
-        if mu > F0:
-            m = mu * mom[r, d] + upd
-            mom[r, d] = m
-            p[r, d] += m
-        else:
-            p[r, d] += upd
-    cuda.syncthreads()
-    if tid == 0:
-        owner[r] = INT32_MAX
-        count[r] = 0
+        g = F0  # from zero, adding in slot order: reference.coalesce's np.add.at, bit for bit
+        for j in range(s0, s1):
+            g += rows[perm[t, j], d] * s
+        _adagrad_at(p, acc, mom, (r, d), g, lr, mu)
+    if tid == cuda.blockDim.x - 1:  # the last thread: idle in the row loop whenever D < the block size
+        gb = F0
+        has_b = False
+        for j in range(s0, s1):
+            k = perm[t, j]
+            if k < n_bslots:
+                gb += brows[k] * s
+                has_b = True
+        if has_b:  # only ids with a bias slot: with momentum even a zero-gradient touch moves the entry
+            _adagrad_at(pb, accb, momb, r, gb, lr, mu)
 
 
 def sumsq_partial(partials, x, slot):
@@ -139,11 +137,11 @@ def clip_scale(scale, partials, cap):
 
 _V = "float32[::1]"
 _M = "float32[:, ::1]"
+_I2 = "int32[:, ::1]"
 KERNELS = {
     "adagrad_dense": (adagrad_dense, [f"void({_V}, {_V}, {_V}, {_V}, {_V}, float32, float32)"]),
-    "sparse_adagrad_mark": (sparse_adagrad_mark, ["void(int32[::1], int32[::1], int32[::1])"]),
-    "sparse_adagrad_apply": (sparse_adagrad_apply, [f"void({_M}, {_M}, {_M}, int32[::1], int32[::1], int32[::1], "
-                                                    f"{_M}, {_V}, float32, float32)"]),
+    "sparse_adagrad": (sparse_adagrad, [f"void({_M}, {_M}, {_M}, {_M}, {_I2}, {_I2}, {_I2}, int64[::1], {_V}, "
+                                        f"float32, float32, {_V}, {_V}, {_V}, {_V}, int32)"]),
     "sumsq_partial": (sumsq_partial, [f"void({_V}, {_V}, int32)"]),
     "clip_scale": (clip_scale, [f"void({_V}, {_V}, float32)"]),
 }
@@ -170,46 +168,31 @@ def launch_adagrad_dense(p, g, acc, mom, gscale, lr, mu, threads=None, stream=0)
     get_kernel(KERNELS, "adagrad_dense")[max(ceil_div(P, t), 1), t, stream](p, g, acc, mom, gscale, lr, mu)
 
 
-def launch_sparse_adagrad_mark(owner, count, ids, threads=None, stream=0):
-    """owner / count [N] int32 (INT32_MAX / 0 on entry) <- first slot and multiplicity of each id of ids [K]."""
-    (N,) = check("owner", owner, np.int32, 1)
-    check("count", count, np.int32, 1, (N,))
-    (K,) = check("ids", ids, np.int32, 1)
-    t = check_threads(THREADS["elementwise"] if threads is None else threads)
-    get_kernel(KERNELS, "sparse_adagrad_mark")[max(ceil_div(K, t), 1), t, stream](owner, count, ids)
-
-
-def _check_sparse(p, acc, mom, owner, count, ids, rows, gscale, lr, mu):
+def launch_sparse_adagrad(p, acc, mom, rows, perm, seg_start, seg_id, ctr, gscale, lr, mu, pb, accb, momb, brows,
+                          n_bslots, threads=None, stream=0):
+    """Sparse Adagrad of step t = ctr[0] over the segments of backends/segments.py: p, acc, mom [N, D] updated at
+    the distinct ids seg_id[t] with the sums of their slot rows [K, D] (perm [T, K], seg_start [T, K + 1],
+    seg_id [T, K] int32); pb, accb, momb [N] at the ids that own a slot k < n_bslots, with the sums of those
+    brows [>= n_bslots] (n_bslots = 0: no bias, pb / accb / momb untouched). ctr [2] int64; gscale [1]."""
     N, D = check("p", p, np.float32, 2)
     check("acc", acc, np.float32, 2, (N, D))
     check("mom", mom, np.float32, 2, (N, D))
-    (K,) = check("ids", ids, np.int32, 1)
-    check("rows", rows, np.float32, 2, (K, D))
-    check("owner", owner, np.int32, 1, (N,))
-    check("count", count, np.int32, 1, (N,))
+    K, _ = check("rows", rows, np.float32, 2, (None, D))
+    T, _ = check("perm", perm, np.int32, 2, (None, K))
+    check("seg_start", seg_start, np.int32, 2, (T, K + 1))
+    check("seg_id", seg_id, np.int32, 2, (T, K))
+    check("ctr", ctr, np.int64, 1, (2,))
     check("gscale", gscale, np.float32, 1, (1,))
-    return (*_hyper(lr, mu), K)
-
-
-def launch_sparse_adagrad_apply(p, acc, mom, owner, count, ids, rows, gscale, lr, mu, threads=None, stream=0):
-    """p, acc, mom [N, D] at the ids [K] with the rows [K, D] (duplicates summed; after
-    launch_sparse_adagrad_mark)."""
-    lr, mu, K = _check_sparse(p, acc, mom, owner, count, ids, rows, gscale, lr, mu)
+    for name, a in (("pb", pb), ("accb", accb), ("momb", momb)):
+        check(name, a, np.float32, 1, (N,))
+    (Kb,) = check("brows", brows, np.float32, 1)
+    if not 0 <= int(n_bslots) <= min(Kb, K):
+        raise ValueError(f"n_bslots must be in [0, min(len(brows), K) = {min(Kb, K)}]; got {n_bslots}")
+    lr, mu = _hyper(lr, mu)
     t = check_threads(THREADS["sparse"] if threads is None else threads)
-    if K > 0:
-        get_kernel(KERNELS, "sparse_adagrad_apply")[K, t, stream](p, acc, mom, owner, count, ids, rows, gscale, lr,
-                                                                  mu)
-
-
-def launch_sparse_adagrad(p, acc, mom, ids, rows, owner, count, gscale, lr, mu, threads=None, stream=0):
-    """Sparse Adagrad: p, acc, mom [N, D] updated at the ids [K] (int32) with rows [K, D], duplicates summed
-    first. owner / count: [N] int32 scratch holding INT32_MAX / 0 (restored on exit). Every argument is checked
-    before anything runs; then sparse_adagrad_mark + sparse_adagrad_apply."""
-    _check_sparse(p, acc, mom, owner, count, ids, rows, gscale, lr, mu)
-    check_threads(THREADS["sparse"] if threads is None else threads)
-    launch_sparse_adagrad_mark(owner, count, ids, threads=threads, stream=stream)
-    launch_sparse_adagrad_apply(p, acc, mom, owner, count, ids, rows, gscale, lr, mu, threads=threads,
-                                stream=stream)
+    if K > 0:  # a block per possible segment: a fixed grid, whatever the step's number of distinct ids
+        get_kernel(KERNELS, "sparse_adagrad")[K, t, stream](p, acc, mom, rows, perm, seg_start, seg_id, ctr, gscale,
+                                                            lr, mu, pb, accb, momb, brows, np.int32(n_bslots))
 
 
 def launch_sumsq_partial(partials, x, slot, threads=None, stream=0):

@@ -15,10 +15,14 @@ Device functions (``cuda.jit(device=True)``, inlined into the kernels that call 
 Compilation: each family module exposes ``KERNELS = {name: (pyfunc, [signature, ...])}``; ``get_kernel``
 compiles a kernel on first use with its explicit signatures (eagerly, every signature at once, cached on disk),
 so that importing a module never touches a device, and ``numba.cuda.compile_ptx(pyfunc, sig, cc=...)`` works on a
-machine without one. Block sizes are launcher arguments; their defaults live in ``THREADS`` below.
+machine without one. Block sizes are launcher arguments; their defaults live in ``THREADS`` below, and
+``target_blocks()`` (one wave: the SM count) is what the split-K GEMMs and the chunked row loss size grids for.
+Every launcher calls ``get_kernel`` once per launch, so ``record_launches()`` lists the launches of a block of
+code (tests/test_step_launches.py counts a training step's: its CUDA graph nodes).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 
@@ -44,6 +48,11 @@ THREADS = {
 SIM_THREADS = {"elementwise": 8, "row": 4, "column": 8, "sparse": 4, "reduce": 4}
 #: Fixed grid of the partial-norm kernel: a fixed grid keeps the reduction order (and the result) fixed.
 NORM_BLOCKS = 64
+#: Blocks that fill the GPU once (one wave): the split-K GEMMs and the row-loss kernels size their grids to at
+#: least this many. The SM count of an H100 / H200; on a GPU ``target_blocks()`` reads the device's own. The
+#: simulator's is tiny, so that the tests run split grids without running hundreds of Python-thread blocks.
+TARGET_BLOCKS = 132
+SIM_TARGET_BLOCKS = 6
 
 try:  # numba.cuda.core.config is what numba.cuda itself reads (numba-cuda); older releases use numba's
     from numba.cuda.core import config as _cfg
@@ -213,10 +222,15 @@ def block_isum2(sh, tid, nt, v0, v1):
 
 # ------------------------------------------------------------------------------------------- compilation
 _compiled: dict = {}
+_launch_log: list | None = None
 
 
 def get_kernel(kernels: dict, name: str):
-    """The compiled dispatcher of ``kernels[name]`` (compiled once, with all its signatures, on first use)."""
+    """The compiled dispatcher of ``kernels[name]`` (compiled once, with all its signatures, on first use).
+
+    Every launcher fetches its kernel here once per launch, so this is where ``record_launches`` counts them."""
+    if _launch_log is not None:
+        _launch_log.append(name)
     key = (id(kernels), name)
     k = _compiled.get(key)
     if k is None:
@@ -227,6 +241,31 @@ def get_kernel(kernels: dict, name: str):
             k = cuda.jit(sigs, cache=True)(fn)
         _compiled[key] = k
     return k
+
+
+@contextlib.contextmanager
+def record_launches():
+    """``with record_launches() as names:`` collects the name of every kernel launched inside the block, in order
+    (one entry per launch = one node of a captured CUDA graph). Not thread-safe; for tests and benchmarks."""
+    global _launch_log
+    outer, _launch_log = _launch_log, []
+    try:
+        yield _launch_log
+    finally:
+        _launch_log = outer
+
+
+def target_blocks() -> int:
+    """Blocks of one wave on this device: its SM count on a GPU, SIM_TARGET_BLOCKS under the simulator."""
+    if SIM:
+        return SIM_TARGET_BLOCKS
+    n = _device_sms.get("n")  # pragma: no cover - needs a GPU
+    if n is None:  # pragma: no cover - needs a GPU
+        n = _device_sms["n"] = int(cuda.get_current_device().MULTIPROCESSOR_COUNT)
+    return n  # pragma: no cover - needs a GPU
+
+
+_device_sms: dict = {}
 
 
 # ------------------------------------------------------------------------------------------- launcher checks

@@ -7,7 +7,9 @@ K ids (B inputs X, or O = B + S output columns Y).
         Wy[Y] (no dropout; reference.forward's ``Wy_Y``), E[X] / Wy[X] with the input-embedding dropout
         (reference.forward's ``x = emb[X] * emb_mask``; mask as kernels/gru.py with key
         rng.dropout_key(seed, -1) and counter (k*D + j, step)), Wx0[X] (the one-hot first layer; the training
-        step fuses that gather into kernels/gru.py instead).
+        step fuses that gather into kernels/gru.py instead). The training step gathers x0 and Wy[Y] inside
+        kernels/step.py's ``step_begin`` (``gather_element``, the one home of the element); evaluation launches
+        ``gather_rows``.
     scatter_add_rows: table[ids[k], :] += rows[k, :]                 rows [K, D]
         the sum of duplicate ids' rows (what reference.coalesce + np.add.at compute) with float atomics: the
         order in which duplicates are added depends on scheduling, so the result is NOT bitwise deterministic
@@ -23,14 +25,19 @@ from .common import THREADS, ceil_div, check, check_threads, dropout_scale, get_
 from .gru import _drop_args
 
 
+@cuda.jit(device=True, inline="always")
+def gather_element(out, table, row, k, j, step, key, p, scale):
+    """out[k, j] = table[row, j] times the dropout mask element (k*D + j, step) (p = 0: a plain copy)."""
+    out[k, j] = table[row, j] * dropout_scale(k * out.shape[1] + j, step, key, p, scale)
+
+
 def gather_rows(out, table, ids, ctr, key, p, scale):
     """out[k, j] = table[ids[k], j] * dropout mask (p = 0: plain copy); one thread per element."""
     i = cuda.grid(1)
     D = out.shape[1]
     if i < out.shape[0] * D:
         k = i // D
-        j = i - k * D
-        out[k, j] = table[ids[k], j] * dropout_scale(i, ctr[1], key, p, scale)
+        gather_element(out, table, ids[k], k, i - k * D, ctr[1], key, p, scale)
 
 
 def scatter_add_rows(table, ids, rows):

@@ -18,7 +18,10 @@ Shape letters: B rows (session-parallel slots), H units of the layer, N items. G
         then GEMMs dU_rz = h^T drz, dU_h = rh^T dc, dWx = x^T da, dx = da Wx^T and the column sum dBh.
 
 ``hidden_reset`` zeroes the hidden state of rows that start a new session (h_in = 0 where reset, else the
-state); ``dropout_inplace`` multiplies a [B, W] array by a dropout mask (the input-embedding gradient).
+state), every layer in one launch: the backend keeps the layers' [B, H_l] states one after another in one flat
+buffer, and ``hidden_row`` finds an element's row from the layer widths (the training step does this inside
+kernels/step.py's ``step_begin``; evaluation launches ``hidden_reset``). ``dropout_inplace`` multiplies a [B, W]
+array by a dropout mask (the input-embedding gradient; launched only when the embedding dropout is on).
 
 Dropout: ``mask[b, j] = 1/(1-p)`` if ``uniform24(philox(counter=(b*H + j, step), key)) >= p`` else 0, with
 ``key = rng.dropout_key(seed, layer)`` (layer -1: the input embedding) and the step read from the device step
@@ -38,17 +41,27 @@ _M = "float32[:, ::1]"
 _V = "float32[::1]"
 
 
-def hidden_reset(h_in, hid, reset):
-    """h_in[b, j] = 0 if reset[b] else hid[b, j]   (h_in, hid [B, H]; reset [B] uint8)."""
+@cuda.jit(device=True, inline="always")
+def hidden_row(widths, B, e):
+    """Row b of element e of the flat hidden state: layer blocks [B, widths[l]] one after another."""
+    off = 0
+    for l in range(widths.shape[0]):
+        n = B * widths[l]
+        if e < off + n:
+            return (e - off) // widths[l]
+        off += n
+    return 0
+
+
+def hidden_reset(h_in, hid, widths, reset):
+    """h_in[e] = 0 if reset[row of e] else hid[e] over the flat states of every layer (h_in, hid [sum_l B H_l];
+    widths [L] int32 = H_l; reset [B] uint8)."""
     i = cuda.grid(1)
-    H = h_in.shape[1]
-    if i < h_in.shape[0] * H:
-        b = i // H
-        j = i - b * H
-        if reset[b] != 0:
-            h_in[b, j] = F0
+    if i < h_in.shape[0]:
+        if reset[hidden_row(widths, reset.shape[0], i)] != 0:
+            h_in[i] = F0
         else:
-            h_in[b, j] = hid[b, j]
+            h_in[i] = hid[i]
 
 
 def gru_fwd_rz(r, z, rh, xw, ids, gather, Bh, hU, h):
@@ -141,7 +154,7 @@ def dropout_inplace(a, ctr, key, p, scale):
 
 _DROP = "int64[::1], uint32, float64, float32"
 KERNELS = {
-    "hidden_reset": (hidden_reset, [f"void({_M}, {_M}, uint8[::1])"]),
+    "hidden_reset": (hidden_reset, [f"void({_V}, {_V}, int32[::1], uint8[::1])"]),
     "gru_fwd_rz": (gru_fwd_rz, [f"void({_M}, {_M}, {_M}, {_M}, int32[::1], int32, {_V}, {_M}, {_M})"]),
     "gru_fwd_out": (gru_fwd_out, [f"void({_M}, {_M}, {_M}, int32[::1], int32, {_V}, {_M}, {_M}, {_M}, {_DROP})"]),
     "gru_bwd_cz": (gru_bwd_cz, [f"void({_M}, {_M}, {_M}, {_M}, {_M}, {_M}, {_M}, {_DROP})"]),
@@ -173,12 +186,21 @@ def _xw(xw, ids, gather, B, H):
     return np.int32(1 if gather else 0)
 
 
-def launch_hidden_reset(h_in, hid, reset, threads=None, stream=0):
-    B, H = check("h_in", h_in, np.float32, 2)
-    check("hid", hid, np.float32, 2, (B, H))
-    check("reset", reset, np.uint8, 1, (B,))
+def check_hidden(h_in, hid, widths, B):
+    """The flat hidden-state buffers of every layer: h_in, hid [B * sum(widths)] float32, widths [L] int32 (its
+    values stay on the device: the caller builds it from the layer sizes)."""
+    (n,) = check("h_in", h_in, np.float32, 1)
+    check("hid", hid, np.float32, 1, (n,))
+    (L,) = check("widths", widths, np.int32, 1)
+    if L < 1 or B < 1 or n % B:
+        raise ValueError(f"h_in must hold B = {B} rows of every layer (L = {L} widths); got {n} elements")
+
+
+def launch_hidden_reset(h_in, hid, widths, reset, threads=None, stream=0):
+    (B,) = check("reset", reset, np.uint8, 1)
+    check_hidden(h_in, hid, widths, B)
     t = check_threads(THREADS["elementwise"] if threads is None else threads)
-    get_kernel(KERNELS, "hidden_reset")[_grid(B * H, t), t, stream](h_in, hid, reset)
+    get_kernel(KERNELS, "hidden_reset")[_grid(h_in.shape[0], t), t, stream](h_in, hid, widths, reset)
 
 
 def launch_gru_fwd_rz(r, z, rh, xw, ids, gather, Bh, hU, h, threads=None, stream=0):

@@ -1,4 +1,4 @@
-"""Sampled scores, the five losses and dL/dZ, fused per row; and the bias-gradient column sums.
+"""Sampled scores, the five losses and dL/dZ: a row's statistics in chunks, combined in a fixed order.
 
 Shape letters: B rows, H units of the last layer, N items, S extra samples, O = B + S output columns,
 Y [O] = [targets (B) | samples (S)]; column i of row i is row i's target. Equations (docs/design.md section 2):
@@ -15,26 +15,24 @@ Y [O] = [targets (B) | samples (S)]; column i of row i is row i's target. Equati
     row_loss[i] = active[i] L_i / batch_size,   dZ[i, j] = active[i] dL_i/dR_ij f'(Z_ij) / batch_size
 
 They must match ``reference.forward`` (the score part), ``reference.negative_mask``, ``reference.row_loss`` and
-``reference.loss_and_grad`` (dZ, and the step loss = sum of row_loss). ``col_sum`` is ``dZ.sum(axis=0)`` (dBy,
-the rows of the sparse By gradient in column order) and ``da.sum(axis=0)`` (dBh of kernels/gru.py).
+``reference.loss_and_grad`` (dZ, and the step loss = sum of row_loss). (The bias gradients dBy = 1^T dZ and
+dBh = 1^T da are ones-column products inside the step's grouped GEMMs: kernels/gemm.py.)
 
-Two versions, one block per row each, the row's statistics (max, then up to four sums) reduced in shared
-memory as a fixed tree (deterministic; no warp shuffles, which the CUDA simulator lacks):
+Every loss needs a row's statistics before any dZ element: the max m of R over the softmax's support and up to
+four sums s0..s3 weighted by exp(R - m). ``row_loss`` = ``row_loss_partial`` + ``row_loss_grad``, after the
+GEMM ``S = h Wy[Y]^T``, deterministic (fixed shared-memory trees, no warp shuffles, which the CUDA simulator
+lacks; fixed chunking; a fixed combine order). A row is cut into C chunks of columns (``row_chunks``: C x B
+blocks fill a wave, so at B = 32 a row is spread over 5 blocks of an H100 / H200 instead of 32 blocks on 132
+SMs).
 
-* ``row_loss`` (the plain version, DEFAULT): the backend computes ``S = h @ Wy[Y]^T`` with one cuBLAS GEMM,
-  then this kernel adds the bias and logq and computes the loss and dZ of each row.
-* ``score_loss_fused``: the dot products ``h[i] . Wy[Y[j]]`` are computed in the kernel (no GEMM, no gather),
-  written to the row of S, then the same row body runs.
+* ``row_loss_partial``: block (c, i) reduces chunk c of row i to (m_c, s0..s3 relative to m_c) in ``part``.
+* ``row_loss_grad``: block (c, i) combines row i's C partials in chunk order (m = max m_c, s = sum s_c
+  exp(m_c - m); the online-softmax rescaling, exact for bpr / top1 where m_c = 0), then writes dZ of its chunk;
+  chunk 0 writes the row loss.
 
-Why the plain version is the default (roofline; no GPU was available to time them): the fused kernel has no
-reuse of Wy rows across rows (each block streams all O rows of Wy[Y]), so it moves B*O*H*4 bytes at 0.5
-FLOP/byte: at B=32, S=2048, H=100 that is 27 MB through L2 (~5 us at ~5 TB/s), at B=512 ~520 MB (~100 us).
-The plain path gathers Wy[Y] once (O*H*4 = 0.8 MB, which backward needs anyway for dh = dZ Wy[Y]), the GEMM
-does the 13 MFLOP (B=32) at cuBLAS speed (<1 us at tens of TFLOP/s) reading that 0.8 MB once, and the row
-kernel re-reads only S (B*O*4 = 0.27 MB). The Z round trip the fusion saves (2*B*O*4 bytes) is smaller than the
-extra Wy traffic it costs (B*O*H*4) for every H >= 2, so the fused version can only win at toy sizes where
-launch latency dominates, and inside a CUDA graph launch latency is small. It is kept (tested, compiled) as the
-obviously-correct single-kernel twin and for tiny models; ``DEFAULT_SCORES = "plain"``.
+There is no fused score + loss kernel (the dot products h[i] . Wy[Y[j]] in the row kernel, one block per row):
+it re-reads all of Wy[Y] in every row's block instead of once in the GEMM, and measured on an H200 its step was
+slower at every workload (bench/results/gpu_check_NVIDIA_H200.json: W1 1046 vs 897 us, W3 2972 vs 2204 us).
 """
 from __future__ import annotations
 
@@ -64,8 +62,6 @@ from .common import (
     get_kernel,
     sigmoid,
 )
-
-DEFAULT_SCORES = "plain"  # "plain" (GEMM + row_loss) or "fused" (score_loss_fused); see the module docstring
 
 L_CE = LOSS_CODES["cross-entropy"]
 L_BPRMAX = LOSS_CODES["bpr-max"]
@@ -109,54 +105,48 @@ def _log_sigmoid(d):
 
 
 @cuda.jit(device=True, inline="always")
-def _row_body(i, dZ, row_loss, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah,
-              inv_batch, shm, shs):
-    """Loss and dZ of row i from S (block-uniform control flow: every thread reaches every barrier)."""
+def _chunk_stats(i, j0, j1, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, mah, shm, shs):
+    """Row i's statistics over the columns [j0, j1), block-reduced (every thread gets them; block-uniform control
+    flow: every thread reaches every barrier): m = the max of R over the softmax's support in the range
+    (cross-entropy: negatives and the target; *-max: the negatives; -inf when the range holds none of it;
+    bpr / top1: 0) and the sums s0..s3 of the loss, weighted by exp(R - m) for the softmax losses."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    O = S.shape[1]
-    if active[i] == 0:
-        for j in range(tid, O, nt):
-            dZ[i, j] = F0
-        if tid == 0:
-            row_loss[i] = F0
-        return
     rt = final_act(_zval(S, i, i, By, Y, logq_t, logq_s, use_logq), act, act_a)
-    # ---- pass 1: max over the softmax's support (cross-entropy: negatives and target; *-max: negatives)
+    # ---- pass 1: max over the softmax's support
     m = F0
     if loss == L_CE or loss == L_BPRMAX or loss == L_TOP1MAX:
         m = NEG_INF
-        for j in range(tid, O, nt):
+        for j in range(j0 + tid, j1, nt):
             if _is_neg(i, j, Y, active, mah) or (loss == L_CE and j == i):
                 v = final_act(_zval(S, i, j, By, Y, logq_t, logq_s, use_logq), act, act_a)
                 if v > m:
                     m = v
         m = block_max(shm, tid, nt, m)
-        if m == NEG_INF:
-            m = F0
-    # ---- pass 2: the row's sums
+    mr = m if m != NEG_INF else F0  # an empty range has zero sums; exp(R - mr) is never evaluated then
+    # ---- pass 2: the sums
     s0 = F0
     s1 = F0
     s2 = F0
     s3 = F0
-    for j in range(tid, O, nt):
+    for j in range(j0 + tid, j1, nt):
         if loss == L_CE and j == i:
-            s0 += np.float32(math.exp(rt - m))
+            s0 += np.float32(math.exp(rt - mr))
             continue
         if not _is_neg(i, j, Y, active, mah):
             continue
         R = final_act(_zval(S, i, j, By, Y, logq_t, logq_s, use_logq), act, act_a)
         if loss == L_CE:
-            s0 += np.float32(math.exp(R - m))
+            s0 += np.float32(math.exp(R - mr))
         elif loss == L_BPRMAX:
-            e = np.float32(math.exp(R - m))
+            e = np.float32(math.exp(R - mr))
             sg = sigmoid(rt - R)
             s0 += e
             s1 += e * sg
             s2 += e * R * R
             s3 += e * sg * (F1 - sg)
         elif loss == L_TOP1MAX:
-            e = np.float32(math.exp(R - m))
+            e = np.float32(math.exp(R - mr))
             sd = sigmoid(R - rt)
             sq = sigmoid(R * R)
             s0 += e
@@ -173,7 +163,43 @@ def _row_body(i, dZ, row_loss, S, By, Y, active, logq_t, logq_s, use_logq, loss,
             s1 += sd + sq
             s2 += sd * (F1 - sd)
     s0, s1, s2, s3 = block_sum4(shs, tid, nt, s0, s1, s2, s3)
-    # ---- row statistics -> loss; pass 3: dZ
+    return m, s0, s1, s2, s3
+
+
+@cuda.jit(device=True, inline="always")
+def _combine(part, i):
+    """Row i's statistics from its C chunk partials part[i, c] = (m_c, s0..s3), in chunk order (the same on every
+    run): m = max_c m_c, s_k = sum_c s_kc exp(m_c - m), chunks without support skipped. For bpr / top1 every m_c
+    is 0 and every factor exp(0) = 1 exactly; for one chunk the statistics come back unchanged."""
+    C = part.shape[1]
+    m = NEG_INF
+    for c in range(C):
+        if part[i, c, 0] > m:
+            m = part[i, c, 0]
+    if m == NEG_INF:
+        m = F0
+    s0 = F0
+    s1 = F0
+    s2 = F0
+    s3 = F0
+    for c in range(C):
+        mc = part[i, c, 0]
+        if mc != NEG_INF:
+            f = np.float32(math.exp(mc - m))
+            s0 += part[i, c, 1] * f
+            s1 += part[i, c, 2] * f
+            s2 += part[i, c, 3] * f
+            s3 += part[i, c, 4] * f
+    return m, s0, s1, s2, s3
+
+
+@cuda.jit(device=True, inline="always")
+def _chunk_grad(i, j0, j1, dZ, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah, inv_batch,
+                m, s0, s1, s2, s3):
+    """Row i's loss L_i (returned) and dZ[i, j] for j in [j0, j1), from the row's statistics (m, s0..s3)."""
+    tid = cuda.threadIdx.x
+    nt = cuda.blockDim.x
+    rt = final_act(_zval(S, i, i, By, Y, logq_t, logq_s, use_logq), act, act_a)
     den = s0 if s0 > F0 else F1  # softmax denominator (*-max) or the number of negatives (bpr, top1)
     A = s1 / den
     Q = s2 / den
@@ -188,7 +214,7 @@ def _row_body(i, dZ, row_loss, S, By, Y, active, logq_t, logq_s, use_logq, loss,
         L = -A
     else:
         L = A
-    for j in range(tid, O, nt):
+    for j in range(j0 + tid, j1, nt):
         z = _zval(S, i, j, By, Y, logq_t, logq_s, use_logq)
         R = final_act(z, act, act_a)
         d = F0
@@ -219,70 +245,102 @@ def _row_body(i, dZ, row_loss, S, By, Y, active, logq_t, logq_s, use_logq, loss,
                 sq = sigmoid(R * R)
                 d = (sd * (F1 - sd) + F2 * R * sq * (F1 - sq)) / den
         dZ[i, j] = d * inv_batch * final_act_grad(z, R, act, act_a)
-    if tid == 0:
-        row_loss[i] = L * inv_batch
+    return L
 
 
-def row_loss(dZ, row_loss, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah, inv_batch):
-    """Plain version: one block per row i of S = h Wy[Y]^T [B, O] (from a GEMM).
+@cuda.jit(device=True, inline="always")
+def _chunk_range(c, C, O):
+    """Columns [j0, j1) of chunk c of C equal chunks of a row of O columns (the last may be shorter or empty)."""
+    w = (O + C - 1) // C
+    j0 = c * w
+    return j0, min(O, j0 + w)
 
-    dZ [B, O], row_loss [B] outputs; By [N]; Y [O] int32; active [B] uint8; logq_t, logq_s [N] (read only when
-    use_logq != 0); loss a config.LOSS_CODES value; act, act_a the final activation; bpreg; mah = mask
-    accidental hits (0/1); inv_batch = 1 / batch_size. Block size: a power of two <= MAX_THREADS.
+
+@cuda.jit(device=True, inline="always")
+def _zero_row(i, j0, j1, dZ, row_loss, write_loss):
+    """An inactive row: dZ[i, j0:j1] = 0 (and row_loss[i] = 0 when write_loss)."""
+    for j in range(j0 + cuda.threadIdx.x, j1, cuda.blockDim.x):
+        dZ[i, j] = F0
+    if write_loss and cuda.threadIdx.x == 0:
+        row_loss[i] = F0
+
+
+def row_loss_partial(part, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, mah):
+    """Stage 1 of row_loss: block (c, i) writes part[i, c] = (m, s0, s1, s2, s3), row i's statistics over chunk c
+    of its columns (grid (C, B) with C = part.shape[1]; S = h Wy[Y]^T [B, O] from a GEMM). Inactive rows are
+    skipped. Arguments as ``row_loss_grad``. Block size: a power of two <= MAX_THREADS."""
+    shm = cuda.shared.array(MAX_THREADS, float32)
+    shs = cuda.shared.array((4, MAX_THREADS), float32)
+    c = cuda.blockIdx.x
+    i = cuda.blockIdx.y
+    if active[i] == 0:
+        return
+    j0, j1 = _chunk_range(c, part.shape[1], S.shape[1])
+    m, s0, s1, s2, s3 = _chunk_stats(i, j0, j1, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, mah,
+                                     shm, shs)
+    if cuda.threadIdx.x == 0:
+        part[i, c, 0] = m
+        part[i, c, 1] = s0
+        part[i, c, 2] = s1
+        part[i, c, 3] = s2
+        part[i, c, 4] = s3
+
+
+def row_loss_grad(dZ, row_loss, part, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah,
+                  inv_batch):
+    """Stage 2 of row_loss: block (c, i) combines row i's chunk partials in chunk order and writes dZ for chunk c;
+    the chunk-0 block writes row_loss[i] = L_i / batch_size.
+
+    dZ [B, O], row_loss [B] outputs; part [B, C, 5] from row_loss_partial; S [B, O]; By [N]; Y [O] int32; active
+    [B] uint8; logq_t, logq_s [N] (read only when use_logq != 0); loss a config.LOSS_CODES value; act, act_a the
+    final activation; bpreg; mah = mask accidental hits (0/1); inv_batch = 1 / batch_size.
     """
-    shm = cuda.shared.array(MAX_THREADS, float32)
-    shs = cuda.shared.array((4, MAX_THREADS), float32)
-    _row_body(cuda.blockIdx.x, dZ, row_loss, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg,
-              mah, inv_batch, shm, shs)
-
-
-def score_loss_fused(dZ, row_loss, S, h, Wy, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg,
-                     mah, inv_batch):
-    """Fused version: block i first computes S[i, j] = h[i] . Wy[Y[j]] for its row (h [B, H], Wy [N, H]; S is
-    written as scratch), then runs the same row body as ``row_loss``."""
-    shm = cuda.shared.array(MAX_THREADS, float32)
-    shs = cuda.shared.array((4, MAX_THREADS), float32)
-    i = cuda.blockIdx.x
-    H = h.shape[1]
-    for j in range(cuda.threadIdx.x, S.shape[1], cuda.blockDim.x):
-        y = Y[j]
-        acc = F0
-        for k in range(H):
-            acc += h[i, k] * Wy[y, k]
-        S[i, j] = acc
-    cuda.syncthreads()
-    _row_body(i, dZ, row_loss, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah, inv_batch,
-              shm, shs)
-
-
-def col_sum(out, a):
-    """out[j] = sum_b a[b, j] in row order (deterministic; numpy's order for a.sum(axis=0)); a thread per column."""
-    j = cuda.grid(1)
-    if j < a.shape[1]:
-        acc = F0
-        for b in range(a.shape[0]):
-            acc += a[b, j]
-        out[j] = acc
+    c = cuda.blockIdx.x
+    i = cuda.blockIdx.y
+    j0, j1 = _chunk_range(c, part.shape[1], S.shape[1])
+    if active[i] == 0:
+        _zero_row(i, j0, j1, dZ, row_loss, c == 0)
+        return
+    m, s0, s1, s2, s3 = _combine(part, i)
+    L = _chunk_grad(i, j0, j1, dZ, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah,
+                    inv_batch, m, s0, s1, s2, s3)
+    if c == 0 and cuda.threadIdx.x == 0:
+        row_loss[i] = L * inv_batch
 
 
 _M = "float32[:, ::1]"
 _V = "float32[::1]"
-_LOSS_ARGS = f"{_V}, int32[::1], uint8[::1], {_V}, {_V}, int32, int32, int32, float32, float32, int32, float32"
+_P = "float32[:, :, ::1]"
+_STATS_ARGS = f"{_V}, int32[::1], uint8[::1], {_V}, {_V}, int32, int32, int32, float32"
+_LOSS_ARGS = f"{_STATS_ARGS}, float32, int32, float32"
 KERNELS = {
-    "row_loss": (row_loss, [f"void({_M}, {_V}, {_M}, {_LOSS_ARGS})"]),
-    "score_loss_fused": (score_loss_fused, [f"void({_M}, {_V}, {_M}, {_M}, {_M}, {_LOSS_ARGS})"]),
-    "col_sum": (col_sum, [f"void({_V}, {_M})"]),
+    "row_loss_partial": (row_loss_partial, [f"void({_P}, {_M}, {_STATS_ARGS}, int32)"]),
+    "row_loss_grad": (row_loss_grad, [f"void({_M}, {_V}, {_P}, {_M}, {_LOSS_ARGS})"]),
 }
-#: What the cuda backend runs by default (the fused twin is kept, tested and compiled, not used by default).
-DEFAULT_KERNELS = {"row_loss", "col_sum"}
+#: Statistics per (row, chunk) in ``part``: m, s0, s1, s2, s3.
+N_STATS = 5
 
 
 # ------------------------------------------------------------------------------------------------- launchers
-def _loss_args(dZ, row_loss_, By, Y, active, logq, loss, act, act_a, bpreg, mah, inv_batch):
+def row_chunks(B: int, O: int, threads: int, target: int) -> int:
+    """Chunks per row of row_loss: enough that B x C blocks fill ``target`` (one wave), but no chunk narrower than
+    the block (a thread per column at least)."""
+    return max(1, min(ceil_div(target, max(B, 1)), ceil_div(O, threads)))
+
+
+def launch_row_loss(dZ, row_loss_, part, S, By, Y, active, logq=None, *, loss, act=0, act_a=0.0, bpreg=1.0,
+                    mah=False, inv_batch=1.0, threads=None, stream=0):
+    """row_loss: dZ [B, O], row_loss [B] from S = h Wy[Y]^T [B, O]; logq None or (logq_t [N], logq_s [N]).
+    part: [B, C, N_STATS] float32 scratch; its C (``row_chunks``) is how many blocks share a row. Two launches:
+    row_loss_partial, row_loss_grad."""
     B, O = check("dZ", dZ, np.float32, 2)
     if O < B:
         raise ValueError(f"dZ must have at least as many columns (O = B + S) as rows; got shape {(B, O)}")
     check("row_loss", row_loss_, np.float32, 1, (B,))
+    check("S", S, np.float32, 2, (B, O))
+    _, C, _ = check("part", part, np.float32, 3, (B, None, N_STATS))
+    if not 1 <= C <= 65535 or B > 65535:
+        raise ValueError(f"part must have 1..65535 chunks per row and B <= 65535 rows; got shape {tuple(part.shape)}")
     (N,) = check("By", By, np.float32, 1)
     check("Y", Y, np.int32, 1, (O,))
     check("active", active, np.uint8, 1, (B,))
@@ -296,34 +354,8 @@ def _loss_args(dZ, row_loss_, By, Y, active, logq, loss, act, act_a, bpreg, mah,
         use = 1
     check_choice("loss", loss, set(LOSS_CODES.values()))
     check_choice("act", act, {0, 1, 2, 3, 4})
-    return (By, Y, active, lt, ls, np.int32(use), np.int32(loss), np.int32(act), np.float32(act_a), np.float32(bpreg),
-            np.int32(1 if mah else 0), np.float32(inv_batch)), B, O, N
-
-
-def launch_row_loss(dZ, row_loss_, S, By, Y, active, logq=None, *, loss, act=0, act_a=0.0, bpreg=1.0, mah=False,
-                    inv_batch=1.0, threads=None, stream=0):
-    """Plain version: dZ [B, O], row_loss [B] from S = h Wy[Y]^T [B, O]; logq None or (logq_t [N], logq_s [N])."""
-    args, B, O, _ = _loss_args(dZ, row_loss_, By, Y, active, logq, loss, act, act_a, bpreg, mah, inv_batch)
-    check("S", S, np.float32, 2, (B, O))
+    stats = (By, Y, active, lt, ls, np.int32(use), np.int32(loss), np.int32(act), np.float32(act_a))
+    rest = (np.float32(bpreg), np.int32(1 if mah else 0), np.float32(inv_batch))
     t = check_threads(THREADS["row"] if threads is None else threads, pow2=True)
-    get_kernel(KERNELS, "row_loss")[B, t, stream](dZ, row_loss_, S, *args)
-
-
-def launch_score_loss_fused(dZ, row_loss_, S, h, Wy, By, Y, active, logq=None, *, loss, act=0, act_a=0.0, bpreg=1.0,
-                            mah=False, inv_batch=1.0, threads=None, stream=0):
-    """Fused version: as launch_row_loss, but the scores come from h [B, H] and Wy [N, H] in the kernel (S [B, O]
-    is written as scratch)."""
-    args, B, O, N = _loss_args(dZ, row_loss_, By, Y, active, logq, loss, act, act_a, bpreg, mah, inv_batch)
-    check("S", S, np.float32, 2, (B, O))
-    _, H = check("h", h, np.float32, 2, (B, None))
-    check("Wy", Wy, np.float32, 2, (N, H))
-    t = check_threads(THREADS["row"] if threads is None else threads, pow2=True)
-    get_kernel(KERNELS, "score_loss_fused")[B, t, stream](dZ, row_loss_, S, h, Wy, *args)
-
-
-def launch_col_sum(out, a, threads=None, stream=0):
-    """out [C] = a [R, C] summed over rows."""
-    _, C = check("a", a, np.float32, 2)
-    check("out", out, np.float32, 1, (C,))
-    t = check_threads(THREADS["column"] if threads is None else threads)
-    get_kernel(KERNELS, "col_sum")[max(ceil_div(C, t), 1), t, stream](out, a)
+    get_kernel(KERNELS, "row_loss_partial")[(C, B), t, stream](part, S, *stats, rest[1])
+    get_kernel(KERNELS, "row_loss_grad")[(C, B), t, stream](dZ, row_loss_, part, S, *stats, *rest)
