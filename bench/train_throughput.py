@@ -1,20 +1,29 @@
 """Training throughput of ``Trainer(cfg, backend).fit(train)`` (backends cpu and numpy) next to the official
-GRU4Rec PyTorch code on the CPU, in one run, on one dataset, with the official parameter files' settings.
+GRU4Rec PyTorch code on the CPU, in one run, on one dataset, with the official parameter files' settings, and the
+cpu backend alone on the same schedule outside fit.
 
-    python bench/train_throughput.py --dataset rsc15 [--epochs 1] [--backends cpu numpy official]
-        [--numpy-steps 150] [--max-sessions N] [--param-file PATH] [--evaluate]
+    python bench/train_throughput.py --dataset rsc15 [--epochs 3] [--backends cpu backend official numpy]
+        [--repeats 2] [--max-steps N | --max-sessions N] [--numpy-steps 150] [--param-file PATH] [--evaluate]
 
 - Data: ``$GRU4REC_DATA`` (default ../shared/data next to the repo root): rsc15 = rsc15_100k_sessionrec
   train_full / test; diginetica = diginetica_srgnn train_sessions / test_sessions (no times: the global row
   number is the time, so every backend sees the file's session order). Skipped cleanly when absent.
+  ``--max-steps`` / ``--max-sessions`` train every side on the first sessions only (the fewest giving that many
+  steps per epoch), each with that subset's own item map, as the official code builds it.
 - Settings: the official paramfiles rsc15_xe_shared_100_best.py and diginetica_bprmax_shared_best.py (their
   values below, as official parameter strings; ``--param-file`` reads a paramfile instead).
-- Ours: the real user path, Trainer(...).fit(SessionData) with its SampleStore and schedule. A short fit on
-  the first ``--warmup-sessions`` sessions runs first, so Numba compilation is in ``warmup_s``, not the timing.
-- numpy: the reference is slow, so it trains on the first sessions giving about ``--numpy-steps`` steps (the
-  JSON says so); the cpu backend trains on the same subset too, and both losses are recorded (they should agree).
+- cpu: the real user path, Trainer(...).fit(SessionData) with its SampleStore and schedule. A short fit on the
+  first ``--warmup-sessions`` sessions runs first, so Numba compilation is in ``warmup_s``, not the timing.
+- backend: the cpu backend alone on the same schedule: every epoch's chunks and samples are built first, then
+  only ``CpuBackend.train_chunk`` is timed; ``fit_over_backend`` = cpu / backend mini-batches/s (fit's own cost:
+  schedule, sampling, loss bookkeeping).
 - Official (``$GRU4REC_OFFICIAL``, bench/peers/official.py): GRU4Rec(..., device=cpu).fit(DataFrame); its own
   epoch timer (loop only) gives the seconds, as ``history`` does for ours. Recorded "not installed" when absent.
+- numpy: the reference is slow, so it trains on the first sessions giving about ``--numpy-steps`` steps (the
+  JSON says so); the cpu backend trains on the same subset too, and both losses are recorded (they should agree).
+- The sides alternate ``--repeats`` times (cpu, official, backend, cpu, official, backend, ...), so that all see
+  the same machine load; the JSON keeps every round, the medians and the ratios per round, and the load average
+  at start and end (other jobs on a 2-core machine skew every figure).
 
 Writes bench/results/train_throughput_<dataset>.json.
 """
@@ -24,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -107,6 +117,38 @@ def frame_of(df: pd.DataFrame, data) -> pd.DataFrame:
     return df[df["SessionId"].isin(data.session_ids)]
 
 
+def backend_only(cfg, train, warm_chunks: int = 2) -> dict:
+    """The cpu backend alone on fit's schedule: all epochs' chunks and samples built first (as fit builds them:
+    EpochSchedule chunks of 256 steps, SampleStore.next_many), then only train_chunk timed."""
+    from gru4rec_kernels.backends.cpu import CpuBackend
+    from gru4rec_kernels.batching import EpochSchedule
+    from gru4rec_kernels.layout import init_params
+    from gru4rec_kernels.sampling import SampleStore
+    from gru4rec_kernels.trainer import logq_columns
+    support = train.item_support()
+    sampler = SampleStore(support, cfg.sample_alpha, cfg.sample_store_size, cfg.n_sample, cfg.seed)
+    lq = logq_columns(cfg, support) if cfg.logq > 0 else (None, None)
+    epochs = []
+    for _ in range(cfg.n_epochs):
+        sched, chunks = EpochSchedule(train.offsets, train.items, cfg.batch_size), []
+        while (c := sched.next_chunk(256)) is not None:
+            chunks.append((c.inputs, c.targets, c.active, c.reset, sampler.next_many(c.n_steps)))
+        epochs.append(chunks)
+    be = CpuBackend(cfg, train.n_items, init_params(cfg, train.n_items)[1], *lq)
+    be.warmup(cfg.batch_size, cfg.n_sample)
+    for c in epochs[0][:warm_chunks]:  # buffers, caches
+        be.train_chunk(*c, 0)
+    steps, t0 = 0, time.perf_counter()
+    for chunks in epochs:
+        be.reset_hidden()
+        for c in chunks:
+            be.train_chunk(*c, steps)
+            steps += c[0].shape[0]
+    secs = time.perf_counter() - t0
+    return {"backend": "cpu backend alone (train_chunk over fit's schedule)", "steps": steps, "seconds": secs,
+            "mb_per_s": steps / secs}
+
+
 def fit_ours(backend: str, cfg, train, warm, evaluate_on=None) -> dict:
     import gru4rec_kernels as g
     t0 = time.perf_counter()
@@ -129,9 +171,11 @@ def fit_ours(backend: str, cfg, train, warm, evaluate_on=None) -> dict:
 
 def fit_official(mod, cfg, df_train, df_warm, df_test=None) -> dict:
     from peers import official
-    t0 = time.perf_counter()
-    official.fit(mod, df_warm, cfg.replace(n_epochs=1))
-    warmup_s = time.perf_counter() - t0
+    warmup_s = None
+    if df_warm is not None:
+        t0 = time.perf_counter()
+        official.fit(mod, df_warm, cfg.replace(n_epochs=1))
+        warmup_s = time.perf_counter() - t0
     r = official.fit(mod, df_train, cfg)
     ep = r["epochs"]
     secs = sum(e["seconds"] for e in ep)
@@ -148,12 +192,34 @@ def fit_official(mod, cfg, df_train, df_warm, df_test=None) -> dict:
     return res, r["model"]
 
 
+def openblas_core() -> str | None:
+    """The OpenBLAS kernel numpy's bundled OpenBLAS chose at run time (e.g. "Haswell", "Zen"; OPENBLAS_CORETYPE
+    overrides it), asked from the library itself through ctypes (``*openblas*_get_corename*``)."""
+    import ctypes
+    import glob
+    base = os.path.dirname(np.__file__)
+    for path in glob.glob(os.path.join(base, "..", "numpy.libs", "*openblas*")) + glob.glob(
+            os.path.join(base, ".dylibs", "*openblas*")):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+                     "openblas_get_corename"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode()
+    return None
+
+
 def machine_info() -> dict:
     import numba
     info = {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
             else None, "cpu_model": None, "python": sys.version.split()[0], "numpy": np.__version__,
             "numba": numba.__version__, "numba_threads": numba.get_num_threads(),
             "numba_threading_layer": None, "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+            "OPENBLAS_L2_SIZE": os.environ.get("OPENBLAS_L2_SIZE"), "numpy_openblas_core": openblas_core(),
             "platform": platform.platform(), "loadavg_at_start": os.getloadavg()}
     try:
         with open("/proc/cpuinfo") as f:
@@ -178,6 +244,8 @@ def machine_info() -> dict:
         import torch
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        info["torch_blas"] = next((p.split("=", 1)[1] for p in torch.__config__.show().replace(",", "\n").split()
+                                   if p.startswith("BLAS_INFO=")), None)
     except ImportError:
         info["torch"] = None
     return info
@@ -197,13 +265,21 @@ def ratio(a: dict | None, b: dict | None, key: str = "mb_per_s"):
     return a[key] / b[key]
 
 
+def median_of(rounds: list, key: str):
+    vals = [r[key] for r in rounds if key in r]
+    return statistics.median(vals) if vals else None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", choices=sorted(FILES), default="rsc15")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--backends", nargs="+", choices=("cpu", "numpy", "official"), default=["cpu", "numpy", "official"])
+    ap.add_argument("--backends", nargs="+", choices=("cpu", "backend", "numpy", "official"),
+                    default=["cpu", "backend", "official"])
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of the alternating sides")
     ap.add_argument("--numpy-steps", type=int, default=150, help="about this many steps for the numpy reference")
-    ap.add_argument("--max-sessions", type=int, default=None, help="train every backend on the first N sessions")
+    ap.add_argument("--max-sessions", type=int, default=None, help="train every side on the first N sessions")
+    ap.add_argument("--max-steps", type=int, default=None, help="train on the first sessions giving N steps/epoch")
     ap.add_argument("--warmup-sessions", type=int, default=300)
     ap.add_argument("--param-file", default=None, help="an official paramfile instead of the built-in values")
     ap.add_argument("--evaluate", action="store_true", help="recall@20 / MRR@20 (conservative) on the test split")
@@ -218,50 +294,78 @@ def main(argv=None) -> int:
         print(f"{args.dataset}: no dataset under {data_dir()}: skipped")
         return 0
     cfg, cfg_source = config(args.dataset, args.epochs, args.param_file)
-    full = g.SessionData.from_pandas(df_train)
-    train = first_sessions(full, args.max_sessions) if args.max_sessions else full
-    warm = first_sessions(full, min(args.warmup_sessions, full.n_sessions))
-    test = g.SessionData.from_pandas(df_test) if args.evaluate else None
     B = cfg.batch_size
+    full = g.SessionData.from_pandas(df_train)
+    k = args.max_sessions or (sessions_for_steps(full, B, args.max_steps) if args.max_steps else None)
+    frame = frame_of(df_train, first_sessions(full, k)) if k else df_train
+    train = g.SessionData.from_pandas(frame) if k else full  # a subset gets its own item map (the official's)
+    warm = first_sessions(train, min(args.warmup_sessions, train.n_sessions))
+    test = g.SessionData.from_pandas(df_test) if args.evaluate else None
     res = {"what": "training throughput, Trainer.fit (ours) vs official GRU4Rec PyTorch fit, CPU, one process",
            "command": "python bench/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "dataset": args.dataset, "train_file": FILES[args.dataset][0], "n_items": full.n_items,
+           "dataset": args.dataset, "train_file": FILES[args.dataset][0], "n_items": train.n_items,
            "train_sessions": train.n_sessions, "train_events": train.n_events,
-           "config_source": cfg_source, "config": cfg.to_dict(), "backends": {}, "machine": machine_info(),
-           "commit": commit()}
+           "config_source": cfg_source, "config": cfg.to_dict(), "backends": {}, "rounds": [],
+           "machine": machine_info(), "commit": commit()}
     R = res["backends"]
-    if "cpu" in args.backends:
-        R["cpu"], _ = fit_ours("cpu", cfg, train, warm, test)
-    if "numpy" in args.backends:
-        k = min(sessions_for_steps(train, B, args.numpy_steps), train.n_sessions)
-        sub = first_sessions(train, k)
-        print(f"numpy: first {k} sessions ({sub.n_events} events), about {args.numpy_steps} steps per epoch")
-        R["numpy"], _ = fit_ours("numpy", cfg, sub, warm)
-        R["numpy"]["subset"] = (f"first {k} of {train.n_sessions} sessions: the numpy reference is timed over "
-                                f"about --numpy-steps={args.numpy_steps} steps per epoch, not the full data")
-        check, _ = fit_ours("cpu", cfg, sub, warm)  # same subset on cpu: the losses should agree
-        R["numpy"]["cpu_on_same_subset"] = {k2: check[k2] for k2 in ("final_loss", "mb_per_s", "events_per_s")}
+    mod = None
     if "official" in args.backends:
         mod, why = official.load()
         if mod is None:
             R["official"] = {"status": why}
         else:
-            R["official"], _ = fit_official(mod, cfg, frame_of(df_train, train), frame_of(df_train, warm), df_test)
-            # it processes every (input, target) pair of every session once per epoch, as ours does
-            pairs = (train.n_events - int(np.count_nonzero(np.diff(train.offsets)))) * args.epochs
-            R["official"]["events"] = pairs
-            R["official"]["events_per_s"] = pairs / R["official"]["seconds"]
-    res["machine"]["loadavg_at_end"] = os.getloadavg()  # other jobs on the machine skew every figure
-    res["ratios"] = {"cpu_over_official_mb_per_s": ratio(R.get("cpu"), R.get("official")),
+            t0 = time.perf_counter()
+            official.fit(mod, frame_of(frame, warm), cfg.replace(n_epochs=1))
+            res["official_warmup_s"] = time.perf_counter() - t0
+    # it processes every (input, target) pair of every session once per epoch, as ours does
+    pairs = (train.n_events - int(np.count_nonzero(np.diff(train.offsets)))) * args.epochs
+    for rnd in range(args.repeats):
+        row = {"round": rnd, "loadavg": os.getloadavg()}
+        if "cpu" in args.backends:
+            r, _ = fit_ours("cpu", cfg, train, warm, test if rnd == 0 else None)
+            R.setdefault("cpu", r)
+            row["cpu_mb_per_s"], row["cpu_events_per_s"] = r["mb_per_s"], r["events_per_s"]
+        if mod is not None:
+            r, _ = fit_official(mod, cfg, frame, None, df_test if (args.evaluate and rnd == 0) else None)
+            r["events"], r["events_per_s"] = pairs, pairs / r["seconds"]
+            R.setdefault("official", r)
+            row["official_mb_per_s"], row["official_events_per_s"] = r["mb_per_s"], r["events_per_s"]
+        if "backend" in args.backends:
+            r = backend_only(cfg, train)
+            R.setdefault("backend", r)
+            row["backend_mb_per_s"] = r["mb_per_s"]
+        if "cpu_mb_per_s" in row and "official_mb_per_s" in row:
+            row["cpu_over_official"] = row["cpu_mb_per_s"] / row["official_mb_per_s"]
+        if "cpu_mb_per_s" in row and "backend_mb_per_s" in row:
+            row["fit_over_backend"] = row["cpu_mb_per_s"] / row["backend_mb_per_s"]
+        res["rounds"].append(row)
+        print({k2: (round(v, 2) if isinstance(v, float) else v) for k2, v in row.items()})
+    for name in ("cpu", "official", "backend"):
+        if name in R and "status" not in R[name]:
+            R[name]["mb_per_s_median"] = median_of(res["rounds"], f"{name}_mb_per_s")
+    if "numpy" in args.backends:
+        kn = min(sessions_for_steps(train, B, args.numpy_steps), train.n_sessions)
+        sub = first_sessions(train, kn)
+        print(f"numpy: first {kn} sessions ({sub.n_events} events), about {args.numpy_steps} steps per epoch")
+        R["numpy"], _ = fit_ours("numpy", cfg, sub, warm)
+        R["numpy"]["subset"] = (f"first {kn} of {train.n_sessions} sessions: the numpy reference is timed over "
+                                f"about --numpy-steps={args.numpy_steps} steps per epoch, not the full data")
+        check, _ = fit_ours("cpu", cfg, sub, warm)  # same subset on cpu: the losses should agree
+        R["numpy"]["cpu_on_same_subset"] = {k2: check[k2] for k2 in ("final_loss", "mb_per_s", "events_per_s")}
+    res["machine"]["loadavg_at_end"] = os.getloadavg()
+    res["ratios"] = {"cpu_over_official_mb_per_s": median_of(res["rounds"], "cpu_over_official"),
+                     "cpu_fit_over_backend_alone": median_of(res["rounds"], "fit_over_backend"),
                      "cpu_over_numpy_mb_per_s": ratio(R.get("numpy", {}).get("cpu_on_same_subset"), R.get("numpy")),
-                     "note": "mini-batches/s ratios; cpu/numpy compares both on the numpy subset"}
+                     "note": "medians over the rounds of per-round mini-batches/s ratios (sides alternate within "
+                             "a round); cpu/numpy compares both on the numpy subset"}
     out = args.out or os.path.join(HERE, "results", f"train_throughput_{args.dataset}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(res, f, indent=1, default=float)
-    print(f"{args.dataset}: {train.n_sessions} sessions, {train.n_events} events, {full.n_items} items; "
-          f"{cfg.loss} layers={cfg.layers} B={B} n_sample={cfg.n_sample}; epochs={args.epochs}")
-    print(f"{'backend':9s} {'steps':>6s} {'seconds':>8s} {'mb/s':>8s} {'events/s':>9s} {'warmup s':>8s} {'loss':>8s}"
+    print(f"{args.dataset}: {train.n_sessions} sessions, {train.n_events} events, {train.n_items} items; "
+          f"{cfg.loss} layers={cfg.layers} B={B} n_sample={cfg.n_sample}; epochs={args.epochs}; load "
+          f"{res['machine']['loadavg_at_start'][0]:.1f} -> {res['machine']['loadavg_at_end'][0]:.1f}")
+    print(f"{'backend':9s} {'steps':>6s} {'seconds':>8s} {'mb/s':>8s} {'events/s':>9s} {'loss':>8s}"
           + ("  recall@20  mrr@20" if args.evaluate else ""))
     for name, r in R.items():
         if "status" in r:
@@ -269,9 +373,9 @@ def main(argv=None) -> int:
             continue
         ev = r.get("events_per_s")
         print(f"{name:9s} {r['steps']:6d} {r['seconds']:8.2f} {r['mb_per_s']:8.1f} "
-              f"{ev if ev is None else round(ev):>9} {r['warmup_s']:8.2f} {r['final_loss']:8.4f}"
+              f"{'-' if ev is None else round(ev):>9} {r.get('final_loss', float('nan')):8.4f}"
               + (f"  {r['recall@20']:.4f}     {r['mrr@20']:.4f}" if "recall@20" in r else ""))
-    print("ratios:", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in res["ratios"].items()})
+    print("ratios:", {k2: (round(v, 2) if isinstance(v, float) else v) for k2, v in res["ratios"].items()})
     print("wrote", out)
     return 0
 

@@ -183,8 +183,10 @@ def cmd_train(args) -> int:
             every = int(every)
         except ValueError:
             raise ValueError(f"--checkpoint-every must be 'epoch' or a number of steps; got {every!r}") from None
-    print(f"train: {train}  config: {cfg.to_json()}")
-    model = Trainer(cfg, backend=args.backend, show_progress=not args.no_progress).fit(
+    prnn, features = _prnn_from_args(args, train)
+    print(f"train: {train}  config: {cfg.to_json()}" + (f"  p-RNN: {prnn.to_json()}" if prnn else ""))
+    model = Trainer(cfg, backend=args.backend, show_progress=not args.no_progress, prnn=prnn,
+                    features=features).fit(
         train, valid=valid, eval_cutoffs=eval_cutoffs, patience=args.patience, metric=metric,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=every, resume=args.resume)
     for rec in model.history:
@@ -213,6 +215,44 @@ def cmd_train(args) -> int:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1, default=_json_default)
     return 0
+
+
+def _prnn_from_args(args, train):
+    """(PRNNConfig, [ItemFeatures]) from --architecture / --strategy / --item-features ...; (None, None) for
+    GRU4Rec."""
+    if args.architecture is None:
+        if args.item_features or args.strategy or args.subnet_layers:
+            raise ValueError("--item-features / --strategy / --subnet-layers need --architecture "
+                             "(id, feature, concat or parallel)")
+        return None, None
+    from .features import read_item_features
+    from .prnn_config import PRNNConfig
+    features, names = [], []
+    if args.item_features:
+        _input_file(args.item_features, "--item-features")
+        cat = [c for c in (args.feature_columns or "").split(",") if c]
+        num = [c for c in (args.feature_numeric_columns or "").split(",") if c]
+        if not cat and not num:
+            raise ValueError("--item-features needs --feature-columns (categorical: one-hot) and / or "
+                             "--feature-numeric-columns")
+        f = read_item_features(args.item_features, train.item_ids, item_key=args.feature_item_key or args.item_key,
+                               columns=cat + num, categorical=cat, name=args.feature_name)
+        print(f"item features: {f}")
+        features, names = [f], [f.name]
+    elif args.architecture != "id":
+        raise ValueError(f"--architecture {args.architecture} needs --item-features FILE and --feature-columns")
+    if args.architecture == "id" and names:
+        raise ValueError("--architecture id reads no features: drop --item-features, or choose parallel / concat "
+                         "/ feature")
+    layers = None
+    if args.subnet_layers:
+        try:
+            layers = [[int(v) for v in spec.split(",")] for spec in args.subnet_layers]
+        except ValueError:
+            raise ValueError(f"--subnet-layers: one comma-separated list of layer sizes per subnet, e.g. "
+                             f"'100 100' or '100,50 64'; got {args.subnet_layers}") from None
+    kw = {"strategy": args.strategy} if args.strategy else {}
+    return PRNNConfig.for_architecture(args.architecture, names, layers=layers, **kw), features
 
 
 def _json_default(x):
@@ -531,6 +571,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON file of TrainConfig fields (command-line options override it)")
     t.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"])
     t.add_argument("--cutoffs", type=int, nargs="+", default=[5, 10, 20])
+    pr = t.add_argument_group("p-RNN (item features in parallel subnets; docs/prnn.md; numpy backend for now)")
+    pr.add_argument("--architecture", choices=["id", "feature", "concat", "parallel"], default=None,
+                    help="train a p-RNN of this architecture (default: plain GRU4Rec)")
+    pr.add_argument("--strategy", choices=["simultaneous", "alternating", "interleaving", "residual"], default=None,
+                    help="how the subnets train (default simultaneous)")
+    pr.add_argument("--subnet-layers", nargs="+", default=None, metavar="SIZES",
+                    help="layer sizes per subnet, one comma-separated list each (default --layers for every one)")
+    pr.add_argument("--item-features", metavar="FILE", help="item features (csv / tsv, a header row)")
+    pr.add_argument("--feature-columns", help="comma-separated categorical columns of FILE (one-hot, sparse)")
+    pr.add_argument("--feature-numeric-columns", help="comma-separated numeric columns of FILE (dense values)")
+    pr.add_argument("--feature-item-key", help="item id column of FILE (default --item-key)")
+    pr.add_argument("--feature-name", default=None, help="name of the feature source (default: the columns)")
     t.add_argument("--mode", default="standard", choices=["standard", "conservative", "median"])
     t.add_argument("--json", help="write history and test metrics as JSON here")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -278,7 +278,13 @@ def evaluate(model, test, cutoffs=(1, 5, 10, 20), mode: str = "standard", batch_
     data, report, cand_idx = prepare_test(model.item_ids, test, candidates)
     ranks, equal, outside = [], [], 0
     if data.n_events:
-        be = backend_class(backend)(model.cfg, model.n_items, model.params)
+        if getattr(model, "prnn", None) is not None:
+            from .backends.prnn_numpy import PRNNNumpyBackend, resolve_prnn_backend
+            resolve_prnn_backend(backend)
+            be = PRNNNumpyBackend(model.layout, model.params)
+            be.eval_subnets = model.scoring
+        else:
+            be = backend_class(backend)(model.cfg, model.n_items, model.params)
         try:
             ranks, equal, outside = _replay(be, data, batch_size, mode, cand_idx)
         finally:

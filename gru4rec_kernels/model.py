@@ -12,11 +12,32 @@ from .modelfile import FORMAT_NAME, FORMAT_VERSION, ModelFileError  # noqa: F401
 
 
 class Model:
-    """A trained GRU4Rec v2 model. ``params`` are host float32 arrays under their layout names."""
+    """A trained GRU4Rec v2 model, or a p-RNN (``prnn`` a PRNNConfig, ``features`` its ItemFeatures aligned with
+    ``item_ids``, ``scoring`` the subnets that score: None for all, fewer for a residual run stopped early).
+    ``params`` are host float32 arrays under their layout names."""
 
-    def __init__(self, cfg: TrainConfig, item_ids, params: dict, history=None, item_support=None):
+    def __init__(self, cfg: TrainConfig, item_ids, params: dict, history=None, item_support=None, prnn=None,
+                 features=(), scoring=None):
         self.cfg = cfg
         self.item_map = ItemMap(item_ids)
+        self.prnn = prnn
+        self.layout = None
+        self.scoring = None
+        if prnn is not None:
+            from .prnn_layout import PRNNLayout
+            self.layout = PRNNLayout(cfg, prnn, len(self.item_map), features)
+            for f in self.layout.features.values():
+                if not np.array_equal(np.asarray(f.item_ids), np.asarray(self.item_map.ids)):
+                    raise ValueError(f"features {f.name!r} are aligned with other item ids than the model's; build "
+                                     "them with the model's item map")
+            if scoring is not None:
+                self.scoring = tuple(sorted(int(k) for k in scoring))
+                if not self.scoring or not set(self.scoring) <= set(range(len(self.layout.subnets))):
+                    raise ValueError(f"scoring must name subnets of 0..{len(self.layout.subnets) - 1}; got {scoring!r}")
+                if len(self.scoring) == len(self.layout.subnets):
+                    self.scoring = None
+        elif features or scoring is not None:
+            raise ValueError("features / scoring are p-RNN arguments: give prnn= too")
         self.params = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in params.items()}
         self.history = list(history or [])
         self.item_support = (np.zeros(self.n_items) if item_support is None
@@ -32,8 +53,13 @@ class Model:
     def n_items(self) -> int:
         return len(self.item_map)
 
+    @property
+    def features(self) -> dict:
+        """The p-RNN's feature sources by name ({} for GRU4Rec)."""
+        return {} if self.layout is None else dict(self.layout.features)
+
     def _check_params(self, error=ValueError) -> None:
-        specs = param_specs(self.cfg, self.n_items)
+        specs = param_specs(self.cfg, self.n_items) if self.layout is None else self.layout.param_specs()
         want = {s.name: s.shape for s in specs}
         missing = sorted(set(want) - set(self.params))
         extra = sorted(set(self.params) - set(want))
@@ -51,7 +77,8 @@ class Model:
     def save(self, path) -> None:
         """Write the model file atomically (see ``modelfile``)."""
         modelfile.atomic_write_bytes(path, modelfile.encode_model(self.cfg, self.item_ids, self.item_support,
-                                                                  self.params, self.history))
+                                                                  self.params, self.history, self.prnn,
+                                                                  self.features, self.scoring))
 
     @classmethod
     def load(cls, path) -> "Model":
@@ -72,6 +99,12 @@ class Model:
     # ------------------------------------------------------------------ inference
     def hidden_state(self, session_idx) -> list:
         """Replay a session (item indices) from a zero state: the hidden state per layer, batch of one."""
+        if self.layout is not None:
+            from . import reference_prnn as rp
+            H = [[np.zeros((1, h), dtype=np.float32) for h in sub.layers] for sub in self.layout.subnets]
+            for i in np.asarray(session_idx, dtype=np.int64):
+                H = rp.hidden_step(self.params, self.layout, H, np.array([i]), self.scoring)
+            return H  # per subnet, per layer
         from .reference import hidden_step
         H = [np.zeros((1, h), dtype=np.float32) for h in self.cfg.layers]
         for i in np.asarray(session_idx, dtype=np.int64):
@@ -96,5 +129,9 @@ class Model:
         return recommend_batch(self, sessions, k=k, exclude=exclude, candidates=candidates, on_unknown=on_unknown)
 
     def __repr__(self) -> str:
+        if self.prnn is not None:
+            return (f"Model(p-RNN {self.prnn.architecture}, strategy={self.prnn.strategy!r}, "
+                    f"subnets={[s.sources for s in self.layout.subnets]}, items={self.n_items}, "
+                    f"epochs_trained={len(self.history)})")
         return (f"Model(layers={self.cfg.layers}, loss={self.cfg.loss!r}, items={self.n_items}, "
                 f"epochs_trained={len(self.history)})")

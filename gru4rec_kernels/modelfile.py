@@ -14,6 +14,14 @@ tensor ``item_ids`` (format version 1, as files always were); string ids, which 
 are their UTF-8 bytes concatenated (``item_ids_utf8``, uint8) and the byte offsets of every id
 (``item_ids_offsets``, int64, n_items + 1 entries); a reader that predates them finds no ``item_ids``
 and says so.
+
+A p-RNN model file adds the PRNNConfig (metadata ``prnn``), the scoring subnets (``scoring``) and the item
+features themselves, row i aligned with item i of ``item_ids``: a dense source as ``feature.<name>.dense`` (F32
+[N, D]), a CSR source as ``feature.<name>.indptr`` (I64 [N + 1]), ``.indices`` (I32) and ``.data`` (F32). The
+metadata ``features`` lists each source's name, kind, shape, column names, missing / unknown counts and a CRC32
+of its arrays (``feature_checksum``), checked at load independently of the container's: a model that needs its
+features at serving time carries exactly the features it was trained with, never a reference to a file that can
+drift. (An older reader refuses a p-RNN file: its feature tensors are unexpected there.)
 """
 from __future__ import annotations
 
@@ -307,8 +315,89 @@ def decode_str_ids(utf8: np.ndarray, offsets: np.ndarray, what: str) -> np.ndarr
     return out
 
 
-def encode_model(cfg: TrainConfig, item_ids, item_support, params: dict, history: list) -> list:
-    """The chunks of a model file (see the module docstring)."""
+def feature_checksum(name: str, arrays: list) -> str:
+    """CRC32 of a feature source: its name, then every array's dtype, shape and bytes, in the stored order."""
+    crc = zlib.crc32(name.encode())
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        crc = zlib.crc32(f"{a.dtype.str}{a.shape}".encode(), crc)
+        crc = zlib.crc32(memoryview(a).cast("B"), crc)
+    return f"{crc:08x}"
+
+
+def _feature_arrays(f) -> dict:
+    """Tensor suffix -> array of one ItemFeatures, in checksum order."""
+    if f.sparse:
+        m = f.matrix
+        return {"indptr": np.asarray(m.indptr, np.int64), "indices": np.asarray(m.indices, np.int32),
+                "data": np.asarray(m.data, np.float32)}
+    return {"dense": np.ascontiguousarray(f.matrix, dtype=np.float32)}
+
+
+def encode_features(features: dict) -> tuple[dict, list]:
+    """(tensors, metadata entries) storing the feature sources of a p-RNN model file."""
+    tensors, entries = {}, []
+    for name, f in features.items():
+        arrays = _feature_arrays(f)
+        for suffix, a in arrays.items():
+            tensors[f"feature.{name}.{suffix}"] = a
+        entries.append({"name": name, "kind": "sparse" if f.sparse else "dense", "shape": list(f.matrix.shape),
+                        "columns": list(f.columns), "n_missing": int(f.n_missing), "n_unknown": int(f.n_unknown),
+                        "crc32": feature_checksum(name, list(arrays.values()))})
+    return tensors, entries
+
+
+def decode_features(arrays: dict, entries, item_ids, what: str) -> list:
+    """The ItemFeatures of a p-RNN model file (their tensors popped from ``arrays``); ModelFileError on a checksum
+    mismatch or a malformed matrix."""
+    import scipy.sparse as sp
+
+    from .features import ItemFeatures
+
+    if not isinstance(entries, list):
+        raise ModelFileError(f"{what}: stored features are not a list")
+    out = []
+    for e in entries:
+        try:
+            name, kind, (n, d) = str(e["name"]), e["kind"], (int(v) for v in e["shape"])
+            columns = tuple(str(c) for c in e["columns"])
+        except (KeyError, TypeError, ValueError):
+            raise ModelFileError(f"{what}: malformed features entry {e!r}") from None
+        suffixes = ("indptr", "indices", "data") if kind == "sparse" else ("dense",)
+        if kind not in ("sparse", "dense"):
+            raise ModelFileError(f"{what}: features {name!r} have unknown kind {kind!r}")
+        keys = [f"feature.{name}.{x}" for x in suffixes]
+        absent = [k for k in keys if k not in arrays]
+        if absent:
+            raise ModelFileError(f"{what}: features {name!r} miss tensor(s) {absent}")
+        parts = [arrays.pop(k) for k in keys]
+        if feature_checksum(name, parts) != e.get("crc32"):
+            raise ModelFileError(f"{what}: features {name!r} fail their checksum (the stored feature arrays are not "
+                                 "the ones the model was trained with)")
+        if n != len(item_ids):
+            raise ModelFileError(f"{what}: features {name!r} have {n} rows for {len(item_ids)} items")
+        if kind == "dense":
+            m = parts[0]
+            if m.dtype != np.float32 or m.shape != (n, d):
+                raise ModelFileError(f"{what}: features {name!r} must be float32 {(n, d)}; got {m.dtype} {m.shape}")
+        else:
+            indptr, indices, data = parts
+            if (indptr.dtype != np.int64 or indices.dtype != np.int32 or data.dtype != np.float32
+                    or indptr.shape != (n + 1,) or indptr[0] != 0 or np.any(np.diff(indptr) < 0)
+                    or indptr[-1] != indices.size or indices.shape != data.shape
+                    or (indices.size and (indices.min() < 0 or indices.max() >= d))):
+                raise ModelFileError(f"{what}: features {name!r} are not a valid CSR matrix of shape {(n, d)}")
+            m = sp.csr_matrix((data, indices, indptr), shape=(n, d))
+        if not np.all(np.isfinite(m.data if kind == "sparse" else m)):
+            raise ModelFileError(f"{what}: features {name!r} contain NaN or Inf")
+        out.append(ItemFeatures(name=name, matrix=m, item_ids=item_ids, columns=columns,
+                                n_missing=int(e.get("n_missing", 0)), n_unknown=int(e.get("n_unknown", 0))))
+    return out
+
+
+def encode_model(cfg: TrainConfig, item_ids, item_support, params: dict, history: list, prnn=None,
+                 features=None, scoring=None) -> list:
+    """The chunks of a model file (see the module docstring); ``prnn`` / ``features`` / ``scoring`` for a p-RNN."""
     tensors = dict(params)
     item_ids = np.asarray(item_ids)
     if item_ids.dtype == object:
@@ -318,6 +407,11 @@ def encode_model(cfg: TrainConfig, item_ids, item_support, params: dict, history
     tensors["item_support"] = np.asarray(item_support, dtype=np.float64)
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": cfg.to_json(),
             "history": json.dumps(history, default=float)}
+    if prnn is not None:
+        ftensors, entries = encode_features(features or {})
+        tensors.update(ftensors)
+        meta.update(prnn=prnn.to_json(), features=json.dumps(entries),
+                    scoring=json.dumps(None if scoring is None else list(scoring)))
     return encode_safetensors(tensors, meta)
 
 
@@ -330,7 +424,8 @@ def read_model_file(path) -> dict:
 def decode_model(buf, what: str = "model file") -> dict:
     """Check a model file's bytes against its stored config before one parameter is used.
 
-    Returns the keyword arguments of ``Model``: cfg, item_ids, params, history, item_support."""
+    Returns the keyword arguments of ``Model``: cfg, item_ids, params, history, item_support (and prnn, features,
+    scoring for a p-RNN)."""
     arrays, meta = decode_safetensors(buf, what)
     if meta.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{what}: not a {FORMAT_NAME} model (format={meta.get('format')!r})")
@@ -371,9 +466,21 @@ def decode_model(buf, what: str = "model file") -> dict:
         raise ModelFileError(f"{what}: item_ids must be non-empty, sorted and unique")
     if support.shape != item_ids.shape or not np.all(np.isfinite(support)):
         raise ModelFileError(f"{what}: item_support must be finite with one entry per item")
+    extra_kw = {}
     try:
-        specs = param_specs(cfg, item_ids.size)
-    except ValueError as e:
+        if "prnn" in meta:
+            from .prnn_config import PRNNConfig
+            from .prnn_layout import PRNNLayout
+            prnn = PRNNConfig.from_json(meta["prnn"])
+            features = decode_features(arrays, json.loads(meta.get("features", "[]")), item_ids, what)
+            scoring = json.loads(meta.get("scoring", "null"))
+            specs = PRNNLayout(cfg, prnn, item_ids.size, features).param_specs()
+            extra_kw = {"prnn": prnn, "features": features, "scoring": scoring}
+        else:
+            specs = param_specs(cfg, item_ids.size)
+    except (ValueError, TypeError) as e:
+        if isinstance(e, ModelFileError):
+            raise
         raise ModelFileError(f"{what}: {e}") from None
     want = {s.name: s.shape for s in specs}
     missing = sorted(set(want) - set(arrays))
@@ -390,4 +497,5 @@ def decode_model(buf, what: str = "model file") -> dict:
             raise ModelFileError(f"{what}: parameter {k!r} has shape {a.shape}, the stored config needs {shape}")
         if not np.all(np.isfinite(a)):
             raise ModelFileError(f"{what}: parameter {k!r} contains NaN or Inf")
-    return {"cfg": cfg, "item_ids": item_ids, "params": arrays, "history": history, "item_support": support}
+    return {"cfg": cfg, "item_ids": item_ids, "params": arrays, "history": history, "item_support": support,
+            **extra_kw}

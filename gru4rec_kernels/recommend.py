@@ -210,6 +210,82 @@ class _Engine:
         return order, self.support[order].astype(np.float32)
 
 
+    def batch_top(self, flat_idx: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """The vectors the scorer multiplies with Wy after replaying n sessions: [n, Wy's width]."""
+        return batch_hidden(self, flat_idx, lens)
+
+
+class _PRNNEngine(_Engine):
+    """A p-RNN's engine: the same ranking (the scorer sees the scaled concatenation [a_1 h_1 | ... | a_K h_K],
+    the width of Wy), the session state replayed by the numpy reference (reference_prnn.hidden_step; the fast
+    p-RNN steps are not built yet). The state is one flat vector: subnet 0's layers, then subnet 1's, ..."""
+
+    def __init__(self, model):
+        P = model.params
+        self.model_ref = weakref.ref(model)
+        self.cfg_key = ("prnn", model.prnn, model.scoring, _cfg_key(model.cfg))
+        self.params_src = dict(P)
+        self.item_map = model.item_map
+        self.item_ids = model.item_ids
+        self.n_items = model.n_items
+        self.cfg = model.cfg
+        self.layout = model.layout
+        self.scoring = model.scoring
+        self.sizes = [h for sub in self.layout.subnets for h in sub.layers]
+        self.state_size = int(sum(self.sizes))
+        self.Wy = P["Wy"]
+        self.By = P["By"]
+        self.params = P
+        self.act_code, self.act_a = model.cfg.final_act_code
+        self.support = np.asarray(model.item_support, dtype=np.float64)
+        self._pop_order = None
+        self._empty = np.zeros(0, dtype=np.int64)
+        self._local = threading.local()
+
+    def valid_for(self, model) -> bool:
+        P = model.params
+        return (getattr(model, "prnn", None) is not None and model.item_ids is self.item_ids
+                and ("prnn", model.prnn, model.scoring, _cfg_key(model.cfg)) == self.cfg_key
+                and len(P) == len(self.params_src) and all(P.get(k) is v for k, v in self.params_src.items()))
+
+    def _split(self, state: np.ndarray) -> list:
+        """A flat state [..., state_size] -> per subnet, per layer views [rows, H]."""
+        st = state.reshape(-1, self.state_size)
+        out, o = [], 0
+        for sub in self.layout.subnets:
+            layers = []
+            for h in sub.layers:
+                layers.append(st[:, o:o + h])
+                o += h
+            out.append(layers)
+        return out
+
+    def advance(self, state: np.ndarray, idx: np.ndarray) -> None:
+        from .reference_prnn import hidden_step
+        if not idx.size:
+            return
+        H = [[h.copy() for h in Hk] for Hk in self._split(state)]
+        for i in np.asarray(idx, dtype=np.int64):
+            H = hidden_step(self.params, self.layout, H, np.array([i]), self.scoring)
+        state[:] = np.concatenate([h for Hk in H for h in Hk], axis=1).ravel()
+
+    def _tops(self, states: np.ndarray) -> np.ndarray:
+        from .reference_prnn import concat_hidden
+        H = self._split(states)
+        run = range(len(H)) if self.scoring is None else self.scoring
+        return concat_hidden(self.layout, {k: H[k][-1] for k in run}, H[0][0].shape[0], np.float32)
+
+    def top(self, state: np.ndarray) -> np.ndarray:
+        return self._tops(state)[0]
+
+    def batch_top(self, flat_idx: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
+        states = np.zeros((lens.size, self.state_size), dtype=np.float32)
+        for r in range(lens.size):
+            self.advance(states[r], flat_idx[starts[r]:starts[r] + lens[r]])
+        return self._tops(states)
+
+
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _ENGINES_LOCK = threading.Lock()
 
@@ -222,7 +298,7 @@ def engine_for(model) -> _Engine:
     with _ENGINES_LOCK:
         eng = _ENGINES.get(model)
         if eng is None or not eng.valid_for(model):
-            eng = _Engine(model)
+            eng = _PRNNEngine(model) if getattr(model, "prnn", None) is not None else _Engine(model)
             _ENGINES[model] = eng
     return eng
 
@@ -373,7 +449,7 @@ def recommend_batch(model, sessions, k: int = 20, exclude=None, candidates=None,
     fallback = lens == 0
     model_rows = np.flatnonzero(~fallback)
     if model_rows.size:
-        Htop = np.ascontiguousarray(batch_hidden(eng, flat_idx, lens)[model_rows])
+        Htop = np.ascontiguousarray(eng.batch_top(flat_idx, lens)[model_rows])
         R = model_rows.size
         n_cand = cand.size if cand is not None else eng.n_items
         nrb = -(-R // ROWS_PER_TASK)

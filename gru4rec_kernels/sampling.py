@@ -27,12 +27,13 @@ _CHUNK = 16384  # elements per prange task; the result does not depend on it
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _draw_one(cdf, key, refill, i):
+def _draw_one(cdf, guide, key, refill, i):
     x0, x1 = philox2x32(i, refill, key)
     u = uniform53(x0, x1)
-    lo = 0
-    hi = cdf.size
-    while lo < hi:  # first index with cdf[idx] > u  (np.searchsorted side="right")
+    k = int(u * (guide.size - 1))  # exact: the guide has a power of two of buckets
+    lo = guide[k]
+    hi = guide[k + 1]
+    while lo < hi:  # first index with cdf[idx] > u  (np.searchsorted side="right"), inside u's bucket
         mid = (lo + hi) >> 1
         if cdf[mid] <= u:
             lo = mid + 1
@@ -44,7 +45,7 @@ def _draw_one(cdf, key, refill, i):
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def _fill_rows(cdf, key, refills, starts, out):
+def _fill_rows(cdf, guide, key, refills, starts, out):
     """out[t, j] = element starts[t] + j of refill refills[t] (the rows of several steps in one launch)."""
     T, S = out.shape
     n = T * S
@@ -53,7 +54,7 @@ def _fill_rows(cdf, key, refills, starts, out):
         for k in range(c * _CHUNK, min(c * _CHUNK + _CHUNK, n)):
             t = k // S
             j = k - t * S
-            out[t, j] = _draw_one(cdf, key, refills[t], starts[t] + j)
+            out[t, j] = _draw_one(cdf, guide, key, refills[t], starts[t] + j)
 
 
 def sample_probabilities(support: np.ndarray, alpha: float) -> np.ndarray:
@@ -87,6 +88,15 @@ def _cdf(p: np.ndarray) -> np.ndarray:
     cdf = np.cumsum(p)
     cdf /= cdf[-1]  # exactly 1.0 at the end, so u < 1 never falls past the last item with P > 0
     return cdf
+
+
+def _guide(cdf: np.ndarray) -> np.ndarray:
+    """guide[k] = searchsorted(cdf, k / G, side="right") for k <= G, G a power of two >= len(cdf) (at most 2^20):
+    a uniform u in [k / G, (k + 1) / G) has its searchsorted answer in [guide[k], guide[k + 1]], so a draw
+    searches one bucket (a step or two) instead of all of cdf (12-20 dependent, mispredicted steps): the same
+    ids, several times faster."""
+    G = 1 << min(20, max(1, int(cdf.size - 1).bit_length()))
+    return np.searchsorted(cdf, np.arange(G + 1, dtype=np.float64) / G, side="right").astype(np.int64)
 
 
 def draw_samples_np(support: np.ndarray, alpha: float, seed: int, refill: int, n: int) -> np.ndarray:
@@ -129,6 +139,7 @@ class SampleStore:
             raise ValueError(f"seed must be an int; got {seed!r}")
         self._p = sample_probabilities(support, alpha)
         self._cdf = _cdf(self._p)
+        self._guide = _guide(self._cdf)
         self.alpha = float(alpha)
         self.store_size = int(store_size)
         self.n_sample = int(n_sample)
@@ -172,10 +183,10 @@ class SampleStore:
             refills, starts = self._positions(T)
             if out.size > _CHUNK:
                 with parallel_region():
-                    _fill_rows(self._cdf, np.uint64(self._key), refills, starts, out)
+                    _fill_rows(self._cdf, self._guide, np.uint64(self._key), refills, starts, out)
             else:  # one chunk: skip the parallel launch (same ids either way)
                 for t in range(T):
-                    _fill_serial_from(self._cdf, np.uint64(self._key), refills[t], starts[t], out[t])
+                    _fill_serial_from(self._cdf, self._guide, np.uint64(self._key), refills[t], starts[t], out[t])
         return out
 
     def next(self) -> np.ndarray:
@@ -215,6 +226,6 @@ class SampleStore:
 
 
 @njit(nogil=True, cache=True)
-def _fill_serial_from(cdf, key, refill, start, out):
+def _fill_serial_from(cdf, guide, key, refill, start, out):
     for j in range(out.size):
-        out[j] = _draw_one(cdf, key, refill, start + j)
+        out[j] = _draw_one(cdf, guide, key, refill, start + j)

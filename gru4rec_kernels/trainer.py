@@ -50,17 +50,38 @@ class Trainer:
         tqdm bar with the running loss, mini-batches/s and events/s.
     chunk_steps : int
         Steps per schedule chunk handed to the backend at once (one CUDA graph replay on a GPU).
+    prnn : PRNNConfig or None
+        Train a p-RNN (docs/prnn.md) instead of GRU4Rec: its subnets and training strategy. The numpy backend
+        only, for now ("auto" means it; "cpu" / "cuda" are refused).
+    features : the item features the p-RNN's subnets read: an ItemFeatures, a list or dict of them, or
+        ``(frame_or_path, kwargs)`` pairs built at ``fit`` through the training data's item map
+        (``ItemFeatures.from_frame`` for a DataFrame, ``read_item_features`` for a path).
     """
 
     def __init__(self, config: TrainConfig, backend: str = "auto", show_progress: bool = True,
-                 chunk_steps: int = 256):
+                 chunk_steps: int = 256, prnn=None, features=None):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig; got {type(config).__name__}")
         config.validate()
         if not isinstance(chunk_steps, int) or chunk_steps < 1:
             raise ValueError(f"chunk_steps must be a positive int; got {chunk_steps!r}")
         self.cfg = config
-        self.backend_name = resolve(backend)
+        self.prnn = prnn
+        self.features = features
+        if prnn is not None:
+            from .backends.prnn_numpy import resolve_prnn_backend
+            from .prnn_config import PRNNConfig
+            if not isinstance(prnn, PRNNConfig):
+                raise TypeError(f"prnn must be a PRNNConfig; got {type(prnn).__name__}")
+            prnn.check(config)
+            if prnn.features and features is None:
+                raise ValueError(f"the p-RNN config reads feature source(s) {list(prnn.features)}: give "
+                                 "features= (ItemFeatures built with the training data's item map)")
+            self.backend_name = resolve_prnn_backend(backend)
+        elif features is not None:
+            raise ValueError("features= is for a p-RNN: give prnn= (a PRNNConfig) too")
+        else:
+            self.backend_name = resolve(backend)
         self.show_progress = show_progress
         self.chunk_steps = chunk_steps
 
@@ -93,7 +114,13 @@ class Trainer:
         if not np.any(np.diff(train.offsets) >= 2):
             raise ValueError("train has no session with 2 or more events: nothing to learn from")
         every = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, keep_checkpoints)
-        check_memory(self.cfg, train.n_items)
+        layout = None
+        if self.prnn is not None:
+            if every is not None or resume is not None:
+                raise ValueError("checkpoints of a p-RNN are not built yet: train it without checkpoint_dir / resume")
+            layout = self._prnn_layout(train)
+        else:
+            check_memory(self.cfg, train.n_items)
         eval_cutoffs, metric = check_early_stopping(valid, eval_cutoffs, patience, metric)
         cfg = self.cfg
         support = train.item_support()
@@ -110,6 +137,9 @@ class Trainer:
                 raise ckpt.CheckpointError(f"checkpoint {state['path']!r} was written for other training data "
                                            f"({state['fingerprint']} vs {fingerprint})")
             params = state["params"]
+        elif layout is not None:
+            from .prnn_layout import init_prnn_params
+            _, params = init_prnn_params(layout)
         else:
             _, params = init_params(cfg, train.n_items)
         sampler = None
@@ -118,7 +148,11 @@ class Trainer:
             sampler = SampleStore(support, cfg.sample_alpha, cfg.sample_store_size, cfg.n_sample, cfg.seed)
         if cfg.logq > 0:
             logq_t, logq_s = logq_columns(cfg, support)
-        be = backend_class(self.backend_name)(cfg, train.n_items, params, logq_t, logq_s)
+        if layout is not None:
+            from .backends.prnn_numpy import PRNNNumpyBackend
+            be = PRNNNumpyBackend(layout, params, logq_t, logq_s)
+        else:
+            be = backend_class(self.backend_name)(cfg, train.n_items, params, logq_t, logq_s)
         del params  # the backend holds its own copy
         if state is not None:
             del state["params"]
@@ -150,13 +184,13 @@ class Trainer:
         self._warmup(be)
         step_box = [step]
         model = None
-        best = {"value": -np.inf, "epoch": None, "params": None, "since": 0}
+        best = {"value": -np.inf, "epoch": None, "params": None, "since": 0, "step": 0}
         try:
             for epoch in range(first_epoch, cfg.n_epochs + 1):
                 rec = self._epoch(be, train, sampler, epoch, step_box, sched, partial,
                                   save_checkpoint if every not in (None, "epoch") else None, every)
                 sched, partial = None, None
-                model = Model(cfg, train.item_ids, be.get_params(), history=history, item_support=support)
+                model = self._model(train, be.get_params(), history, support, layout, epoch, step_box[0])
                 self._check_finite(model, epoch, step_box[0])
                 if valid is not None:
                     from .evaluate import evaluate
@@ -173,7 +207,7 @@ class Trainer:
                     save_checkpoint(epoch, None, None)
                 if valid is not None:
                     if rec[metric] > best["value"]:
-                        best.update(value=rec[metric], epoch=epoch, since=0,
+                        best.update(value=rec[metric], epoch=epoch, since=0, step=step_box[0],
                                     params=model.params if patience is not None else None)
                     else:
                         best["since"] += 1
@@ -182,9 +216,10 @@ class Trainer:
                                  epoch, metric, patience, best["value"], best["epoch"])
                         break
             if model is None:  # resumed after the last epoch: nothing left to train
-                model = Model(cfg, train.item_ids, be.get_params(), history=history, item_support=support)
+                model = self._model(train, be.get_params(), history, support, layout, None, step_box[0])
             if best["params"] is not None and best["epoch"] != history[-1]["epoch"]:
-                model = Model(cfg, train.item_ids, best["params"], history=history, item_support=support)
+                model = self._model(train, best["params"], history, support, layout, best["epoch"],
+                                    best["step"])
         finally:
             be.close()
             if sampler is not None:
@@ -192,6 +227,42 @@ class Trainer:
         model.history = history
         model.best_epoch = best["epoch"]
         return model
+
+    def _prnn_layout(self, train):
+        """The p-RNN's PRNNLayout over the training data's items, its features built through their item map."""
+        from .features import ItemFeatures, read_item_features
+        from .prnn_layout import PRNNLayout
+        feats = self.features
+        if feats is None:
+            feats = []
+        elif isinstance(feats, (ItemFeatures, tuple)):
+            feats = [feats]
+        elif isinstance(feats, dict):
+            feats = list(feats.values())
+        built = []
+        for f in feats:
+            if isinstance(f, tuple):
+                if len(f) != 2 or not isinstance(f[1], dict):
+                    raise ValueError("a feature source to build must be (DataFrame or path, kwargs dict)")
+                src, kw = f
+                import pandas as pd
+                f = (ItemFeatures.from_frame(src, train.item_ids, **kw) if isinstance(src, pd.DataFrame)
+                     else read_item_features(src, train.item_ids, **kw))
+            elif isinstance(f, ItemFeatures) and not np.array_equal(np.asarray(f.item_ids), train.item_ids):
+                raise ValueError(f"features {f.name!r} are aligned with other item ids than the training data's; "
+                                 "build them with train.item_ids (or pass (frame_or_path, kwargs) to build here)")
+            built.append(f)
+        return PRNNLayout(self.cfg, self.prnn, train.n_items, built)
+
+    def _model(self, train, params, history, support, layout, epoch, step) -> Model:
+        """The Model of the parameters after ``epoch`` (a p-RNN scores with the subnets of its last phase)."""
+        if layout is None:
+            return Model(self.cfg, train.item_ids, params, history=history, item_support=support)
+        scoring = None
+        if epoch is not None:
+            scoring = self.prnn.phase(epoch - 1, max(step - 1, 0), self.cfg.n_epochs).scoring
+        return Model(self.cfg, train.item_ids, params, history=history, item_support=support, prnn=self.prnn,
+                     features=layout.features, scoring=scoring)
 
     def _warmup(self, be) -> None:
         """Compile the backend's kernels before the first step and say so: the first use of a backend compiles
@@ -249,6 +320,8 @@ class Trainer:
                     samples = sampler.next_many(T)
                 else:
                     samples = np.zeros((T, 0), dtype=np.int32)
+                if self.prnn is not None:  # the strategy's phase of every step of the chunk
+                    be.set_phases([self.prnn.phase(epoch - 1, step_box[0] + t, cfg.n_epochs) for t in range(T)])
                 losses = be.train_chunk(chunk.inputs, chunk.targets, chunk.active, chunk.reset, samples, step_box[0])
                 diverged = ~np.isfinite(losses) | (np.abs(losses) > LOSS_LIMIT)
                 if diverged.any():
@@ -345,7 +418,7 @@ def check_early_stopping(valid, eval_cutoffs, patience, metric):
     return eval_cutoffs, f"{name}@{int(k)}"
 
 
-def fit(train, config: TrainConfig | None = None, backend: str = "auto", **kw) -> Model:
-    """Shortcut: Trainer(config or TrainConfig(), backend).fit(train, **kw)."""
-    return Trainer(config or TrainConfig(), backend=backend).fit(train, **kw)
+def fit(train, config: TrainConfig | None = None, backend: str = "auto", prnn=None, features=None, **kw) -> Model:
+    """Shortcut: Trainer(config or TrainConfig(), backend, prnn=, features=).fit(train, **kw)."""
+    return Trainer(config or TrainConfig(), backend=backend, prnn=prnn, features=features).fit(train, **kw)
 

@@ -120,7 +120,8 @@ def test_nan_scores_give_a_nan_loss():
                                    (16, 32, 5), (17, 33, 2), (33, 40, 20), (8, 100, 32), (100, 300, 13),
                                    (40, 31, 64), (2080, 32, 100)])
 def test_gemm_microkernel(M, N, K):
-    """C = A B, A^T B and the transposed store, against numpy, with guard bands around C (raw-pointer writes)."""
+    """C = A B, A^T B, the transposed store and A B^T (gemm_nt), against numpy, with guard bands around C
+    (raw-pointer writes)."""
     rng = np.random.default_rng(M * 1000 + N * 10 + K)
     A = rng.standard_normal((M, K)).astype(np.float32)
     Bm = rng.standard_normal((K, N)).astype(np.float32)
@@ -131,14 +132,59 @@ def test_gemm_microkernel(M, N, K):
         buf = np.full(int(np.prod(shape)) + 2 * G, 7.0, np.float32)
         return buf, buf[G:-G].reshape(shape)
 
-    for how in ("nn", "tn", "transposed"):
+    for how in ("nn", "tn", "transposed", "nt"):
         buf, C = guarded((N, M) if how == "transposed" else (M, N))
         if how == "nn":
             gemm.mm(A, Bm, C)
         elif how == "tn":
             gemm.mm_tn(np.ascontiguousarray(A.T), Bm, C)
-        else:
+        elif how == "transposed":
             gemm.gemm(A.reshape(-1), K, 1, Bm.reshape(-1), N, C.reshape(-1), 1, M, M, N, K)
             C = C.T
+        else:  # C = A (Bm^T)^T with the transposed operand's scratch
+            gemm.gemm_nt(A, np.ascontiguousarray(Bm.T), C, np.zeros((K, M + 3), np.float32))
         np.testing.assert_allclose(C, want, rtol=1e-5, atol=1e-5 * max(K, 1), err_msg=how)
         assert np.all(buf[:G] == 7.0) and np.all(buf[-G:] == 7.0), f"{how}: wrote outside C"
+
+
+def test_eval_step_scores_only_the_active_rows():
+    """Inactive rows are left out of the ranking (counts 0); the active rows' counts equal those of the same
+    step with every row active, bit for bit (each score is the same k-ordered chain wherever its row sits)."""
+    cfg = make_cfg("cross-entropy", "constrained", (7,), "tanh", batch_size=5)
+    params, _, _, _ = make_problem(cfg, n_items=N_ITEMS, B=5, S=3, dtype=np.float32)
+    rng = np.random.default_rng(4)
+    part, full = CpuBackend(cfg, N_ITEMS, params), CpuBackend(cfg, N_ITEMS, params)
+    B = 21
+    part.reset_eval(B)
+    full.reset_eval(B)
+    for t, active in enumerate((np.ones(B, bool), rng.random(B) < 0.4, np.eye(1, B, 20, dtype=bool)[0],
+                                np.zeros(B, bool))):
+        X, tg = rng.integers(0, N_ITEMS, B), rng.integers(0, N_ITEMS, B)
+        reset = np.full(B, t == 0)
+        for cand in (None, np.unique(rng.integers(0, N_ITEMS, 30))):
+            gt, eq = part.eval_step(X, tg, reset, active, candidates=cand)
+            gt_f, eq_f = full.eval_step(X, tg, reset, np.ones(B, bool), candidates=cand)
+            np.testing.assert_array_equal(gt[active], gt_f[active], err_msg=str(t))
+            np.testing.assert_array_equal(eq[active], eq_f[active], err_msg=str(t))
+            assert np.all(gt[~active] == 0) and np.all(eq[~active] == 0)
+
+
+def test_eval_chunk_equals_its_steps():
+    """One eval_chunk call over T steps (resets, idle lanes, candidates) equals T eval_step calls, bit for bit."""
+    cfg = make_cfg("bpr-max", "embedding", (6, 5), "elu-0.5", batch_size=4)
+    params, _, _, _ = make_problem(cfg, n_items=N_ITEMS, B=4, S=3, dtype=np.float32)
+    rng = np.random.default_rng(5)
+    T, B = 6, 9
+    inputs, targets = rng.integers(0, N_ITEMS, (T, B)), rng.integers(0, N_ITEMS, (T, B))
+    reset, active = rng.random((T, B)) < 0.3, rng.random((T, B)) < 0.7
+    reset[0] = True
+    for cand in (None, np.unique(rng.integers(0, N_ITEMS, 25))):
+        chunked, stepped = CpuBackend(cfg, N_ITEMS, params), CpuBackend(cfg, N_ITEMS, params)
+        chunked.reset_eval(B)
+        stepped.reset_eval(B)
+        gt, eq = chunked.eval_chunk(inputs, targets, reset, active, candidates=cand)
+        for t in range(T):
+            gt_t, eq_t = stepped.eval_step(inputs[t], targets[t], reset[t], active[t], candidates=cand)
+            np.testing.assert_array_equal(gt[t], gt_t)
+            np.testing.assert_array_equal(eq[t], eq_t)
+        assert np.all(gt[~active] == 0) and np.all(eq[~active] == 0) and np.all(eq[active] >= 1)

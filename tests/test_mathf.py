@@ -3,7 +3,7 @@ include the tails and the float32 overflow / underflow edges: the error bounds i
 import numpy as np
 from numba import njit
 
-from gru4rec_kernels.backends.cpu.mathf import exp32, exp64, final_act, final_act_grad, sigmoid, tanh
+from gru4rec_kernels.backends.cpu.mathf import exp32, exp64, expm1, final_act, final_act_grad, sigmoid, tanh
 from gru4rec_kernels.codes import ACT_ELU, ACT_LEAKY, ACT_LINEAR, ACT_RELU, ACT_TANH
 from gru4rec_kernels.reference import final_act as ref_final_act
 from gru4rec_kernels.reference import final_act_grad as ref_final_act_grad
@@ -15,6 +15,8 @@ def _map64(x, which):
     for i in range(x.shape[0]):
         if which == 0:
             out[i] = exp64(x[i])
+        elif which == 3:
+            out[i] = expm1(x[i])
         elif which == 1:
             out[i] = sigmoid(x[i])
         else:
@@ -76,6 +78,16 @@ def test_tanh_absolute_error_below_5e13():
     assert _map64(np.array([800.0, -800.0]), 2).tolist() == [1.0, -1.0]
 
 
+def test_expm1_relative_error_below_1e12():
+    """x <= 0 (the ELU range), across the switch between the polynomial and exp64(x) - 1 at -1/8."""
+    x = np.concatenate([_sweep(-708.0, 0.0), _sweep(-0.2, 0.0, 200_001), -np.logspace(-300, 0, 3001),
+                        [-0.125, np.nextafter(-0.125, 0.0), np.nextafter(-0.125, -1.0), -0.0, 0.0]])
+    want = np.expm1(x)
+    with np.errstate(invalid="ignore"):
+        rel = np.where(want != 0.0, np.abs(_map64(x, 3) / want - 1.0), np.abs(_map64(x, 3)))
+    assert rel.max() < 1e-12, rel.max()
+
+
 def test_exp32_within_1_ulp_and_its_edges():
     """At most 1 ulp over [-64, 88]; exactly 0 below -64 (no denormals), exp(88) above 88, nan stays nan."""
     x = np.concatenate([np.linspace(-64.0, 88.0, 1_000_001), np.linspace(-1.0, 1.0, 100_001),
@@ -95,6 +107,7 @@ def test_final_act_and_grad_match_the_reference():
     z = np.concatenate([_sweep(-30.0, 30.0, 60_001), [0.0, -0.0]])
     for code, a in ((ACT_LINEAR, 0.0), (ACT_TANH, 0.0), (ACT_RELU, 0.0), (ACT_ELU, 0.5), (ACT_LEAKY, 0.1)):
         r, g = _map_act(z, code, a)
-        np.testing.assert_allclose(r, ref_final_act(z, code, a), rtol=1e-15, atol=1e-15)
-        np.testing.assert_allclose(g, ref_final_act_grad(z, ref_final_act(z, code, a), code, a), rtol=1e-14,
-                                   atol=1e-14)
+        # libm-free tanh / expm1 (vectorisable): the error bounds stated in mathf
+        np.testing.assert_allclose(r, ref_final_act(z, code, a), rtol=1e-12, atol=5e-13)
+        np.testing.assert_allclose(g, ref_final_act_grad(z, ref_final_act(z, code, a), code, a), rtol=1e-12,
+                                   atol=1e-12)

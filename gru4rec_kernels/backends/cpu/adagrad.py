@@ -6,9 +6,10 @@ over the flat buffer (``adagrad_dense``) and row-sparse Adagrad with duplicate i
 Determinism: the norm is summed in fixed chunks (CHUNK) added in a fixed order. Duplicate ids are coalesced by
 a serial linking pass (each slot in order is appended to the chain of its id, through a per-item head array of
 size N restored to -1 afterwards) and a ``prange`` over the distinct ids in which each id adds its chain
-serially, in slot order (the order of ``np.add.at`` in the reference), then updates its row: no sort, no
-atomics. ``fastmath`` is limited to reassociation / contraction in the plain sums, and to ``arcp``/``afn`` in
-the updates (g / sqrt(acc) may use the hardware reciprocal square root plus a Newton step: 1-2 ulp).
+serially, in slot order (the order of ``np.add.at`` in the reference), into the chain's first slot row, then
+updates its row: no sort, no atomics, no copy. ``fastmath`` is limited to reassociation / contraction in the
+plain sums, and to ``arcp``/``afn`` in the updates (g / sqrt(acc) may use the hardware reciprocal square root
+plus a Newton step: 1-2 ulp).
 """
 from __future__ import annotations
 
@@ -137,13 +138,13 @@ def _adagrad_row(P, acc, mom, u, G, q, nlr, mu, eps):
 
 
 @njit(parallel=True, fastmath=FM_OPT, cache=True, error_model="numpy")
-def sparse_adagrad(P, acc, mom, slots, ids, first, nxt, nu, gsum, lr, mu, Pb, accb, momb, bslots, n_bslots):
+def sparse_adagrad(P, acc, mom, slots, ids, first, nxt, nu, lr, mu, Pb, accb, momb, bslots, n_bslots):
     """Sparse Adagrad (reference.sparse_adagrad) on the rows of 2-D P, and on the 1-D bias Pb for the slots
     k < n_bslots: the q-th distinct id u = ids[first[q]] gets the sum of its chain of slot rows (added serially
-    in slot order, as np.add.at) and, if one of them is a bias slot, the sum of those bias slots; then the
-    acc / mom / P (Pb) updates. An id with a single slot reads the slot directly. The rows are random: the id 4
-    iterations ahead is prefetched. (2-D indexing only: a row view inside the prange would take an atomic
-    reference on P.)"""
+    in slot order, as np.add.at, into the chain's first slot row: the slots are this step's scratch) and, if one
+    of them is a bias slot, the sum of those bias slots; then the acc / mom / P (Pb) updates. The rows are random:
+    the id 4 iterations ahead is prefetched, and within a chain the next slot row. (2-D indexing only: a row view
+    inside the prange would take an atomic reference on P.)"""
     W = P.shape[1]
     nlr = np.float32(-lr)
     mu32 = np.float32(mu)
@@ -152,6 +153,7 @@ def sparse_adagrad(P, acc, mom, slots, ids, first, nxt, nu, gsum, lr, mu, Pb, ac
     pP = P.ctypes.data
     pA = acc.ctypes.data
     pM = mom.ctypes.data
+    pS = slots.ctypes.data
     for q in prange(nu):
         if q + 4 < nu:
             v = ids[first[q + 4]]
@@ -159,27 +161,25 @@ def sparse_adagrad(P, acc, mom, slots, ids, first, nxt, nu, gsum, lr, mu, Pb, ac
             prefetch_row(pA, v, row_bytes)
             if mu > 0.0:
                 prefetch_row(pM, v, row_bytes)
-        k = first[q]
-        u = ids[k]
+        k0 = first[q]
+        u = ids[k0]
         gb = np.float32(0.0)
         has_b = False
-        if nxt[k] < 0:
-            _adagrad_row(P, acc, mom, u, slots, k, nlr, mu32, eps)
-            if k < n_bslots:
-                gb = bslots[k]
-                has_b = True
-        else:
+        if k0 < n_bslots:
+            gb = bslots[k0]
+            has_b = True
+        k = nxt[k0]
+        while k >= 0:  # duplicates: added into the first slot's row, in slot order
+            kn = nxt[k]
+            if kn >= 0:
+                prefetch_row(pS, kn, row_bytes)
             for c in range(W):
-                gsum[q, c] = slots[k, c]
-            while k >= 0:
-                if k != first[q]:
-                    for c in range(W):
-                        gsum[q, c] += slots[k, c]
-                if k < n_bslots:
-                    gb = bslots[k] if not has_b else gb + bslots[k]
-                    has_b = True
-                k = nxt[k]
-            _adagrad_row(P, acc, mom, u, gsum, q, nlr, mu32, eps)
+                slots[k0, c] += slots[k, c]
+            if k < n_bslots:
+                gb = bslots[k] if not has_b else gb + bslots[k]
+                has_b = True
+            k = kn
+        _adagrad_row(P, acc, mom, u, slots, k0, nlr, mu32, eps)
         if has_b:
             a = accb[u] + gb * gb
             accb[u] = a

@@ -20,7 +20,7 @@ from .buffers import (
     placeholder,
     sx_name,
 )
-from .evaluate import eval_fwd, rank_counts
+from .evaluate import eval_chunk_steps
 from .gemm import VW
 from .step import train_chunk_steps
 
@@ -161,19 +161,30 @@ class CpuBackend(Backend):
                           hT=np.zeros((self.cfg.layers[-1], Bp), np.float32))
 
     def eval_step(self, X, targets, reset, active, candidates=None):
+        """Backend.eval_step: ``eval_chunk`` of one step (counts 0 on inactive rows)."""
+        gt, eq = self.eval_chunk(np.asarray(X)[None], np.asarray(targets)[None], np.asarray(reset)[None],
+                                 np.asarray(active)[None], candidates=candidates)
+        return gt[0], eq[0]
+
+    def eval_chunk(self, inputs, targets, reset, active, candidates=None):
+        """T evaluation steps in one Numba call (``evaluate.eval_chunk_steps``): inputs / targets / reset / active
+        [T, B]; returns (n_greater [T, B], n_equal [T, B]) int64, 0 on inactive lanes."""
         if self._eval is None:
-            raise RuntimeError("call reset_eval(batch_size) before eval_step")
+            raise RuntimeError("call reset_eval(batch_size) before eval_chunk")
         ev = self._eval
-        X = np.ascontiguousarray(X, dtype=np.int32)
-        targets = np.ascontiguousarray(targets, dtype=np.int32)
-        reset = np.ascontiguousarray(reset, dtype=np.bool_)
-        B = X.shape[0]
+        shape = np.shape(inputs)
+        if len(shape) != 2:
+            raise ValueError(f"inputs must be [T, B]; got shape {shape}")
+        for name, a in (("targets", targets), ("reset", reset), ("active", active)):
+            if np.shape(a) != shape:
+                raise ValueError(f"{name} must have shape {shape} like inputs; got {np.shape(a)}")
+        T, B = shape
         if B != ev["B"]:
-            raise ValueError(f"eval_step got {B} rows; reset_eval was called with batch_size={ev['B']}")
-        self._check_ids(X, "X")
+            raise ValueError(f"eval_chunk got {B} rows; reset_eval was called with batch_size={ev['B']}")
+        inputs = np.ascontiguousarray(inputs, dtype=np.int32)
+        targets = np.ascontiguousarray(targets, dtype=np.int32)
+        self._check_ids(inputs, "X")
         self._check_ids(targets, "targets")
-        with parallel_region():
-            eval_fwd(self._p, self._hyper, ev["work"], tuple(self._split_hidden(ev["hid"], B)), X, reset)
         if candidates is None:
             items = ev.get("all_items")
             if items is None or items.shape[0] != self.n_items:
@@ -181,19 +192,14 @@ class CpuBackend(Backend):
         else:
             items = np.ascontiguousarray(candidates, dtype=np.int32).reshape(-1)
             self._check_ids(items, "candidates")
-        top = self._split_hidden(ev["hid"], B)[-1]
-        nchunk = max(1, min(64, (items.shape[0] + 255) // 256))  # chunks of >= 256 items
-        part_gt = np.empty((nchunk, B), np.int64)
-        part_eq = np.empty((nchunk, B), np.int64)
-        n_gt = np.empty(B, np.int64)
-        n_eq = np.empty(B, np.int64)
-        if items.shape[0] == 0:
-            n_gt[:] = 0
-            n_eq[:] = 1
-            return n_gt, n_eq
+        n_gt = np.zeros((T, B), np.int64)
+        n_eq = np.zeros((T, B), np.int64)
         with parallel_region():
-            rank_counts(top, ev["hT"], self.params["Wy"], self.params["By"], items, targets, self._act[0],
-                        self._act[1], ev["tscore"], n_gt, n_eq, part_gt, part_eq)
-        if candidates is not None:
-            np.maximum(n_eq, 1, out=n_eq)
+            eval_chunk_steps(self._p, self._hyper, ev["work"], tuple(self._split_hidden(ev["hid"], B)), inputs,
+                             targets, np.ascontiguousarray(reset, dtype=np.bool_),
+                             np.ascontiguousarray(active, dtype=np.bool_), items, self._act[0], self._act[1],
+                             ev["hT"].reshape(-1), ev["tscore"], n_gt, n_eq)
+        if candidates is not None:  # the target counts once even when it is not a candidate
+            on = np.asarray(active, dtype=np.bool_)
+            n_eq[on] = np.maximum(n_eq[on], 1)
         return n_gt, n_eq

@@ -36,9 +36,10 @@ LayerWork = namedtuple("LayerWork", "a t2 r z c rh t1 out mask da dc drz drh dou
 # x0 / mask0 / dx0 [B, IN0]: layer-0 input, its dropout mask and gradient. Score side (padded: Op = O rounded
 # up to MR, Bp = B rounded up to a vector): WyY [Op, H] = Wy[Y], hT [H, Bp] = h^T, Z / dZ [Bp, Op], R [B, Op];
 # byY / lqY [O] = By[Y] / col_logq; dh_part [SG_GROUPS, B, H]. Sparse update: ids [O + B] (= [Y | X]), nxt /
-# first (duplicate chains), head [N] (all -1 between calls), gsum (summed duplicate rows).
+# first (duplicate chains), head [N] (all -1 between calls). aT: flat scratch of
+# max_l 3 H_l * B floats for the transposed operand of gemm_nt (da^T, dc^T).
 Workspace = namedtuple("Workspace", "layers x0 mask0 dx0 WyY hT dh_part byY lqY Z R dZ rowloss partial ids nxt "
-                                    "first head gsum")
+                                    "first head aT")
 # Constants of a run: codes (codes.py), hyperparameters, the dropout keys [1 + L] and the logQ tables.
 Hyper = namedtuple("Hyper", "mode loss act act_a bpreg mask_hits use_logq lr mu cap p_emb p_hid batch keys "
                             "logq_t logq_s")
@@ -102,6 +103,7 @@ def make_workspace(cfg, B: int, S: int, sx_cols: int, n_dense: int, head: np.nda
     HL = cfg.layers[-1]
     if not with_scores:
         B = O = HL = 1
+    aT = np.zeros(3 * max(cfg.layers) * B, f32)
     n_slots = O + B
     n_partial = 16 + (n_dense + (n_slots + MR) * (HL + VW) + O + B * max(sx_cols, 1)) // CHUNK
     Op = (O + MR - 1) // MR * MR
@@ -111,8 +113,7 @@ def make_workspace(cfg, B: int, S: int, sx_cols: int, n_dense: int, head: np.nda
                      Z=np.zeros((Bp, Op), f32), R=np.zeros((B, Op), f32), dZ=np.zeros((Bp, Op), f32),
                      rowloss=np.zeros(B, np.float64), partial=np.zeros(n_partial, np.float64),
                      ids=np.zeros(n_slots, np.int32), nxt=np.zeros(n_slots, np.int32),
-                     first=np.zeros(n_slots, np.int32), head=head,
-                     gsum=np.zeros((n_slots, max(HL, sx_cols)), f32))
+                     first=np.zeros(n_slots, np.int32), head=head, aT=aT)
 
 
 def grad_slots(cfg, B: int, S: int, sx_cols: int) -> tuple:

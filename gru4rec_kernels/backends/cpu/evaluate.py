@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from ...codes import ACT_LINEAR
 from .gemm import MR, VW, mk_rows1, mk_rows2
 from .gru import gru_fwd
 from .mathf import final_act32
@@ -33,6 +34,21 @@ def _score_tile(rows, hT, S):
             mk_rows2(rows.ctypes.data, H, 1, hT.ctypes.data + 4 * jb, Bp, S.ctypes.data + 4 * jb, Bp, 1, H, MR, nv)
         else:
             mk_rows1(rows.ctypes.data, H, 1, hT.ctypes.data + 4 * jb, Bp, S.ctypes.data + 4 * jb, Bp, 1, H, MR, nv)
+
+
+@njit(cache=True, error_model="numpy")
+def _count(S, e, it, By, targets, tscore, act, act_a, part_gt, part_eq, c):
+    """part_gt[c, i] += [f(S[e, i] + By[it]) > tscore[i]], part_eq[c, i] += [... == tscore[i]] for every row i,
+    the target's own column counting as equal (the loop over the rows vectorises; linear scores skip f)."""
+    by = By[it]
+    for i in range(targets.shape[0]):
+        sc = S[e, i] + by
+        if act != ACT_LINEAR:
+            sc = final_act32(sc, act, act_a)
+        t = tscore[i]
+        is_t = it == targets[i]
+        part_gt[c, i] += np.int64((sc > t) & (not is_t))
+        part_eq[c, i] += np.int64((sc == t) | is_t)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -70,14 +86,7 @@ def rank_counts(h, hT, Wy, By, items, targets, act, act_a, tscore, n_gt, n_eq, p
             _item_tile(Wy, items, j0, M, rows_c)
             _score_tile(rows_c, hT, S_c)
             for e in range(min(MR, M - j0)):
-                it = items[j0 + e]
-                by = By[it]
-                for i in range(B):
-                    sc = final_act32(S_c[e, i] + by, act, act_a)
-                    t = tscore[i]
-                    is_t = it == targets[i]
-                    part_gt[c, i] += 1 if (sc > t and not is_t) else 0
-                    part_eq[c, i] += 1 if (sc == t or is_t) else 0
+                _count(S_c, e, items[j0 + e], By, targets, tscore, act, act_a, part_gt, part_eq, c)
     for i in range(B):
         gt = 0
         eq = 0
@@ -100,3 +109,46 @@ def eval_fwd(params, hyper, work, hid, X, reset):
     gru_fwd(params, hyper, work, hid, X, B, 0, False, np.zeros((4, 11), dtype=np.int64))
     for l in range(len(hid)):
         hid[l][:B, :] = work.layers[l].out[:B]
+
+
+@njit(cache=True, error_model="numpy")
+def eval_chunk_steps(params, hyper, work, hid, inputs, targets, reset, active, items, act, act_a, hT_flat, tscore,
+                     n_gt, n_eq):
+    """T evaluation steps in one call (the Python side runs once per chunk): per step ``eval_fwd`` over every
+    row (inactive rows advance too, as the reference's), then ``rank_counts`` over the active rows only, gathered
+    into contiguous rows (at the end of a test set most slots are idle). n_gt / n_eq [T, B] (zeroed by the
+    caller) get the active lanes' counts; hT_flat is scratch of H * Bp floats."""
+    T, B = inputs.shape
+    M = items.shape[0]
+    nchunk = max(1, min(64, (M + 255) // 256))  # chunks of >= 256 items
+    top = hid[len(hid) - 1]
+    H = top.shape[1]
+    rows = np.empty(B, dtype=np.int64)
+    top_c = np.empty((B, H), dtype=np.float32)
+    tg_c = np.empty(B, dtype=np.int32)
+    for t in range(T):
+        eval_fwd(params, hyper, work, hid, inputs[t], reset[t])
+        Ba = 0
+        for b in range(B):
+            if active[t, b]:
+                rows[Ba] = b
+                Ba += 1
+        if Ba == 0:
+            continue
+        if M == 0:
+            for r in range(Ba):
+                n_eq[t, rows[r]] = 1
+            continue
+        for r in range(Ba):
+            top_c[r, :] = top[rows[r], :]
+            tg_c[r] = targets[t, rows[r]]
+        Bap = (Ba + VW - 1) // VW * VW
+        hT = hT_flat[:H * Bap].reshape(H, Bap)
+        hT[:, Ba:] = 0.0
+        gt = np.empty(Ba, dtype=np.int64)
+        eq = np.empty(Ba, dtype=np.int64)
+        rank_counts(top_c[:Ba], hT, params.Wy, params.By, items, tg_c[:Ba], act, act_a, tscore, gt, eq,
+                    np.empty((nchunk, Ba), dtype=np.int64), np.empty((nchunk, Ba), dtype=np.int64))
+        for r in range(Ba):
+            n_gt[t, rows[r]] = gt[r]
+            n_eq[t, rows[r]] = eq[r]

@@ -15,7 +15,7 @@ measured 5x slower.
     mk_rows1/2, mk_cols1/2, mk_acc1/2   the micro-kernel: store, transposed store, accumulate (1 or 2 vectors)
     tiles                               serial loop over the tiles of one product (inside other kernels)
     gemm / mm / mm_tn                   parallel C = A B (strided; plain; A^T B)
-    gemm_nt                             C = A B^T in dot-product form (dc U_h^T, da Wx^T)
+    transpose / gemm_nt                 C = A B^T as C^T = B A^T through the micro-kernel (dc U_h^T, da Wx^T)
     job / gemm_batch                    several independent products in one parallel region
 """
 from __future__ import annotations
@@ -64,13 +64,17 @@ if numba.config.DISABLE_JIT:  # pure Python (coverage runs): a prefetch is only 
 #     for k < K:  b_v = B[k, v VW:(v+1) VW] (NV vector loads);  acc[r][v] += broadcast(A[r, k]) * b_v
 # written as LLVM IR (a Numba intrinsic), because the loop vectoriser never keeps an outer-product tile in
 # registers. It reads A and B and writes C through raw addresses with element strides, so one kernel serves
-# A @ B, A^T @ B and a transposed store (C^T). Partial tiles (mvalid < MR rows, nvalid < NV VW columns) use
-# masked vector loads / stores, so edges cost the same as full tiles. 8 x 32 (16 accumulators of the 32 AVX-512
-# registers) hides the FMA latency and measured 70-80 GFMA/s on one core here (8 x 16: 50-60); without AVX-512,
-# VW = 8 (AVX2). Every C element is the k-ordered chain of its own products: deterministic, whatever the tiling
-# and the thread count.
+# A @ B, A^T @ B and a transposed store (C^T). The tile must fit the register file with room for the NV loaded
+# B vectors and the broadcast A value, or LLVM spills accumulators inside the k loop: with AVX-512 (32
+# registers, VW = 16) the tile is 8 x 32 (16 accumulators); with AVX2 (16 registers, VW = 8) it is 6 x 16 (12
+# accumulators + 2 + 1 = 15 registers; the 8 x 16 tile used before spilled and ran at 25-40 GFLOP/s per core on
+# a Zen 3 EPYC where 6 x 16 runs at 60-70). The k loop exists twice: with plain vector loads when the tile has
+# all its columns (the common case), and with masked loads at the right edge (nvalid < NV VW), so that no mask
+# occupies registers in the full loop. Stores are plain for a full tile and masked otherwise (rows >= mvalid
+# and lanes >= nvalid are never written). Every C element is the k-ordered chain of its own products:
+# deterministic, whatever the tiling and the thread count.
 VW = 16 if llvm.get_host_cpu_features().get("avx512f", False) else 8
-MR = 8
+MR = 8 if VW == 16 else 6
 
 
 def _microkernel(NV: int, transposed_store: bool = False, accumulate: bool = False):
@@ -80,7 +84,9 @@ def _microkernel(NV: int, transposed_store: bool = False, accumulate: bool = Fal
     i64 = ir.IntType(64)
     vty = ir.VectorType(f32, VW)
     mty = ir.VectorType(i1, VW)
+    i32v = ir.VectorType(i32, VW)
     pty = vty.as_pointer()
+    W = NV * VW
 
     @intrinsic
     def kernel(typingctx, a_addr, a_rs, a_ks, b_addr, b_ks, c_addr, c_rs, c_cs, K, mvalid, nvalid):
@@ -98,70 +104,113 @@ def _microkernel(NV: int, transposed_store: bool = False, accumulate: bool = Fal
             Bp = builder.inttoptr(b_addr, f32.as_pointer())
             C = builder.inttoptr(c_addr, f32.as_pointer())
             zero = ir.Constant(vty, [0.0] * VW)
-            splat = ir.Constant(ir.VectorType(i32, VW), [0] * VW)
+            splat = ir.Constant(i32v, [0] * VW)
             align = ir.Constant(i32, 4)
 
             def broadcast(value, vtype):
                 v = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(i32, 0))
                 return builder.shuffle_vector(v, ir.Constant(vtype, ir.Undefined), splat)
 
-            nv = broadcast(nvalid, ir.VectorType(i64, VW))
-            colmask = [builder.icmp_signed("<", ir.Constant(ir.VectorType(i64, VW), [v * VW + l for l in range(VW)]),
-                                           nv) for v in range(NV)]  # lanes < nvalid
+            def colmasks():  # lanes < nvalid, per vector (i32 compares: one register each)
+                nv = broadcast(builder.trunc(nvalid, i32), i32v)
+                return [builder.icmp_signed("<", ir.Constant(i32v, [v * VW + lane for lane in range(VW)]), nv)
+                        for v in range(NV)]
+
+            def bptr(row, v):
+                return builder.bitcast(builder.gep(row, [ir.Constant(i64, v * VW)]), pty)
+
             # row r of A is read from row min(r, mvalid - 1): rows past the edge stay in bounds (never stored)
             last = builder.sub(mvalid, ir.Constant(i64, 1))
             arow = []
             for r in range(MR):
                 rr = ir.Constant(i64, r)
                 arow.append(builder.mul(builder.select(builder.icmp_signed("<", rr, mvalid), rr, last), a_rs))
-            entry = builder.block
-            head = builder.append_basic_block("mk.head")
-            body = builder.append_basic_block("mk.body")
+            full_cols = builder.icmp_signed(">=", nvalid, ir.Constant(i64, W))
             done = builder.append_basic_block("mk.done")
-            builder.branch(head)
-            builder.position_at_end(head)
-            k = builder.phi(i64)
-            k.add_incoming(ir.Constant(i64, 0), entry)
+
+            def k_loop(name, masks):
+                """The k loop from a fresh block; returns (exit block, accumulators at the exit)."""
+                pre = builder.block
+                head = builder.append_basic_block(f"mk.{name}.head")
+                body = builder.append_basic_block(f"mk.{name}.body")
+                builder.branch(head)
+                builder.position_at_end(head)
+                k = builder.phi(i64)
+                k.add_incoming(ir.Constant(i64, 0), pre)
+                acc = [[None] * NV for _ in range(MR)]
+                for r in range(MR):
+                    for v in range(NV):
+                        acc[r][v] = builder.phi(vty)
+                        acc[r][v].add_incoming(zero, pre)
+                builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+                builder.position_at_end(body)
+                brow = builder.gep(Bp, [builder.mul(k, b_ks)])
+                if masks is None:
+                    b = [builder.load(bptr(brow, v), align=4) for v in range(NV)]
+                else:
+                    b = [builder.call(mload, [bptr(brow, v), align, masks[v], zero]) for v in range(NV)]
+                ka = builder.mul(k, a_ks)
+                for r in range(MR):
+                    av = broadcast(builder.load(builder.gep(A, [builder.add(ka, arow[r])]), align=4), vty)
+                    for v in range(NV):
+                        acc[r][v].add_incoming(builder.fadd(acc[r][v], builder.fmul(av, b[v], flags=("contract",)),
+                                                            flags=("contract",)), body)
+                k.add_incoming(builder.add(k, ir.Constant(i64, 1)), body)
+                builder.branch(head)
+                return head, acc
+
+            full_blk = builder.append_basic_block("mk.full")
+            edge_blk = builder.append_basic_block("mk.edge")
+            builder.cbranch(full_cols, full_blk, edge_blk)
+            builder.position_at_end(full_blk)
+            f_exit, f_acc = k_loop("f", None)
+            builder.position_at_end(edge_blk)
+            e_exit, e_acc = k_loop("e", colmasks())
+            builder.position_at_end(done)
             acc = [[None] * NV for _ in range(MR)]
             for r in range(MR):
                 for v in range(NV):
                     acc[r][v] = builder.phi(vty)
-                    acc[r][v].add_incoming(zero, entry)
-            builder.cbranch(builder.icmp_signed("<", k, K), body, done)
-            builder.position_at_end(body)
-            brow = builder.gep(Bp, [builder.mul(k, b_ks)])
-            b = [builder.call(mload, [builder.bitcast(builder.gep(brow, [ir.Constant(i64, v * VW)]), pty), align,
-                                      colmask[v], zero]) for v in range(NV)]
-            ka = builder.mul(k, a_ks)
-            new = [[None] * NV for _ in range(MR)]
-            for r in range(MR):
-                av = broadcast(builder.load(builder.gep(A, [builder.add(ka, arow[r])]), align=4), vty)
-                for v in range(NV):
-                    new[r][v] = builder.fadd(acc[r][v], builder.fmul(av, b[v], flags=("contract",)),
-                                             flags=("contract",))
-            k.add_incoming(builder.add(k, ir.Constant(i64, 1)), builder.block)
-            for r in range(MR):
-                for v in range(NV):
-                    acc[r][v].add_incoming(new[r][v], builder.block)
-            builder.branch(head)
-            builder.position_at_end(done)
-            for r in range(MR):
-                row = builder.mul(ir.Constant(i64, r), c_rs)
-                if transposed_store:  # lane l of vector v -> C[r c_rs + (v VW + l) c_cs]; full tiles only
+                    acc[r][v].add_incoming(f_acc[r][v], f_exit)
+                    acc[r][v].add_incoming(e_acc[r][v], e_exit)
+            if transposed_store:  # lane l of vector v -> C[r c_rs + (v VW + l) c_cs]; full tiles only
+                for r in range(MR):
+                    row = builder.mul(ir.Constant(i64, r), c_rs)
                     for v in range(NV):
                         for lane in range(VW):
                             off = builder.add(row, builder.mul(ir.Constant(i64, v * VW + lane), c_cs))
                             builder.store(builder.extract_element(acc[r][v], ir.Constant(i32, lane)),
                                           builder.gep(C, [off]), align=4)
-                    continue
-                rowok = broadcast(builder.icmp_signed("<", ir.Constant(i64, r), mvalid), mty)
+                return context.get_dummy_value()
+            full_tile = builder.and_(full_cols, builder.icmp_signed(">=", mvalid, ir.Constant(i64, MR)))
+            st_full = builder.append_basic_block("mk.store.full")
+            st_edge = builder.append_basic_block("mk.store.edge")
+            end = builder.append_basic_block("mk.end")
+            builder.cbranch(full_tile, st_full, st_edge)
+            builder.position_at_end(st_full)
+            for r in range(MR):
+                row = builder.gep(C, [builder.mul(ir.Constant(i64, r), c_rs)])
                 for v in range(NV):
-                    ptr = builder.bitcast(builder.gep(C, [builder.add(row, ir.Constant(i64, v * VW))]), pty)
-                    mask = builder.and_(colmask[v], rowok)
+                    ptr = bptr(row, v)
                     out = acc[r][v]
                     if accumulate:  # C += tile
+                        out = builder.fadd(builder.load(ptr, align=4), out)
+                    builder.store(out, ptr, align=4)
+            builder.branch(end)
+            builder.position_at_end(st_edge)
+            masks = colmasks()
+            for r in range(MR):
+                row = builder.gep(C, [builder.mul(ir.Constant(i64, r), c_rs)])
+                rowok = broadcast(builder.icmp_signed("<", ir.Constant(i64, r), mvalid), mty)
+                for v in range(NV):
+                    ptr = bptr(row, v)
+                    mask = builder.and_(masks[v], rowok)
+                    out = acc[r][v]
+                    if accumulate:
                         out = builder.fadd(builder.call(mload, [ptr, align, mask, zero]), out)
                     builder.call(mstore, [out, ptr, align, mask])
+            builder.branch(end)
+            builder.position_at_end(end)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -193,6 +242,80 @@ def _python_microkernel(NV: int, transposed_store: bool = False, accumulate: boo
     return kernel
 
 
+def _pack_strip():
+    """pack_strip(src, src_ks, dst, K, nvalid): dst[k 2VW + n] = src[k src_ks + n] for k < K, n < min(nvalid,
+    2 VW) (lanes past nvalid are zero: masked loads). The strip of B that every row tile reads is copied once into
+    contiguous rows (a packed panel, as BLAS does): read in place, B's rows lie a row stride apart (2-6 KB at
+    H = 512), so every k of every tile touched another page (TLB misses) and the GRU products ran at about half
+    of numpy's BLAS."""
+    f32 = ir.FloatType()
+    i1 = ir.IntType(1)
+    i32 = ir.IntType(32)
+    i64 = ir.IntType(64)
+    vty = ir.VectorType(f32, VW)
+    mty = ir.VectorType(i1, VW)
+    i32v = ir.VectorType(i32, VW)
+    pty = vty.as_pointer()
+
+    @intrinsic
+    def pack(typingctx, src, src_ks, dst, K, nvalid):
+        sig = types.void(types.uintp, types.intp, types.uintp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            src, src_ks, dst, K, nvalid = args
+            mod = builder.module
+            mload = mod.globals.get(f"llvm.masked.load.v{VW}f32.p0") or ir.Function(
+                mod, ir.FunctionType(vty, [pty, i32, mty, vty]), name=f"llvm.masked.load.v{VW}f32.p0")
+            S = builder.inttoptr(src, f32.as_pointer())
+            D = builder.inttoptr(dst, f32.as_pointer())
+            zero = ir.Constant(vty, [0.0] * VW)
+            nv = builder.insert_element(ir.Constant(i32v, ir.Undefined), builder.trunc(nvalid, i32),
+                                        ir.Constant(i32, 0))
+            nv = builder.shuffle_vector(nv, ir.Constant(i32v, ir.Undefined), ir.Constant(i32v, [0] * VW))
+            masks = [builder.icmp_signed("<", ir.Constant(i32v, [v * VW + lane for lane in range(VW)]), nv)
+                     for v in range(2)]
+            pre = builder.block
+            head = builder.append_basic_block("pk.head")
+            body = builder.append_basic_block("pk.body")
+            done = builder.append_basic_block("pk.done")
+            builder.branch(head)
+            builder.position_at_end(head)
+            k = builder.phi(i64)
+            k.add_incoming(ir.Constant(i64, 0), pre)
+            builder.cbranch(builder.icmp_signed("<", k, K), body, done)
+            builder.position_at_end(body)
+            row = builder.gep(S, [builder.mul(k, src_ks)])
+            out = builder.gep(D, [builder.mul(k, ir.Constant(i64, 2 * VW))])
+            for v in range(2):
+                sp = builder.bitcast(builder.gep(row, [ir.Constant(i64, v * VW)]), pty)
+                val = builder.call(mload, [sp, ir.Constant(i32, 4), masks[v], zero])
+                builder.store(val, builder.bitcast(builder.gep(out, [ir.Constant(i64, v * VW)]), pty), align=4)
+            k.add_incoming(builder.add(k, ir.Constant(i64, 1)), body)
+            builder.branch(head)
+            builder.position_at_end(done)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return pack
+
+
+def _python_pack_strip():
+    import ctypes
+
+    def view(addr, n):
+        return np.ctypeslib.as_array(ctypes.cast(int(addr), ctypes.POINTER(ctypes.c_float)), shape=(int(n),))
+
+    def pack(src, src_ks, dst, K, nvalid):
+        n = min(nvalid, 2 * VW)
+        S = view(src, max(K - 1, 0) * src_ks + n)
+        D = view(dst, K * 2 * VW)
+        for k in range(K):
+            D[k * 2 * VW:k * 2 * VW + n] = S[k * src_ks:k * src_ks + n]
+
+    return pack
+
+
 _make = _python_microkernel if numba.config.DISABLE_JIT else _microkernel
 mk_rows2 = _make(2)
 mk_rows1 = _make(1)
@@ -200,16 +323,22 @@ mk_cols2 = _make(2, transposed_store=True)
 mk_cols1 = _make(1, transposed_store=True)
 mk_acc2 = _make(2, accumulate=True)
 mk_acc1 = _make(1, accumulate=True)
+pack_strip = _python_pack_strip() if numba.config.DISABLE_JIT else _pack_strip()
 
 
+# Tile order. Every product of the step has a small M (the B rows, or a 128-column chunk) against a large N
+# and / or K, so the tiles run column strip by column strip: the K x 2 VW strip of B (at most ~100 KB) stays in
+# L1 / L2 while every row tile of A passes over it, and A (at most a few hundred KB, or a weight matrix read
+# once per strip) stays in L2 or streams from L3. Row tile by row tile instead re-read all of B from L3 for every
+# MR rows (a 2 MB Wrz 22 times per product at H = 512). With prange each thread takes whole strips.
 @njit(cache=True, error_model="numpy", inline="always")
 def tiles(pa, a_rs, a_ks, pb, b_ks, pc, c_rs, M, N, K, accumulate):
     """Serial loop over the tiles of C (M x N, row stride c_rs) = / += A @ B, on raw addresses (see gemm)."""
     W2 = 2 * VW
-    for i in range(0, M, MR):
-        mv = min(MR, M - i)
-        for j in range(0, N, W2):
-            nv = min(W2, N - j)
+    for j in range(0, N, W2):
+        nv = min(W2, N - j)
+        for i in range(0, M, MR):
+            mv = min(MR, M - i)
             a = pa + 4 * i * a_rs
             b = pb + 4 * j
             c = pc + 4 * (i * c_rs + j)
@@ -229,80 +358,70 @@ def gemm(A, a_rs, a_ks, Bm, b_ks, C, c_rs, c_cs, M, N, K):
     """C[m c_rs + n c_cs] = sum_{k<K} A[m a_rs + k a_ks] * Bm[k b_ks + n] for m < M, n < N.
 
     A, Bm, C: flat float32 arrays (views), strides in elements; Bm rows must be contiguous (stride 1 along n).
-    One tile of C per iteration: MR rows x 2 VW columns, the last column tile 1 VW wide when that covers the
-    rest; all through the micro-kernel (masked at the edges) when C rows are contiguous (c_cs == 1); with a
-    transposed C (c_cs != 1) full tiles use the lane-by-lane store and partial tiles a plain loop."""
+    Column strips of 2 VW (the last 1 VW wide when that covers the rest) outer, see ``tiles``: each parallel
+    iteration packs its strip of Bm (``pack_strip``) and runs row tiles of MR rows over it (all of them, or one
+    of a few fixed groups when there are too few strips to keep the threads busy); through the micro-kernel
+    (masked at the edges) when C rows are contiguous (c_cs == 1); with a transposed C (c_cs != 1) full tiles use
+    the lane-by-lane store and edge tiles go through a small row-major tile buffer, copied out element by
+    element."""
     W2 = 2 * VW
     mb = (M + MR - 1) // MR
-    nfull = N // W2
-    rest = N - nfull * W2
-    nb = nfull + (1 if rest > 0 else 0)
+    nb = (N + W2 - 1) // W2
+    groups = max(1, min(mb, 8 // max(nb, 1)))  # fixed by the shape, never by the thread count
     pa = A.ctypes.data
     pb = Bm.ctypes.data
     pc = C.ctypes.data
-    for t in prange(mb * nb):
-        i = (t // nb) * MR
-        j = (t % nb) * W2
-        mv = min(MR, M - i)
+    for t in prange(nb * groups):
+        j = (t // groups) * W2
+        g = t % groups
         nv = min(W2, N - j)
-        pa_i = pa + 4 * i * a_rs
-        pb_j = pb + 4 * j
-        if c_cs == 1:
-            pc_ij = pc + 4 * (i * c_rs + j)
-            if nv > VW:
-                mk_rows2(pa_i, a_rs, a_ks, pb_j, b_ks, pc_ij, c_rs, c_cs, K, mv, nv)
-            else:
-                mk_rows1(pa_i, a_rs, a_ks, pb_j, b_ks, pc_ij, c_rs, c_cs, K, mv, nv)
-        elif mv == MR and (nv == W2 or nv == VW):
-            pc_ij = pc + 4 * (i * c_rs + j * c_cs)
-            if nv == W2:
-                mk_cols2(pa_i, a_rs, a_ks, pb_j, b_ks, pc_ij, c_rs, c_cs, K, mv, nv)
-            else:
-                mk_cols1(pa_i, a_rs, a_ks, pb_j, b_ks, pc_ij, c_rs, c_cs, K, mv, nv)
-        else:
-            for m in range(i, i + mv):
-                for n in range(j, j + nv):
-                    s = np.float32(0.0)
-                    for k in range(K):
-                        s += A[m * a_rs + k * a_ks] * Bm[k * b_ks + n]
-                    C[m * c_rs + n * c_cs] = s
+        panel = np.empty(max(K, 1) * W2, dtype=np.float32)
+        pp = panel.ctypes.data
+        pack_strip(pb + 4 * j, b_ks, pp, K, nv)
+        for ib in range(mb * g // groups, mb * (g + 1) // groups):
+            i = ib * MR
+            mv = min(MR, M - i)
+            pa_i = pa + 4 * i * a_rs
+            if c_cs == 1:
+                pc_ij = pc + 4 * (i * c_rs + j)
+                if nv > VW:
+                    mk_rows2(pa_i, a_rs, a_ks, pp, W2, pc_ij, c_rs, c_cs, K, mv, nv)
+                else:
+                    mk_rows1(pa_i, a_rs, a_ks, pp, W2, pc_ij, c_rs, c_cs, K, mv, nv)
+            elif mv == MR and (nv == W2 or nv == VW):
+                pc_ij = pc + 4 * (i * c_rs + j * c_cs)
+                if nv == W2:
+                    mk_cols2(pa_i, a_rs, a_ks, pp, W2, pc_ij, c_rs, c_cs, K, mv, nv)
+                else:
+                    mk_cols1(pa_i, a_rs, a_ks, pp, W2, pc_ij, c_rs, c_cs, K, mv, nv)
+            else:  # an edge tile of a transposed store (a few per product)
+                tile = np.empty(MR * W2, dtype=np.float32)
+                mk_rows2(pa_i, a_rs, a_ks, pp, W2, tile.ctypes.data, W2, 1, K, mv, nv)
+                for m in range(mv):
+                    for n in range(nv):
+                        C[(i + m) * c_rs + (j + n) * c_cs] = tile[m * W2 + n]
 
 
-@njit(parallel=True, fastmath=FM_SUM, cache=True, error_model="numpy")
-def gemm_nt(A, Bm, C):
-    """C[M, N] = A[M, K] @ Bm[N, K]^T, dot-product form (for the products with a transposed weight matrix,
-    dc U_h^T and da Wx^T): a 4x4 tile of C per iteration, 16 accumulators that LLVM vectorises along K."""
-    M = C.shape[0]
-    N = C.shape[1]
-    K = A.shape[1]
-    mb = (M + 3) // 4
-    nb = (N + 3) // 4
-    for t in prange(mb * nb):
-        i = (t % mb) * 4
-        j = (t // mb) * 4
-        if i + 4 <= M and j + 4 <= N:
-            s00 = np.float32(0.0); s01 = np.float32(0.0); s02 = np.float32(0.0); s03 = np.float32(0.0)
-            s10 = np.float32(0.0); s11 = np.float32(0.0); s12 = np.float32(0.0); s13 = np.float32(0.0)
-            s20 = np.float32(0.0); s21 = np.float32(0.0); s22 = np.float32(0.0); s23 = np.float32(0.0)
-            s30 = np.float32(0.0); s31 = np.float32(0.0); s32 = np.float32(0.0); s33 = np.float32(0.0)
-            for k in range(K):
-                x0 = A[i, k]; x1 = A[i + 1, k]; x2 = A[i + 2, k]; x3 = A[i + 3, k]
-                y0 = Bm[j, k]; y1 = Bm[j + 1, k]; y2 = Bm[j + 2, k]; y3 = Bm[j + 3, k]
-                s00 += x0 * y0; s01 += x0 * y1; s02 += x0 * y2; s03 += x0 * y3
-                s10 += x1 * y0; s11 += x1 * y1; s12 += x1 * y2; s13 += x1 * y3
-                s20 += x2 * y0; s21 += x2 * y1; s22 += x2 * y2; s23 += x2 * y3
-                s30 += x3 * y0; s31 += x3 * y1; s32 += x3 * y2; s33 += x3 * y3
-            C[i, j] = s00; C[i, j + 1] = s01; C[i, j + 2] = s02; C[i, j + 3] = s03
-            C[i + 1, j] = s10; C[i + 1, j + 1] = s11; C[i + 1, j + 2] = s12; C[i + 1, j + 3] = s13
-            C[i + 2, j] = s20; C[i + 2, j + 1] = s21; C[i + 2, j + 2] = s22; C[i + 2, j + 3] = s23
-            C[i + 3, j] = s30; C[i + 3, j + 1] = s31; C[i + 3, j + 2] = s32; C[i + 3, j + 3] = s33
-        else:
-            for ii in range(i, min(i + 4, M)):
-                for jj in range(j, min(j + 4, N)):
-                    s = np.float32(0.0)
-                    for k in range(K):
-                        s += A[ii, k] * Bm[jj, k]
-                    C[ii, jj] = s
+@njit(cache=True, error_model="numpy")
+def transpose(A, AT):
+    """AT[k, m] = A[m, k] (A [M, K], AT [K, >= M]), in 8 x 8 blocks."""
+    M, K = A.shape
+    for m0 in range(0, M, 8):
+        for k0 in range(0, K, 8):
+            for m in range(m0, min(m0 + 8, M)):
+                for k in range(k0, min(k0 + 8, K)):
+                    AT[k, m] = A[m, k]
+
+
+@njit(cache=True, error_model="numpy")
+def gemm_nt(A, Bm, C, AT):
+    """C[M, N] = A[M, K] @ Bm[N, K]^T (the products with a transposed weight matrix, dc U_h^T and da Wx^T),
+    through the micro-kernel as C^T = Bm @ A^T: A is transposed into the scratch AT [K, >= M] (A has the few B
+    rows, Bm is the weight matrix, read in place), and C^T's tiles are stored transposed into C."""
+    M, K = A.shape
+    N = Bm.shape[0]
+    transpose(A, AT)
+    gemm(Bm.reshape(-1), K, 1, AT.reshape(-1), AT.shape[1], C.reshape(-1), 1, N, N, M, K)
 
 
 @njit(cache=True, error_model="numpy")
@@ -338,31 +457,33 @@ def job(jobs, q, A, a_rs, a_ks, Bm, b_ks, C, c_rs, M, N, K):
 
 @njit(parallel=True, cache=True, error_model="numpy")
 def gemm_batch(jobs, n):
-    """n independent products described by job, in ONE parallel region: the prange runs over the tiles of all
-    of them (the small GRU GEMMs have too few tiles each to keep two threads busy)."""
+    """n independent products described by job, in ONE parallel region: the prange runs over the column strips
+    of all of them (the small GRU GEMMs have too few strips each to keep two threads busy); each iteration packs
+    its strip and runs all of its product's row tiles over it, as ``gemm``."""
     W2 = 2 * VW
     total = 0
     for q in range(n):
-        jobs[q, 10] = total  # first tile of product q
-        total += ((jobs[q, 7] + MR - 1) // MR) * ((jobs[q, 8] + W2 - 1) // W2)
+        jobs[q, 10] = total  # first strip of product q
+        total += (jobs[q, 8] + W2 - 1) // W2
     for t in prange(total):
         q = 0
         while q + 1 < n and jobs[q + 1, 10] <= t:
             q += 1
         M = jobs[q, 7]
         N = jobs[q, 8]
-        nb = (N + W2 - 1) // W2
-        tt = t - jobs[q, 10]
-        i = (tt // nb) * MR
-        j = (tt % nb) * W2
+        K = jobs[q, 9]
+        j = (t - jobs[q, 10]) * W2
+        nv = min(W2, N - j)
         a_rs = jobs[q, 1]
         c_rs = jobs[q, 6]
-        a = np.uint64(jobs[q, 0] + 4 * i * a_rs)
-        b = np.uint64(jobs[q, 3] + 4 * j)
-        c = np.uint64(jobs[q, 5] + 4 * (i * c_rs + j))
-        mv = min(MR, M - i)
-        nv = min(W2, N - j)
-        if nv > VW:
-            mk_rows2(a, a_rs, jobs[q, 2], b, jobs[q, 4], c, c_rs, 1, jobs[q, 9], mv, nv)
-        else:
-            mk_rows1(a, a_rs, jobs[q, 2], b, jobs[q, 4], c, c_rs, 1, jobs[q, 9], mv, nv)
+        panel = np.empty(max(K, 1) * W2, dtype=np.float32)
+        pp = panel.ctypes.data
+        pack_strip(np.uint64(jobs[q, 3] + 4 * j), jobs[q, 4], pp, K, nv)
+        for i in range(0, M, MR):
+            a = np.uint64(jobs[q, 0] + 4 * i * a_rs)
+            c = np.uint64(jobs[q, 5] + 4 * (i * c_rs + j))
+            mv = min(MR, M - i)
+            if nv > VW:
+                mk_rows2(a, a_rs, jobs[q, 2], pp, W2, c, c_rs, 1, K, mv, nv)
+            else:
+                mk_rows1(a, a_rs, jobs[q, 2], pp, W2, c, c_rs, 1, K, mv, nv)

@@ -220,7 +220,7 @@ def gru_bwd(params, grads, hyper, work, hid, B, dropout, jobs):
         drz = lw.drz[:B]
         drh = lw.drh[:B]
         gru_bwd_cz(lw.dout[:B], lw.mask[:B], dropout and hyper.p_hid > 0.0, h, lw.z[:B], lw.c[:B], da, dc, drz)
-        gemm_nt(dc, lp.Wh, drh)
+        gemm_nt(dc, lp.Wh, drh, work.aT[:H * B].reshape(H, B))
         gru_bwd_r(drh, h, lw.r[:B], da, drz)
         colsum(da, lg.Bh)
         # weight gradients, one parallel region: dWrz = h^T [dr | dz], dWh = (r h)^T dc, dWx = x^T da
@@ -238,7 +238,7 @@ def gru_bwd(params, grads, hyper, work, hid, B, dropout, jobs):
         IN = x.shape[1]
         job(jobs, 2, x, 1, IN, da, 3 * H, lg.Wx, 3 * H, IN, 3 * H, B)
         gemm_batch(jobs, 3)
-        gemm_nt(da, lp.Wx, dy)  # dy = da Wx^T
+        gemm_nt(da, lp.Wx, dy, work.aT[:3 * H * B].reshape(3 * H, B))  # dy = da Wx^T
 
 
 @njit(cache=True, error_model="numpy")

@@ -196,65 +196,103 @@ def _ce_row(r, d, i, B, active, Y, mask_hits, w):
     return math.log(s) + m - np.float64(r[i])
 
 
+# The softmax-weighted ranking losses (bpr-max, top1-max) per column j of row i: with e = exp(R_ij - m) and the
+# row's sums over its negatives, the loss and dR_ij are sums and maps of these terms. The batch columns (j < B)
+# go through _is_neg one by one; the S sample columns are all negatives (but masked hits), so their loops have
+# no branch and vectorise (exp64 / sigmoid are libm-free): the dominant cost of the bpr-max step was these
+# loops run scalar, four exp64 per element.
+@njit(cache=True, error_model="numpy", inline="always")
+def _max_terms(r, rt, m, loss):
+    """(e, t1, t2, t3) of one negative column: bpr-max: e, e sig(rt - r), e r^2, e sig (1 - sig);
+    top1-max: e, e (sigmoid(r - rt) + sigmoid(r^2)), e sd (1 - sd), 0."""
+    e = exp64(r - m)
+    if loss == LOSS_BPR_MAX:
+        sig = sigmoid(rt - r)
+        return e, e * sig, e * r * r, e * sig * (1.0 - sig)
+    sd = sigmoid(r - rt)
+    return e, e * (sd + sigmoid(r * r)), e * sd * (1.0 - sd), 0.0
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _max_grad(r, rt, m, den, s1, s2, inv, loss, bpreg):
+    """dR of one negative column given the row's normalised sums (bpr-max: s1 = A, s2 = Q; top1-max: s1 = L)."""
+    sw = exp64(r - m) / den
+    if loss == LOSS_BPR_MAX:
+        sig = sigmoid(rt - r)
+        return -inv * sw * (sig - s1 - sig * (1.0 - sig)) + bpreg * sw * (r * r - s2 + 2.0 * r)
+    sd = sigmoid(r - rt)
+    sq = sigmoid(r * r)
+    return sw * (sd + sq - s1) + sw * (sd * (1.0 - sd) + 2.0 * r * sq * (1.0 - sq))
+
+
+@njit(fastmath={"reassoc"}, cache=True, error_model="numpy")
+def _max_sums(r, y, yi, mask_hits, rt, m, loss):
+    """The four sums of _max_terms over the sample columns (masked hits skipped), in float64."""
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    for j in range(r.shape[0]):
+        e, t1, t2, t3 = _max_terms(np.float64(r[j]), rt, m, loss)
+        keep = 0.0 if (mask_hits and y[j] == yi) else 1.0
+        s0 += keep * e
+        s1 += keep * t1
+        s2 += keep * t2
+        s3 += keep * t3
+    return s0, s1, s2, s3
+
+
+@njit(cache=True, error_model="numpy")
+def _max_grads(r, d, y, yi, mask_hits, rt, m, den, s1, s2, inv, loss, bpreg):
+    """d[j] = dR of the sample columns (0 for masked hits)."""
+    for j in range(r.shape[0]):
+        g = _max_grad(np.float64(r[j]), rt, m, den, s1, s2, inv, loss, bpreg)
+        d[j] = np.float32(0.0) if (mask_hits and y[j] == yi) else np.float32(g)
+
+
 @njit(cache=True, error_model="numpy")
 def _ranking_row(R, dZ, i, B, active, Y, mask_hits, loss, bpreg):
     """bpr-max, top1-max, bpr, top1 for row i (reference.row_loss, written out per row; R = R[i], dZ = dZ[i]):
     returns loss_i and leaves dR_i (unweighted) in dZ."""
     O = R.shape[0]
     rt = np.float64(R[i])
+    yi = Y[i]
     L = 0.0
     if loss == LOSS_BPR_MAX or loss == LOSS_TOP1_MAX:
         m = -np.inf
-        for j in range(O):
+        for j in range(B):
             if _is_neg(i, j, B, active, Y, mask_hits) and R[j] > m:
                 m = np.float64(R[j])
+        m = max(m, _max_masked(R[B:], Y[B:], yi, mask_hits))
         if not math.isfinite(m):
             m = 0.0
-        den = 0.0
-        for j in range(O):
+        s0, s1, s2, s3 = _max_sums(R[B:], Y[B:], yi, mask_hits, rt, m, loss)
+        for j in range(B):
             if _is_neg(i, j, B, active, Y, mask_hits):
-                den += exp64(np.float64(R[j]) - m)
-        if not den > 0.0:
-            den = 1.0
-        T = 0.0
+                e, t1, t2, t3 = _max_terms(np.float64(R[j]), rt, m, loss)
+                s0 += e
+                s1 += t1
+                s2 += t2
+                s3 += t3
+        den = s0 if s0 > 0.0 else 1.0
         if loss == LOSS_BPR_MAX:
-            A = 0.0
-            Q = 0.0
-            for j in range(O):
-                if _is_neg(i, j, B, active, Y, mask_hits):
-                    r = np.float64(R[j])
-                    sw = exp64(r - m) / den
-                    sig = sigmoid(rt - r)
-                    A += sw * sig
-                    Q += sw * r * r
-                    T += sw * sig * (1.0 - sig)
+            A = s1 / den
+            Q = s2 / den
             L = -math.log(A + BPR_MAX_EPS) + bpreg * Q
             inv = 1.0 / (A + BPR_MAX_EPS)
-            for j in range(O):
-                if _is_neg(i, j, B, active, Y, mask_hits):
-                    r = np.float64(R[j])
-                    sw = exp64(r - m) / den
-                    sig = sigmoid(rt - r)
-                    dZ[j] = -inv * sw * (sig - A - sig * (1.0 - sig)) + bpreg * sw * (r * r - Q + 2.0 * r)
-                else:
-                    dZ[j] = 0.0
-            dZ[i] = -inv * T
+            gi = -inv * (s3 / den)
         else:
-            for j in range(O):
-                if _is_neg(i, j, B, active, Y, mask_hits):
-                    r = np.float64(R[j])
-                    L += exp64(r - m) / den * (sigmoid(r - rt) + sigmoid(r * r))
-            for j in range(O):
-                if _is_neg(i, j, B, active, Y, mask_hits):
-                    r = np.float64(R[j])
-                    sw = exp64(r - m) / den
-                    sd = sigmoid(r - rt)
-                    sq = sigmoid(r * r)
-                    dZ[j] = sw * (sd + sq - L) + sw * (sd * (1.0 - sd) + 2.0 * r * sq * (1.0 - sq))
-                    T += sw * sd * (1.0 - sd)
-                else:
-                    dZ[j] = 0.0
-            dZ[i] = -T
+            A = L = s1 / den
+            Q = 0.0
+            inv = 0.0
+            gi = -(s2 / den)
+        _max_grads(R[B:], dZ[B:], Y[B:], yi, mask_hits, rt, m, den, A, Q, inv, loss, bpreg)
+        for j in range(B):
+            if _is_neg(i, j, B, active, Y, mask_hits):
+                dZ[j] = _max_grad(np.float64(R[j]), rt, m, den, A, Q, inv, loss, bpreg)
+            else:
+                dZ[j] = 0.0
+        dZ[i] = gi
         return L
     n_neg = 0
     for j in range(O):
@@ -283,6 +321,20 @@ def _ranking_row(R, dZ, i, B, active, Y, mask_hits, loss, bpreg):
     return L * inv_n
 
 
+@njit(cache=True, error_model="numpy")
+def _act_row(z, r, act, act_a):
+    """r = f(z) over one row (libm-free activations: the loop vectorises)."""
+    for j in range(z.shape[0]):
+        r[j] = np.float32(final_act(np.float64(z[j]), act, act_a))
+
+
+@njit(cache=True, error_model="numpy")
+def _act_grad_row(d, z, r, act, act_a, w):
+    """d = d * w * f'(z) over one row (in float64, rounded once)."""
+    for j in range(d.shape[0]):
+        d[j] = np.float32(np.float64(d[j]) * w * final_act_grad(np.float64(z[j]), np.float64(r[j]), act, act_a))
+
+
 @njit(parallel=True, cache=True, error_model="numpy")
 def row_loss(Z, R, dZ, O, Y, byY, lqY, use_logq, active, loss, act, act_a, bpreg, mask_hits, w, rowloss):
     """One row per iteration (reference.loss_and_grad): Z_i += By[Y] - col_logq; R_i = f(Z_i); the weighted
@@ -300,15 +352,12 @@ def row_loss(Z, R, dZ, O, Y, byY, lqY, use_logq, active, loss, act, act_a, bpreg
         r = z
         if act != ACT_LINEAR:
             r = R[i, :O]
-            for j in range(O):
-                r[j] = np.float32(final_act(np.float64(z[j]), act, act_a))
+            _act_row(z, r, act, act_a)
         if loss == LOSS_CE:
             L = _ce_row(r, d, i, B, active, Y, mask_hits, w)
             if act != ACT_LINEAR:
-                for j in range(O):
-                    d[j] = np.float32(d[j] * final_act_grad(np.float64(z[j]), np.float64(r[j]), act, act_a))
+                _act_grad_row(d, z, r, act, act_a, 1.0)
         else:
             L = _ranking_row(r, d, i, B, active, Y, mask_hits, loss, bpreg)
-            for j in range(O):
-                d[j] = np.float32(np.float64(d[j]) * w * final_act_grad(np.float64(z[j]), np.float64(r[j]), act, act_a))
+            _act_grad_row(d, z, r, act, act_a, w)
         rowloss[i] = L * w

@@ -103,11 +103,11 @@ def train_chunk_steps(params, grads, opt, work, hyper, hid, chunk, losses):
         # ---- Adagrad: the flat dense buffer, then the touched rows
         adagrad_dense(params.flat, grads.flat, opt.acc_flat, opt.mom_flat, lr, mu)
         nu = link_ids(ids, n_wy, work.head, work.nxt, work.first)  # Wy slots [Y | X]; By slots: the first O
-        sparse_adagrad(params.Wy, opt.acc_Wy, opt.mom_Wy, gWy, ids, work.first, work.nxt, nu, work.gsum, lr, mu,
+        sparse_adagrad(params.Wy, opt.acc_Wy, opt.mom_Wy, gWy, ids, work.first, work.nxt, nu, lr, mu,
                        params.By, opt.acc_By, opt.mom_By, grads.By, O)
         if mode != MODE_CONSTRAINED:
             nu = link_ids(X, B, work.head, work.nxt, work.first)
-            sparse_adagrad(params.Sx, opt.acc_Sx, opt.mom_Sx, gSx, X, work.first, work.nxt, nu, work.gsum, lr, mu,
+            sparse_adagrad(params.Sx, opt.acc_Sx, opt.mom_Sx, gSx, X, work.first, work.nxt, nu, lr, mu,
                            params.By, opt.acc_By, opt.mom_By, grads.By, 0)
         # ---- the new hidden state: the layers' outputs
         for l in range(L):
