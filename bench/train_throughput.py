@@ -299,7 +299,8 @@ def main(argv=None) -> int:
     k = args.max_sessions or (sessions_for_steps(full, B, args.max_steps) if args.max_steps else None)
     frame = frame_of(df_train, first_sessions(full, k)) if k else df_train
     train = g.SessionData.from_pandas(frame) if k else full  # a subset gets its own item map (the official's)
-    warm = first_sessions(train, min(args.warmup_sessions, train.n_sessions))
+    # the official iterator needs more sessions than batch_size slots
+    warm = first_sessions(train, min(max(args.warmup_sessions, 3 * B), train.n_sessions))
     test = g.SessionData.from_pandas(df_test) if args.evaluate else None
     res = {"what": "training throughput, Trainer.fit (ours) vs official GRU4Rec PyTorch fit, CPU, one process",
            "command": "python bench/train_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:]),

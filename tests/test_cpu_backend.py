@@ -118,7 +118,7 @@ def test_nan_scores_give_a_nan_loss():
 
 @pytest.mark.parametrize("M,N,K", [(1, 1, 0), (1, 1, 1), (3, 5, 7), (7, 15, 3), (8, 16, 8), (9, 17, 20),
                                    (16, 32, 5), (17, 33, 2), (33, 40, 20), (8, 100, 32), (100, 300, 13),
-                                   (40, 31, 64), (2080, 32, 100)])
+                                   (40, 31, 64), (2080, 32, 100), (9, 530, 7), (13, 1030, 40)])
 def test_gemm_microkernel(M, N, K):
     """C = A B, A^T B, the transposed store and A B^T (gemm_nt), against numpy, with guard bands around C
     (raw-pointer writes)."""
@@ -145,6 +145,30 @@ def test_gemm_microkernel(M, N, K):
             gemm.gemm_nt(A, np.ascontiguousarray(Bm.T), C, np.zeros((K, M + 3), np.float32))
         np.testing.assert_allclose(C, want, rtol=1e-5, atol=1e-5 * max(K, 1), err_msg=how)
         assert np.all(buf[:G] == 7.0) and np.all(buf[-G:] == 7.0), f"{how}: wrote outside C"
+
+
+def test_gemm_batch_packed_and_in_place_strips():
+    """Several products in one gemm_batch: one whose B rows are PACK_STRIDE or more floats apart (strips packed),
+    one read in place, one with A transposed; against numpy, with guard bands."""
+    rng = np.random.default_rng(9)
+    G = 40
+    shapes = [(7, gemm.PACK_STRIDE + 37, 20, False), (5, 33, 9, False), (11, 600, 6, True)]
+    jobs = np.zeros((4, 11), np.int64)
+    keep = []
+    for q, (M, N, K, trans) in enumerate(shapes):
+        A = rng.standard_normal((K, M) if trans else (M, K)).astype(np.float32)
+        Bm = rng.standard_normal((K, N)).astype(np.float32)
+        buf = np.full(M * N + 2 * G, 7.0, np.float32)
+        C = buf[G:-G].reshape(M, N)
+        if trans:
+            gemm.job(jobs, q, A, 1, M, Bm, N, C, N, M, N, K)
+        else:
+            gemm.job(jobs, q, A, K, 1, Bm, N, C, N, M, N, K)
+        keep.append((A.T if trans else A, Bm, C, buf))
+    gemm.gemm_batch(jobs, len(shapes))
+    for A, Bm, C, buf in keep:
+        np.testing.assert_allclose(C, A.astype(np.float64) @ Bm, rtol=1e-5, atol=1e-5 * A.shape[1])
+        assert np.all(buf[:G] == 7.0) and np.all(buf[-G:] == 7.0)
 
 
 def test_eval_step_scores_only_the_active_rows():

@@ -326,6 +326,12 @@ mk_acc1 = _make(1, accumulate=True)
 pack_strip = _python_pack_strip() if numba.config.DISABLE_JIT else _pack_strip()
 
 
+# B rows at least this many floats apart (2 KB: two rows per 4 KB page) are packed per strip (pack_strip); closer
+# rows share pages and are read in place (packing a strip that only a few row tiles read, at B = 32, cost more
+# than it saved).
+PACK_STRIDE = 512
+
+
 # Tile order. Every product of the step has a small M (the B rows, or a 128-column chunk) against a large N
 # and / or K, so the tiles run column strip by column strip: the K x 2 VW strip of B (at most ~100 KB) stays in
 # L1 / L2 while every row tile of A passes over it, and A (at most a few hundred KB, or a weight matrix read
@@ -375,9 +381,13 @@ def gemm(A, a_rs, a_ks, Bm, b_ks, C, c_rs, c_cs, M, N, K):
         j = (t // groups) * W2
         g = t % groups
         nv = min(W2, N - j)
-        panel = np.empty(max(K, 1) * W2, dtype=np.float32)
-        pp = panel.ctypes.data
-        pack_strip(pb + 4 * j, b_ks, pp, K, nv)
+        pp = pb + 4 * j  # the strip in place, or packed when B's rows lie far apart (see PACK_STRIDE)
+        ps = b_ks
+        if b_ks >= PACK_STRIDE:
+            panel = np.empty(max(K, 1) * W2, dtype=np.float32)
+            pp = panel.ctypes.data
+            ps = W2
+            pack_strip(pb + 4 * j, b_ks, pp, K, nv)
         for ib in range(mb * g // groups, mb * (g + 1) // groups):
             i = ib * MR
             mv = min(MR, M - i)
@@ -385,18 +395,18 @@ def gemm(A, a_rs, a_ks, Bm, b_ks, C, c_rs, c_cs, M, N, K):
             if c_cs == 1:
                 pc_ij = pc + 4 * (i * c_rs + j)
                 if nv > VW:
-                    mk_rows2(pa_i, a_rs, a_ks, pp, W2, pc_ij, c_rs, c_cs, K, mv, nv)
+                    mk_rows2(pa_i, a_rs, a_ks, pp, ps, pc_ij, c_rs, c_cs, K, mv, nv)
                 else:
-                    mk_rows1(pa_i, a_rs, a_ks, pp, W2, pc_ij, c_rs, c_cs, K, mv, nv)
+                    mk_rows1(pa_i, a_rs, a_ks, pp, ps, pc_ij, c_rs, c_cs, K, mv, nv)
             elif mv == MR and (nv == W2 or nv == VW):
                 pc_ij = pc + 4 * (i * c_rs + j * c_cs)
                 if nv == W2:
-                    mk_cols2(pa_i, a_rs, a_ks, pp, W2, pc_ij, c_rs, c_cs, K, mv, nv)
+                    mk_cols2(pa_i, a_rs, a_ks, pp, ps, pc_ij, c_rs, c_cs, K, mv, nv)
                 else:
-                    mk_cols1(pa_i, a_rs, a_ks, pp, W2, pc_ij, c_rs, c_cs, K, mv, nv)
+                    mk_cols1(pa_i, a_rs, a_ks, pp, ps, pc_ij, c_rs, c_cs, K, mv, nv)
             else:  # an edge tile of a transposed store (a few per product)
                 tile = np.empty(MR * W2, dtype=np.float32)
-                mk_rows2(pa_i, a_rs, a_ks, pp, W2, tile.ctypes.data, W2, 1, K, mv, nv)
+                mk_rows2(pa_i, a_rs, a_ks, pp, ps, tile.ctypes.data, W2, 1, K, mv, nv)
                 for m in range(mv):
                     for n in range(nv):
                         C[(i + m) * c_rs + (j + n) * c_cs] = tile[m * W2 + n]
@@ -476,14 +486,18 @@ def gemm_batch(jobs, n):
         nv = min(W2, N - j)
         a_rs = jobs[q, 1]
         c_rs = jobs[q, 6]
-        panel = np.empty(max(K, 1) * W2, dtype=np.float32)
-        pp = panel.ctypes.data
-        pack_strip(np.uint64(jobs[q, 3] + 4 * j), jobs[q, 4], pp, K, nv)
+        pp = np.uint64(jobs[q, 3] + 4 * j)
+        ps = jobs[q, 4]
+        if ps >= PACK_STRIDE:
+            panel = np.empty(max(K, 1) * W2, dtype=np.float32)
+            pp = np.uint64(panel.ctypes.data)
+            pack_strip(np.uint64(jobs[q, 3] + 4 * j), jobs[q, 4], pp, K, nv)
+            ps = W2
         for i in range(0, M, MR):
             a = np.uint64(jobs[q, 0] + 4 * i * a_rs)
             c = np.uint64(jobs[q, 5] + 4 * (i * c_rs + j))
             mv = min(MR, M - i)
             if nv > VW:
-                mk_rows2(a, a_rs, jobs[q, 2], pp, W2, c, c_rs, 1, K, mv, nv)
+                mk_rows2(a, a_rs, jobs[q, 2], pp, ps, c, c_rs, 1, K, mv, nv)
             else:
-                mk_rows1(a, a_rs, jobs[q, 2], pp, W2, c, c_rs, 1, K, mv, nv)
+                mk_rows1(a, a_rs, jobs[q, 2], pp, ps, c, c_rs, 1, K, mv, nv)

@@ -5,7 +5,9 @@ lines, ``reference.loss_and_grad`` / ``row_loss`` and ``kernels/scores_loss.py``
     row_loss      per row: + By[Y] - col_logq, R = f(Z), the loss and dZ (all five losses)
     score_grads   Wy / By slots = dZ^T h, colsum dZ; dh = dZ Wy[Y]
 
-The loss code keeps IEEE semantics (inf, nan): no fast-math here except a plain float64 sum in _exp_masked.
+The loss code keeps IEEE semantics (inf, nan): no fast-math here except plain float64 sums (``reassoc``, in
+_exp_masked and _max_sums) and fused multiply-adds (``contract``) in the vectorised bpr-max / top1-max loops
+(exp64's polynomial: half the instructions).
 """
 from __future__ import annotations
 
@@ -225,7 +227,7 @@ def _max_grad(r, rt, m, den, s1, s2, inv, loss, bpreg):
     return sw * (sd + sq - s1) + sw * (sd * (1.0 - sd) + 2.0 * r * sq * (1.0 - sq))
 
 
-@njit(fastmath={"reassoc"}, cache=True, error_model="numpy")
+@njit(fastmath={"reassoc", "contract"}, cache=True, error_model="numpy")
 def _max_sums(r, y, yi, mask_hits, rt, m, loss):
     """The four sums of _max_terms over the sample columns (masked hits skipped), in float64."""
     s0 = 0.0
@@ -242,7 +244,7 @@ def _max_sums(r, y, yi, mask_hits, rt, m, loss):
     return s0, s1, s2, s3
 
 
-@njit(cache=True, error_model="numpy")
+@njit(fastmath={"contract"}, cache=True, error_model="numpy")
 def _max_grads(r, d, y, yi, mask_hits, rt, m, den, s1, s2, inv, loss, bpreg):
     """d[j] = dR of the sample columns (0 for masked hits)."""
     for j in range(r.shape[0]):
