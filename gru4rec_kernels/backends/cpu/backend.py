@@ -172,13 +172,7 @@ class CpuBackend(Backend):
         if self._eval is None:
             raise RuntimeError("call reset_eval(batch_size) before eval_chunk")
         ev = self._eval
-        shape = np.shape(inputs)
-        if len(shape) != 2:
-            raise ValueError(f"inputs must be [T, B]; got shape {shape}")
-        for name, a in (("targets", targets), ("reset", reset), ("active", active)):
-            if np.shape(a) != shape:
-                raise ValueError(f"{name} must have shape {shape} like inputs; got {np.shape(a)}")
-        T, B = shape
+        T, B = self.check_eval_chunk_shapes(inputs, targets, reset, active)
         if B != ev["B"]:
             raise ValueError(f"eval_chunk got {B} rows; reset_eval was called with batch_size={ev['B']}")
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
