@@ -279,9 +279,8 @@ def evaluate(model, test, cutoffs=(1, 5, 10, 20), mode: str = "standard", batch_
     ranks, equal, outside = [], [], 0
     if data.n_events:
         if getattr(model, "prnn", None) is not None:
-            from .backends.prnn_numpy import PRNNNumpyBackend, resolve_prnn_backend
-            resolve_prnn_backend(backend)
-            be = PRNNNumpyBackend(model.layout, model.params)
+            from .backends.prnn_numpy import prnn_backend_class
+            be = prnn_backend_class(backend)(model.layout, model.params)
             be.eval_subnets = model.scoring
         else:
             be = backend_class(backend)(model.cfg, model.n_items, model.params)

@@ -51,8 +51,8 @@ class Trainer:
     chunk_steps : int
         Steps per schedule chunk handed to the backend at once (one CUDA graph replay on a GPU).
     prnn : PRNNConfig or None
-        Train a p-RNN (docs/prnn.md) instead of GRU4Rec: its subnets and training strategy. The numpy backend
-        only, for now ("auto" means it; "cpu" / "cuda" are refused).
+        Train a p-RNN (docs/prnn.md) instead of GRU4Rec: its subnets and training strategy. It runs on the
+        backends whose p-RNN step is built (backends.prnn_numpy.PRNN_BUILT); others are refused.
     features : the item features the p-RNN's subnets read: an ItemFeatures, a list or dict of them, or
         ``(frame_or_path, kwargs)`` pairs built at ``fit`` through the training data's item map
         (``ItemFeatures.from_frame`` for a DataFrame, ``read_item_features`` for a path).
@@ -149,8 +149,8 @@ class Trainer:
         if cfg.logq > 0:
             logq_t, logq_s = logq_columns(cfg, support)
         if layout is not None:
-            from .backends.prnn_numpy import PRNNNumpyBackend
-            be = PRNNNumpyBackend(layout, params, logq_t, logq_s)
+            from .backends.prnn_numpy import prnn_backend_class
+            be = prnn_backend_class(self.backend_name)(layout, params, logq_t, logq_s)
         else:
             be = backend_class(self.backend_name)(cfg, train.n_items, params, logq_t, logq_s)
         del params  # the backend holds its own copy

@@ -279,10 +279,8 @@ def test_bad_input(data):
         Trainer(small_cfg(), backend="numpy", prnn=prnn)
     with pytest.raises(ValueError, match="but the features given are"):
         fit(train, small_cfg(), prnn, [img])
-    with pytest.raises(ValueError, match="p-RNN runs on the numpy backend for now"):
-        Trainer(small_cfg(), backend="cpu", prnn=prnn, features=cat)
-    with pytest.raises(ValueError, match="p-RNN runs on the numpy backend for now"):
-        Trainer(small_cfg(), backend="cuda", prnn=prnn, features=cat)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        Trainer(small_cfg(), backend="tpu", prnn=prnn, features=cat)
     with pytest.raises(ValueError, match="give prnn="):
         Trainer(small_cfg(), backend="numpy", features=cat)
     other = ItemFeatures.from_matrix(sp.eye(5, format="csr"), train.item_ids[:5], train.item_ids[:5],

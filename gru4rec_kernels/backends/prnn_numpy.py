@@ -17,17 +17,35 @@ from ..prnn_layout import PRNNLayout
 from ..reference import StepInputs
 from .base import Backend
 
-PRNN_BACKENDS = ("auto", "numpy")
+PRNN_BACKENDS = ("auto", "numpy", "cpu", "cuda")
+# The p-RNN steps built so far, by backend name: (module, class). "auto" picks the first built one of
+# ("cuda" on a usable GPU, "cpu", "numpy").
+PRNN_BUILT = {"numpy": (".prnn_numpy", "PRNNNumpyBackend")}
 
 
 def resolve_prnn_backend(name: str) -> str:
-    """'numpy' for 'auto' / 'numpy'; a ValueError naming the limitation for 'cpu' / 'cuda'."""
-    if name in PRNN_BACKENDS:
-        return "numpy"
-    if name in ("cpu", "cuda"):
-        raise ValueError(f"backend={name!r}: p-RNN runs on the numpy backend for now (backend='numpy' or 'auto'); "
-                         "the cpu and cuda p-RNN steps are not built yet")
-    raise ValueError(f"backend must be one of {PRNN_BACKENDS} for a p-RNN model; got {name!r}")
+    """The backend name a p-RNN runs on; a ValueError naming the limitation for one whose p-RNN step is not
+    built yet."""
+    if name not in PRNN_BACKENDS:
+        raise ValueError(f"backend must be one of {PRNN_BACKENDS} for a p-RNN model; got {name!r}")
+    if name == "auto":
+        from . import resolve
+        best = resolve("auto")
+        return best if best in PRNN_BUILT else ("cpu" if "cpu" in PRNN_BUILT else "numpy")
+    if name not in PRNN_BUILT:
+        raise ValueError(f"backend={name!r}: the {name} p-RNN step is not built yet; p-RNN runs on "
+                         f"{sorted(PRNN_BUILT)} (or backend='auto')")
+    if name == "cuda":
+        from . import resolve
+        resolve("cuda")  # the clear error when no GPU (or simulator) is usable
+    return name
+
+
+def prnn_backend_class(name: str):
+    """The Backend class of a p-RNN on backend ``name`` (resolved first)."""
+    import importlib
+    module, cls = PRNN_BUILT[resolve_prnn_backend(name)]
+    return getattr(importlib.import_module(module, __package__), cls)
 
 
 class PRNNNumpyBackend(Backend):
