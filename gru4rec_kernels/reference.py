@@ -72,20 +72,23 @@ def final_act_grad(z, r, code: int, a: float):
     raise ValueError(f"unknown final activation code {code}")
 
 
-def negative_mask(Y, active, n_rows: int, mask_accidental_hits: bool):
+def negative_mask(Y, active, n_rows: int, mask_accidental_hits: bool, row0: int = 0):
     """neg[i, j]: column j is a negative of row i.
 
-    A column j < B belongs to row j: it is a negative of every other row if row j is active (an inactive row's
-    column holds no real item). Sample columns are negatives of every row. With mask_accidental_hits, a column
-    whose item equals row i's target is not a negative of row i.
+    A column j < len(active) belongs to batch row j: it is a negative of every other row if row j is active (an
+    inactive row's column holds no real item). Sample columns are negatives of every row. With
+    mask_accidental_hits, a column whose item equals row i's target is not a negative of row i.
+    Data parallelism: the n_rows rows computed here are batch rows row0 .. row0 + n_rows - 1 of the global batch
+    whose flags ``active`` and targets Y[:len(active)] are; row i's target is column row0 + i.
     """
     B, O = n_rows, Y.shape[0]
     valid = np.ones(O, dtype=bool)
-    valid[:B] = active
+    valid[:len(active)] = active
     neg = np.broadcast_to(valid, (B, O)).copy()
-    neg[np.arange(B), np.arange(B)] = False
+    rows = np.arange(B)
+    neg[rows, row0 + rows] = False
     if mask_accidental_hits:
-        neg &= Y[None, :] != Y[:B, None]
+        neg &= Y[None, :] != Y[row0:row0 + B, None]
     return neg
 
 
@@ -101,6 +104,10 @@ class StepInputs:
     emb_mask: np.ndarray | None = None  # [B, in_0] scaled keep mask of the input embedding, or None
     hidden_masks: list | None = None  # per layer [B, H_l] scaled keep masks, or None
     col_logq: np.ndarray | None = None  # [O] logq * log q_j, subtracted from the scores, or None
+    # data parallelism (dataparallel.py): these B rows are rows row0 .. row0 + B - 1 of a global batch of
+    # len(col_active) rows, whose targets are Y[:len(col_active)]; None / 0 in one process
+    row0: int = 0
+    col_active: np.ndarray | None = None
 
 
 @dataclass
@@ -176,25 +183,27 @@ def forward(params, cfg: TrainConfig, H: list, step: StepInputs):
 
 
 # --------------------------------------------------------------------------------------------- losses
-def row_loss(R, neg, loss: str, bpreg: float):
+def row_loss(R, neg, loss: str, bpreg: float, row0: int = 0):
     """Per-row loss [B] and dL_i/dR_i [B, O] of every loss, written out by hand (paper eqs. (13), (14)).
 
-    R [B, O] final-activation scores, neg [B, O] negatives mask. Target of row i is column i.
+    R [B, O] final-activation scores, neg [B, O] negatives mask. Target of row i is column row0 + i (row0 = 0
+    but in data parallelism, where these rows are a slice of the global batch).
     """
     B, O = neg.shape
     idx = np.arange(B)
-    r_t = R[idx, idx][:, None]
+    tcol = row0 + idx
+    r_t = R[idx, tcol][:, None]
     dR = np.zeros_like(R)
     if loss == "cross-entropy":
         # -log softmax over {target} + negatives, as logsumexp - r_t
         inc = neg.copy()
-        inc[idx, idx] = True
+        inc[idx, tcol] = True
         m = np.max(np.where(inc, R, -np.inf), axis=1, keepdims=True)
         e = np.where(inc, np.exp(R - m), 0)
         s = e.sum(axis=1, keepdims=True)
         L = (np.log(s) + m - r_t)[:, 0]
         dR = e / s
-        dR[idx, idx] -= 1
+        dR[idx, tcol] -= 1
         return L, dR
     n_neg = neg.sum(axis=1, keepdims=True)
     if loss in ("bpr-max", "top1-max"):
@@ -212,14 +221,14 @@ def row_loss(R, neg, loss: str, bpreg: float):
             dA = sw * (sig - A - sig * (1 - sig))
             dQ = sw * (R * R - Q + 2 * R)
             dR = np.where(neg, -inv * dA + bpreg * dQ, 0)
-            dR[idx, idx] = (-inv * (sw * sig * (1 - sig)).sum(axis=1, keepdims=True))[:, 0]
+            dR[idx, tcol] = (-inv * (sw * sig * (1 - sig)).sum(axis=1, keepdims=True))[:, 0]
             return L, dR
         sd = sigmoid(R - r_t)
         sq = sigmoid(R * R)
         g = np.where(neg, sd + sq, 0)
         L = (sw * g).sum(axis=1, keepdims=True)
         dR = np.where(neg, sw * (g - L) + sw * (sd * (1 - sd) + 2 * R * sq * (1 - sq)), 0)
-        dR[idx, idx] = -(np.where(neg, sw * sd * (1 - sd), 0)).sum(axis=1)
+        dR[idx, tcol] = -(np.where(neg, sw * sd * (1 - sd), 0)).sum(axis=1)
         return L[:, 0], dR
     inv_n = 1.0 / np.maximum(n_neg, 1)
     if loss == "bpr":
@@ -229,14 +238,14 @@ def row_loss(R, neg, loss: str, bpreg: float):
         logsig = -(np.maximum(-d, 0) + np.log1p(np.exp(-np.abs(d))))
         L = (-(np.where(neg, logsig, 0)).sum(axis=1, keepdims=True) * inv_n)[:, 0]
         dR = np.where(neg, (1 - sig) * inv_n, 0)
-        dR[idx, idx] = -(np.where(neg, 1 - sig, 0)).sum(axis=1) * inv_n[:, 0]
+        dR[idx, tcol] = -(np.where(neg, 1 - sig, 0)).sum(axis=1) * inv_n[:, 0]
         return L, dR
     if loss == "top1":
         sd = sigmoid(R - r_t)
         sq = sigmoid(R * R)
         L = ((np.where(neg, sd + sq, 0)).sum(axis=1, keepdims=True) * inv_n)[:, 0]
         dR = np.where(neg, (sd * (1 - sd) + 2 * R * sq * (1 - sq)) * inv_n, 0)
-        dR[idx, idx] = -(np.where(neg, sd * (1 - sd), 0)).sum(axis=1) * inv_n[:, 0]
+        dR[idx, tcol] = -(np.where(neg, sd * (1 - sd), 0)).sum(axis=1) * inv_n[:, 0]
         return L, dR
     raise ValueError(f"unknown loss {loss!r}")
 
@@ -246,8 +255,9 @@ def loss_and_grad(Z, cfg: TrainConfig, step: StepInputs):
     B = step.X.shape[0]
     code, a = cfg.final_act_code
     R = final_act(Z, code, a)
-    neg = negative_mask(step.Y, step.active, B, cfg.mask_accidental_hits)
-    L, dR = row_loss(R, neg, cfg.loss, cfg.bpreg)
+    col_active = step.active if step.col_active is None else step.col_active
+    neg = negative_mask(step.Y, col_active, B, cfg.mask_accidental_hits, step.row0)
+    L, dR = row_loss(R, neg, cfg.loss, cfg.bpreg, step.row0)
     w = step.active.astype(Z.dtype) / cfg.batch_size
     loss = float((L * w).sum())
     dZ = dR * w[:, None] * final_act_grad(Z, R, code, a)
@@ -378,14 +388,19 @@ def zeros_like_params(params):
 
 
 # --------------------------------------------------------------------------------------------- a whole step
-def train_step(params, opt, cfg: TrainConfig, H: list, step: StepInputs):
-    """One training step in place: returns (loss, new hidden state)."""
+def step_grads(params, cfg: TrainConfig, H: list, step: StepInputs):
+    """Forward, loss and backward of one step, no update: (loss, Grads, new hidden state)."""
     H = [np.where(step.reset[:, None], 0, h).astype(h.dtype) for h in H]
     Z, cache = forward(params, cfg, H, step)
     loss, dZ = loss_and_grad(Z, cfg, step)
-    g = backward(params, cfg, cache, dZ, step)
+    return loss, backward(params, cfg, cache, dZ, step), [lc.out for lc in cache.layers]
+
+
+def train_step(params, opt, cfg: TrainConfig, H: list, step: StepInputs):
+    """One training step in place: returns (loss, new hidden state)."""
+    loss, g, H = step_grads(params, cfg, H, step)
     apply_grads(params, opt, cfg, g)
-    return loss, [lc.out for lc in cache.layers]
+    return loss, H
 
 
 # --------------------------------------------------------------------------------------------- inference

@@ -86,6 +86,19 @@ class Backend(ABC):
             raise ValueError(f"Y must be [O] with O >= B = {np.shape(X)[0]} (targets, then samples); "
                              f"got shape {np.shape(Y)}")
 
+    # ------------------------------------------------------------------ data parallelism (dataparallel.py)
+    def grad_step(self, X, Y, active, reset, step: int, row0: int, col_active, buf) -> None:
+        """The first half of ``train_step`` for one rank: X / active / reset [B_l] are global batch rows row0 ..
+        row0 + B_l - 1, Y [B_g + S] and col_active [B_g] the global step's. Runs forward, loss and backward with
+        the rows' dropout masks of the global step, advances this rank's hidden state, and writes the rank's
+        gradients and loss into ``buf`` (a dataparallel.GradLayout of the global batch) for the all-reduce."""
+        raise NotImplementedError(f"the {self.name} backend has no data-parallel step")
+
+    def apply_grad_buffer(self, buf, X_global, Y) -> float:
+        """The second half: clipping and Adagrad from the all-reduced ``buf`` (identical on every rank), with the
+        step's global inputs X_global [B_g] and Y; returns the step's loss (the buffer's summed loss)."""
+        raise NotImplementedError(f"the {self.name} backend has no data-parallel step")
+
     @abstractmethod
     def reset_hidden(self) -> None: ...
 

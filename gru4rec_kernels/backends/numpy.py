@@ -36,6 +36,30 @@ class NumpyBackend(Backend):
         loss, self.H = ref.train_step(self.params, self.opt, self.cfg, H, self.step_inputs(X, Y, active, reset, step))
         return loss
 
+    def grad_layout(self):
+        from ..dataparallel import GradLayout
+        if getattr(self, "_grad_layout", None) is None:
+            self._grad_layout = GradLayout.build(self.cfg, self.n_items)
+        return self._grad_layout
+
+    def grad_step(self, X, Y, active, reset, step, row0, col_active, buf):
+        B, Bg = len(X), len(col_active)
+        H = self._hidden(B)
+        emb, hidden = self.dropout_masks(step, Bg)  # the global step's masks; this rank's rows of them
+        rows = slice(row0, row0 + B)
+        st = StepInputs(X=np.asarray(X, np.int64), Y=np.asarray(Y, np.int64), active=np.asarray(active, bool),
+                        reset=np.asarray(reset, bool), emb_mask=None if emb is None else emb[rows],
+                        hidden_masks=None if hidden is None else [m[rows] for m in hidden],
+                        col_logq=self.col_logq(np.asarray(Y), Bg), row0=int(row0),
+                        col_active=np.asarray(col_active, bool))
+        loss, g, self.H = ref.step_grads(self.params, self.cfg, H, st)
+        self.grad_layout().pack(buf, loss, g, row0)
+
+    def apply_grad_buffer(self, buf, X_global, Y):
+        loss, g = self.grad_layout().unpack(buf, X_global, Y)
+        ref.apply_grads(self.params, self.opt, self.cfg, g)
+        return loss
+
     def reset_hidden(self):
         self.H = None
 
