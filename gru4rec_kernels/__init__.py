@@ -3,9 +3,10 @@
 numba.cuda kernels on CuPy arrays for the GPU, a Numba parallel backend for the CPU, and a readable numpy
 reference that is the oracle for both. ``import gru4rec_kernels`` never imports cupy or numba.cuda.
 """
-from ._cache import refresh_numba_cache
+from ._cache import lock_numba_cache, refresh_numba_cache
 
 refresh_numba_cache()  # before any jitted module loads a cache entry
+lock_numba_cache()
 
 from .baselines import POP, SPOP, ItemKNN
 from .config import TrainConfig

@@ -76,8 +76,8 @@ def _available_layers():
 
 
 @pytest.mark.skipif(bool(os.environ.get("PYTEST_XDIST_WORKER")),
-                    reason="runs serially (.ci/run runs this file on its own): under pytest-xdist the other worker "
-                           "compiles and rewrites the same Numba caches while the soak's subprocess loads them")
+                    reason="runs serially (.ci/run runs this file on its own): a soak of 8 client threads must not "
+                           "share the cores with other test workers")
 @pytest.mark.parametrize("layer", _available_layers())
 def test_eight_clients_under_every_threading_layer(layer):
     env = dict(os.environ, NUMBA_THREADING_LAYER=layer)
