@@ -9,6 +9,7 @@ import os
 import tempfile
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .data import missing_columns_error, read_csv_checked, to_ids, to_int_ids, to_times
@@ -69,23 +70,43 @@ def split_by_sessions(df: pd.DataFrame, n_sessions: int, min_session_length: int
 
 
 def validation_split(data, days: float | None = None, sessions: int | None = None):
-    """(train, valid) SessionData cut off the end of ``data`` the official way: the sessions that end in the
-    last ``days`` days (time in seconds), or the last ``sessions`` sessions. For early stopping:
-    ``Trainer(cfg).fit(*validation_split(train, days=1), patience=2)``."""
-    from .data import SessionData
+    """(train, valid) SessionData cut off the end of ``data`` the official way (``split_by_time`` /
+    ``split_by_sessions``): the sessions that end in the last ``days`` days (time in seconds), or the last
+    ``sessions`` sessions; valid events whose item is not in train are dropped, then valid sessions shorter than
+    2. For early stopping: ``Trainer(cfg).fit(*validation_split(train, days=1), patience=2)``.
+
+    Works on the arrays (no DataFrame), so a memory-mapped ``SessionData.open`` log is split without copying it
+    into pandas. train has the item map of its own events; valid is expressed in train's item map."""
     if (days is None) == (sessions is None):
         raise ValueError("give exactly one of days= or sessions=")
-    df = data.to_pandas()
+    lengths = data.session_lengths()
+    ends = np.full(data.n_sessions, -np.inf)
+    nonempty = lengths > 0
+    ends[nonempty] = data.times[data.offsets[1:][nonempty] - 1]  # times ascend within a session
     if days is not None:
-        tr, va = split_by_time(df, days=days, min_session_length=2)
+        is_valid = ends >= data.times.max(initial=-np.inf) - days * _DAY
         what = f"the last {days} day(s)"
     else:
-        tr, va = split_by_sessions(df, sessions)
+        if isinstance(sessions, bool) or not isinstance(sessions, int) or sessions < 1:
+            raise ValueError(f"sessions must be a positive int; got {sessions!r}")
+        is_valid = np.zeros(data.n_sessions, dtype=bool)
+        is_valid[np.argsort(ends, kind="stable")[-sessions:]] = True
         what = f"the last {sessions} session(s)"
-    if len(va) == 0 or len(tr) == 0:
-        raise ValueError(f"splitting {what} off the data left {'no validation' if len(va) == 0 else 'no training'} "
+    train_events = np.repeat(~is_valid, lengths)
+    used = np.zeros(data.n_items, dtype=bool)
+    used[data.items[train_events]] = True
+    new_index = np.cumsum(used, dtype=np.int64) - 1  # item index in train's map
+    n_train = int(train_events.sum())
+    valid = None
+    if n_train:
+        train = data._subset(train_events, ~is_valid, data.item_ids[used], new_index[data.items].astype(np.int32))
+        rest = data._subset(~train_events, is_valid, data.item_ids, data.items)
+        if rest.n_events:
+            valid, _ = rest.remap(train.item_ids, allow_empty=True)
+    if n_train == 0 or valid is None or valid.n_events == 0:
+        raise ValueError(f"splitting {what} off the data left {'no training' if n_train == 0 else 'no validation'} "
                          "events (is Time in seconds?)")
-    return SessionData.from_pandas(tr), SessionData.from_pandas(va)
+    return train, valid
 
 
 def preprocess(df: pd.DataFrame, session_key: str = "SessionId", item_key: str = "ItemId",

@@ -178,3 +178,33 @@ def test_validation_split_by_days_and_sessions():
     assert set(va.session_ids) == {37, 38, 39}
     with pytest.raises(ValueError, match="exactly one"):
         validation_split(d)
+
+
+def test_validation_split_on_arrays_equals_the_official_frame_split(tmp_path, monkeypatch):
+    """validation_split works on the arrays (a memory-mapped log is never turned into a DataFrame) and keeps
+    exactly the events, sessions and order of the official DataFrame splits; valid is in train's item map."""
+    import pandas as pd
+
+    from gru4rec_kernels.preprocess import split_by_sessions, split_by_time, validation_split
+    rng = np.random.default_rng(5)
+    rows = []
+    for s in range(300):  # uneven sessions, some one-event, times overlapping between sessions
+        t0 = rng.uniform(0, 6 * 86400)
+        for k in range(int(rng.integers(1, 7))):
+            rows.append((s, int(rng.zipf(1.6)) % 200, t0 + 60 * k))
+    df = pd.DataFrame(rows, columns=["SessionId", "ItemId", "Time"])
+    data = g.SessionData.from_pandas(df)
+    data.save(tmp_path / "log")
+    mapped = g.SessionData.open(tmp_path / "log")
+    monkeypatch.setattr(g.SessionData, "to_pandas", lambda self: pytest.fail("validation_split used pandas"))
+    for kw, official in (({"days": 1.0}, lambda f: split_by_time(f, days=1.0)),
+                         ({"sessions": 40}, lambda f: split_by_sessions(f, 40))):
+        tr, va = validation_split(mapped, **kw)
+        want_tr, want_va = (g.SessionData.from_pandas(f) for f in official(df))
+        np.testing.assert_array_equal(tr.item_ids, want_tr.item_ids)
+        for got, want in ((tr, want_tr), (va, want_va)):
+            np.testing.assert_array_equal(got.session_ids, want.session_ids)
+            np.testing.assert_array_equal(got.offsets, want.offsets)
+            np.testing.assert_array_equal(got.times, want.times)
+            np.testing.assert_array_equal(got.item_ids[got.items], want.item_ids[want.items])
+        np.testing.assert_array_equal(va.item_ids, tr.item_ids)
