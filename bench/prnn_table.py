@@ -2,14 +2,16 @@
 at equal total and at equal per-subnet hidden size, on DIGINETICA with its item categories.
 
     python bench/prnn_table.py [--dataset diginetica] [--backend auto] [--epochs 2] [--hidden 64]
-        [--max-train-events 200000] [--loss bpr-max] [--n-sample 2048] [--models ...] [--no-ablation] [--out PATH]
+        [--max-train-events N] [--max-test-sessions K] [--loss bpr-max] [--n-sample 2048] [--models ...]
+        [--no-ablation] [--out PATH]
 
 - Data: ``$GRU4REC_DATA`` (default ../shared/data next to the repo root), diginetica_srgnn: train_sessions /
   test_sessions (no times: the global row number is the time, as bench/train_throughput.py) and
   item_categories.tsv.gz (43,097 items, 995 categories, one-hot CSR: docs/prnn.md section 1). Skipped cleanly
   (exit 0) when absent. ``--max-train-events N`` trains on the most recent whole sessions holding at most N
   events (those nearest the test week), with that subset's own item map; test events whose item the subset
-  never saw are dropped by the protocol and counted (``unknown_events``). ``--dataset synthetic``:
+  never saw are dropped by the protocol and counted (``unknown_events``); ``--max-test-sessions K`` evaluates on
+  a random sample (seed 0) of K whole test sessions. ``--dataset synthetic``:
   ``synthetic.generate_category_clicks`` (its last 20% of sessions as the test split), for the test and demos.
 - Settings: the official DIGINETICA paramfile (diginetica_bprmax_shared_best.py, bench/train_throughput.PARAMS)
   with ``layers``, ``n_epochs``, ``loss`` and ``n_sample`` from the options; ``--loss cross-entropy`` uses the
@@ -92,6 +94,15 @@ def most_recent_sessions(df: pd.DataFrame, max_events: int | None) -> pd.DataFra
     return df.iloc[first:]
 
 
+def sample_sessions(df: pd.DataFrame, max_sessions: int | None, seed: int = 0) -> pd.DataFrame:
+    """A seeded random sample of ``max_sessions`` whole sessions of ``df`` (all of it when None), in file order."""
+    ids = df["SessionId"].unique()
+    if max_sessions is None or max_sessions >= ids.size:
+        return df
+    keep = np.random.default_rng(seed).choice(ids, max_sessions, replace=False)
+    return df[df["SessionId"].isin(keep)]
+
+
 def load(args):
     """(train SessionData, test SessionData, category ItemFeatures, description) or None when the data is absent."""
     from gru4rec_kernels import SessionData
@@ -103,6 +114,7 @@ def load(args):
         last = clicks["SessionId"].unique()[int(0.8 * clicks["SessionId"].nunique()):]
         df_train, df_test = clicks[~clicks["SessionId"].isin(last)], clicks[clicks["SessionId"].isin(last)]
         df_train = most_recent_sessions(df_train, args.max_train_events)
+        df_test = sample_sessions(df_test, args.max_test_sessions)
         train, test = SessionData.from_pandas(df_train), SessionData.from_pandas(df_test)
         cat = ItemFeatures.from_frame(cats, train.item_ids, item_key="ItemId", name="category")
         source = "synthetic.generate_category_clicks(n_categories=10, seed=1): last 20% of sessions = test"
@@ -113,14 +125,18 @@ def load(args):
         if df_train is None or not os.path.exists(cat_path):
             return None
         full = (len(df_train), df_train["SessionId"].nunique())
+        full_test = df_test["SessionId"].nunique()
         df_train = most_recent_sessions(df_train, args.max_train_events)
+        df_test = sample_sessions(df_test, args.max_test_sessions)
         train, test = SessionData.from_pandas(df_train), SessionData.from_pandas(df_test)
         cat = read_item_features(cat_path, train.item_ids, item_key="item_id", categorical=["category_id"],
                                  name="category")
-        source = (f"{tt.data_dir()}/diginetica_srgnn (train {full[0]:,} events / {full[1]:,} sessions; the "
-                  "global row number is the time)")
+        source = (f"{tt.data_dir()}/diginetica_srgnn (train {full[0]:,} events / {full[1]:,} sessions, test "
+                  f"{full_test:,} sessions; the global row number is the time)")
     desc = {"source": source, "max_train_events": args.max_train_events,
             "subset": "all" if args.max_train_events is None else "the most recent whole sessions",
+            "max_test_sessions": args.max_test_sessions,
+            "test_subset": "all" if args.max_test_sessions is None else "a random sample of whole sessions (seed 0)",
             "train": {"events": int(train.n_events), "sessions": int(train.n_sessions), "items": int(train.n_items)},
             "test": {"events": int(test.n_events), "sessions": int(test.n_sessions)},
             "features": {"name": cat.name, "shape": list(cat.matrix.shape), "kind": "sparse" if cat.sparse else "dense",
@@ -255,6 +271,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden", type=int, default=64, help="H: the one-subnet models' units; p-RNN H/2+H/2 and H+H")
     ap.add_argument("--max-train-events", type=int, default=None, help="train on the most recent whole sessions "
                     "holding at most this many events")
+    ap.add_argument("--max-test-sessions", type=int, default=None, help="evaluate on a random sample (seed 0) "
+                    "of this many whole test sessions (evaluation on the numpy backend costs as much as training)")
     ap.add_argument("--loss", choices=("bpr-max", "cross-entropy"), default="bpr-max")
     ap.add_argument("--n-sample", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=None, help="default: the paramfile's (128)")

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
 import prnn_table  # noqa: E402
 
 TINY = ["--dataset", "synthetic", "--synthetic-items", "150", "--synthetic-sessions", "200", "--hidden", "6",
-        "--n-sample", "8", "--batch-size", "8", "--epochs", "2", "--backend", "numpy"]
+        "--n-sample", "8", "--batch-size", "8", "--epochs", "2", "--backend", "numpy", "--max-test-sessions", "30"]
 MODELS = ["id", "concat", "prnn-residual-total", "prnn-interleaving-per-subnet"]
 
 
