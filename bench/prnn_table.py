@@ -51,6 +51,11 @@ CUTOFF = 20
 CATEGORIES = "diginetica_srgnn/item_categories.tsv.gz"
 
 
+def thread_env() -> dict:
+    """The thread-count variables of the run (part of the command: they change the numpy backend's speed)."""
+    return {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+
+
 def machine() -> dict:
     """The CPU, library versions and BLAS threads (train_throughput.machine_info without its torch import, which
     costs seconds and has no part here)."""
@@ -131,8 +136,8 @@ def load(args):
         train, test = SessionData.from_pandas(df_train), SessionData.from_pandas(df_test)
         cat = read_item_features(cat_path, train.item_ids, item_key="item_id", categorical=["category_id"],
                                  name="category")
-        source = (f"{tt.data_dir()}/diginetica_srgnn (train {full[0]:,} events / {full[1]:,} sessions, test "
-                  f"{full_test:,} sessions; the global row number is the time)")
+        source = (f"{os.path.normpath(tt.data_dir())}/diginetica_srgnn (train {full[0]:,} events / {full[1]:,} "
+                  f"sessions, test {full_test:,} sessions; the global row number is the time)")
     desc = {"source": source, "max_train_events": args.max_train_events,
             "subset": "all" if args.max_train_events is None else "the most recent whole sessions",
             "max_test_sessions": args.max_test_sessions,
@@ -300,9 +305,10 @@ def main(argv=None) -> int:
     train, test, cat, desc = loaded
     cfg = config(args)
     res = {"kind": "MEASURED (CPU)" if backend != "cuda" else "MEASURED",
-           "command": "python bench/prnn_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "command": "".join(f"{k}={v} " for k, v in thread_env().items() if v is not None)
+           + "python bench/prnn_table.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "commit": tt.commit(), "uptime_at_start": uptime(), "machine": machine(), "backend": backend,
-           "env": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS")},
+           "env": thread_env(),
            "data": desc, "config": cfg.to_dict(),
            "param_source": f"official paramfiles/{tt.PARAMS['diginetica'][0]} with layers, n_epochs, loss, "
                            "n_sample from the options" + ("; final_act linear (cross-entropy)"
