@@ -272,6 +272,24 @@ def check_model_kind(ck: dict, prnn, features: list | None) -> None:
                                   f"(field: (checkpoint, now)): {diff}")
 
 
+def check_phase_plan(ck: dict, prnn, n_epochs: int) -> None:
+    """A p-RNN resumed with another ``n_epochs`` (train longer) must keep the phases of the epochs it has begun:
+    residual training's default plan splits n_epochs among the subnets, so growing it can move epochs already
+    trained into another phase, and the run would then match no uninterrupted run. Refused, naming the plans."""
+    old_n = ck["cfg"].n_epochs
+    if prnn is None or old_n == n_epochs:
+        return
+    begun = range(min(ck["epoch"], old_n, n_epochs))
+    was = [prnn.phase(e, 0, old_n) for e in begun]
+    now = [prnn.phase(e, 0, n_epochs) for e in begun]
+    if was != now:
+        raise CheckpointError(
+            f"checkpoint {ck['path']!r}: with n_epochs {n_epochs} instead of {old_n} the {prnn.strategy} phases "
+            f"of the epochs already trained change (trained subnet per epoch {[p.trainable for p in was]} -> "
+            f"{[p.trainable for p in now]}; phase epochs {list(prnn.phase_epochs(old_n))} -> "
+            f"{list(prnn.phase_epochs(n_epochs))}): resume with n_epochs {old_n}, or start a new run")
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     """A PRNNConfig's dict with the subnets' fields as ``subnets[k].field`` keys (to name a difference)."""
     out = {}

@@ -128,6 +128,7 @@ class Trainer:
         if resume is not None:
             state = ckpt.load(resume)
             ckpt.check_model_kind(state, self.prnn, feature_ids)
+            ckpt.check_phase_plan(state, self.prnn, cfg.n_epochs)
             if state["cfg"].replace(n_epochs=cfg.n_epochs) != cfg:
                 diff = {k: (v, getattr(cfg, k)) for k, v in state["cfg"].to_dict().items()
                         if getattr(cfg, k) != v and k != "n_epochs"}

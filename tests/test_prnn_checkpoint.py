@@ -83,6 +83,20 @@ def test_resume_then_train_longer_equals_the_longer_run(data, tmp_path):
     assert_same_run(longer, trainer(small_cfg(n_epochs=2), prnn, cat).fit(train))
 
 
+def test_train_longer_keeps_the_residual_phases_already_trained(data, tmp_path):
+    """Residual's default plan splits n_epochs: 2 epochs are (1, 1), 4 are (2, 2). After epoch 1 (phase 0 under
+    both) resuming with 4 epochs equals the 4-epoch run; after epoch 2 (trained as phase 1, phase 0 under 4
+    epochs) it is refused, naming the plans."""
+    train, cat, _ = data
+    prnn = prnn_of("residual")
+    trainer(small_cfg(n_epochs=2), prnn, cat).fit(train, checkpoint_dir=tmp_path, keep_checkpoints=10)
+    after1, after2 = ckpt.list_checkpoints(str(tmp_path))
+    longer = trainer(small_cfg(n_epochs=4), prnn, cat).fit(train, resume=after1)
+    assert_same_run(longer, trainer(small_cfg(n_epochs=4), prnn, cat).fit(train))
+    with pytest.raises(ckpt.CheckpointError, match=r"residual phases .* \[\(0,\), \(1,\)\] -> \[\(0,\), \(0,\)\]"):
+        trainer(small_cfg(n_epochs=4), prnn, cat).fit(train, resume=after2)
+
+
 @pytest.fixture(scope="module")
 def written(data, tmp_path_factory):
     """(p-RNN checkpoint, GRU4Rec checkpoint) of the same TrainConfig and data, at the end of epoch 1."""
