@@ -7,6 +7,13 @@ metadata the config, the position (epoch, global step, epoch-partial loss sums),
 the history and a fingerprint of the training data. Files are named ``ckpt-<global step>.safetensors``;
 writing is temporary file + fsync + rename + fsync of the directory, so a kill at any moment leaves the
 previous checkpoint intact; the last ``keep`` are kept.
+
+A p-RNN checkpoint (format version 2; GRU4Rec checkpoints are still written as version 1) holds the same under
+the PRNNLayout's parameter names, the hidden state flattened (subnet 0's layers, then subnet 1's, ...), and in
+its metadata the PRNNConfig (``prnn``) and the identity of the item features (``features``: name, kind, shape,
+columns and the CRC32 of the arrays, as the model file's ``features`` entries, without the arrays: the resumed
+run brings its features, and ``check_model_kind`` refuses other ones). A reader that predates p-RNN refuses the
+file as a newer version.
 """
 from __future__ import annotations
 
@@ -29,7 +36,12 @@ from .modelfile import (
 )
 
 CKPT_FORMAT = "gru4rec-kernels-checkpoint"
-CKPT_VERSION = 1
+GRU4REC_VERSION = 1  # what GRU4Rec checkpoints are written as (unchanged since the first)
+PRNN_VERSION = 2  # p-RNN checkpoints: an older reader refuses them as a newer version
+CKPT_VERSION = PRNN_VERSION  # the newest version this reader reads
+# the fields of a feature entry that say which features a p-RNN was trained on (n_missing / n_unknown follow
+# from the matrix and the catalogue file, not the model)
+FEATURE_IDENTITY = ("kind", "shape", "columns", "crc32")
 
 # Tests set this to a callable to kill the process in the middle of a checkpoint write.
 _mid_write_hook = None
@@ -51,10 +63,18 @@ def data_fingerprint(data) -> str:
     return f"{data.n_events}:{data.n_sessions}:{data.n_items}:{crc:08x}"
 
 
+def feature_entries(features: dict) -> list:
+    """The identity of a p-RNN's feature sources (name, kind, shape, columns, counts, CRC32 of the arrays), as the
+    model file's ``features`` metadata, without the arrays."""
+    from .modelfile import encode_features
+    return encode_features(features)[1]
+
+
 def save(ckpt_dir: str, *, cfg: TrainConfig, params: dict, opt: dict, hidden: list, sched_state: dict | None,
          sampler_state: dict | None, epoch: int, step: int, partial: dict, history: list, fingerprint: str,
-         keep: int = 3) -> str:
-    """Write ckpt-<step>.safetensors into ckpt_dir atomically; drop all but the last ``keep``. Returns the path."""
+         keep: int = 3, prnn=None, features: list | None = None) -> str:
+    """Write ckpt-<step>.safetensors into ckpt_dir atomically; drop all but the last ``keep``. Returns the path.
+    A p-RNN's checkpoint adds its PRNNConfig ``prnn`` and ``features`` (``feature_entries`` of its sources)."""
     os.makedirs(ckpt_dir, exist_ok=True)
     tensors = {k: v for k, v in params.items()}
     for s in ("acc", "mom"):
@@ -69,11 +89,14 @@ def save(ckpt_dir: str, *, cfg: TrainConfig, params: dict, opt: dict, hidden: li
                 tensors[f"sched.{k}"] = v.astype(np.int64)
             else:
                 sched_scalars[k] = int(v)
-    meta = {"format": CKPT_FORMAT, "format_version": CKPT_VERSION, "config": cfg.to_json(),
+    version = GRU4REC_VERSION if prnn is None else PRNN_VERSION
+    meta = {"format": CKPT_FORMAT, "format_version": version, "config": cfg.to_json(),
             "epoch": epoch, "step": step, "partial": json.dumps(partial), "history": json.dumps(history, default=float),
             "sampler": json.dumps(sampler_state), "sched": json.dumps(sched_scalars if sched_state is not None
                                                                       else None),
             "fingerprint": fingerprint, "n_hidden": len(hidden)}
+    if prnn is not None:
+        meta.update(prnn=prnn.to_json(), features=json.dumps(features or []))
     chunks = encode_safetensors(tensors, meta)
     path = os.path.join(ckpt_dir, f"ckpt-{step:012d}.safetensors")
 
@@ -126,6 +149,13 @@ def load(path: str) -> dict:
         }
         n_hidden = int(meta["n_hidden"])
         sched_scalars = json.loads(meta["sched"])
+        out["prnn"] = out["features"] = None
+        if "prnn" in meta:
+            from .prnn_config import PRNNConfig
+            out["prnn"] = PRNNConfig.from_json(meta["prnn"])
+            out["features"] = json.loads(meta["features"])
+            if not isinstance(out["features"], list) or not all(isinstance(e, dict) for e in out["features"]):
+                raise ValueError("'features' is not a list of entries")
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path!r} has invalid metadata: {e}") from None
     out["opt"] = {"acc": {}, "mom": {}}
@@ -159,10 +189,16 @@ def _check_contents(ck: dict, path: str) -> None:
     params = ck["params"]
     if "Wy" not in params or np.ndim(params["Wy"]) != 2:
         bad("missing or malformed tensor 'Wy'")
+    n_items = int(params["Wy"].shape[0])
     try:
-        want = {sp.name: sp.shape for sp in param_specs(ck["cfg"], int(params["Wy"].shape[0]))}
-    except ValueError as e:
+        if ck["prnn"] is None:
+            specs, widths = param_specs(ck["cfg"], n_items), list(ck["cfg"].layers)
+        else:
+            layout = _stored_layout(ck["cfg"], ck["prnn"], n_items, ck["features"])
+            specs, widths = layout.param_specs(), [h for sub in layout.subnets for h in sub.layers]
+    except (ValueError, TypeError) as e:
         bad(str(e))
+    want = {sp.name: sp.shape for sp in specs}
     for what, group in (("parameter", params), ("Adagrad accumulator", ck["opt"]["acc"])):
         if set(group) != set(want):
             bad(f"{what} tensors {sorted(group)} do not match the config's {sorted(want)}")
@@ -176,9 +212,92 @@ def _check_contents(ck: dict, path: str) -> None:
                 bad(f"tensor {k!r} holds NaN or Inf")
     hidden = ck["hidden"]
     if hidden:
-        if len(hidden) != len(ck["cfg"].layers):
-            bad(f"{len(hidden)} hidden-state tensors for {len(ck['cfg'].layers)} layers")
+        if len(hidden) != len(widths):
+            bad(f"{len(hidden)} hidden-state tensors for {len(widths)} layers")
         rows = hidden[0].shape[0] if hidden[0].ndim == 2 else -1
-        for h, units in zip(hidden, ck["cfg"].layers):
+        for h, units in zip(hidden, widths):
             if h.ndim != 2 or h.shape != (rows, units):
                 bad(f"a hidden-state tensor is {h.shape}; expected ({rows}, {units})")
+
+
+def _stored_layout(cfg: TrainConfig, prnn, n_items: int, entries: list):
+    """The PRNNLayout a p-RNN checkpoint's tensors must follow, from its stored config and feature entries: the
+    parameter shapes need each source's kind and width only, so zero matrices of the stored shapes (no memory:
+    an empty CSR, a zero-stride array) stand in for the features."""
+    import scipy.sparse as sps
+
+    from .features import ItemFeatures
+    from .prnn_layout import PRNNLayout
+    stand_ins = []
+    for e in entries:
+        try:
+            name, kind, (n, d) = str(e["name"]), e["kind"], (int(v) for v in e["shape"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"malformed features entry {e!r}") from None
+        if kind not in ("sparse", "dense") or n < 0 or d < 0:
+            raise ValueError(f"malformed features entry {e!r}")
+        m = sps.csr_matrix((n, d), dtype=np.float32) if kind == "sparse" else np.broadcast_to(np.float32(0), (n, d))
+        stand_ins.append(ItemFeatures(name=name, matrix=m, item_ids=np.zeros(0)))
+    return PRNNLayout(cfg, prnn, n_items, stand_ins)
+
+
+def check_model_kind(ck: dict, prnn, features: list | None) -> None:
+    """Refuse a checkpoint of another kind of model than the run resuming it: a GRU4Rec checkpoint for a p-RNN
+    run or the reverse, another PRNNConfig, or other item features (``features``: the run's
+    ``feature_entries``). The message names the difference."""
+    path = ck["path"]
+    if ck["prnn"] is None and prnn is not None:
+        raise CheckpointError(f"checkpoint {path!r} is a GRU4Rec checkpoint; this run trains a p-RNN "
+                              f"({prnn.architecture}, strategy {prnn.strategy!r}): resume it without prnn=")
+    if ck["prnn"] is not None and prnn is None:
+        raise CheckpointError(f"checkpoint {path!r} is a p-RNN checkpoint ({ck['prnn'].architecture}, strategy "
+                              f"{ck['prnn'].strategy!r}); this run trains GRU4Rec: resume it with its prnn= and "
+                              "features=")
+    if prnn is None:
+        return
+    if ck["prnn"] != prnn:
+        was, now = _flat(ck["prnn"].to_dict()), _flat(prnn.to_dict())
+        diff = {k: (was.get(k), now.get(k)) for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)}
+        raise CheckpointError(f"checkpoint {path!r} was written with another p-RNN config (field: (checkpoint, "
+                              f"now)): {diff}")
+    was = {e.get("name"): e for e in ck["features"]}
+    now = {e["name"]: e for e in features or []}
+    if set(was) != set(now):
+        raise CheckpointError(f"checkpoint {path!r} was trained on feature source(s) {sorted(was)}; this run "
+                              f"gives {sorted(now)}")
+    for name, e in now.items():
+        diff = {k: (was[name].get(k), e[k]) for k in FEATURE_IDENTITY if was[name].get(k) != e[k]}
+        if diff:
+            raise CheckpointError(f"checkpoint {path!r} was trained on other features {name!r} than this run's "
+                                  f"(field: (checkpoint, now)): {diff}")
+
+
+def check_phase_plan(ck: dict, prnn, n_epochs: int) -> None:
+    """A p-RNN resumed with another ``n_epochs`` (train longer) must keep the phases of the epochs it has begun:
+    residual training's default plan splits n_epochs among the subnets, so growing it can move epochs already
+    trained into another phase, and the run would then match no uninterrupted run. Refused, naming the plans."""
+    old_n = ck["cfg"].n_epochs
+    if prnn is None or old_n == n_epochs:
+        return
+    begun = range(min(ck["epoch"], old_n, n_epochs))
+    was = [prnn.phase(e, 0, old_n) for e in begun]
+    now = [prnn.phase(e, 0, n_epochs) for e in begun]
+    if was != now:
+        raise CheckpointError(
+            f"checkpoint {ck['path']!r}: with n_epochs {n_epochs} instead of {old_n} the {prnn.strategy} phases "
+            f"of the epochs already trained change (trained subnet per epoch {[p.trainable for p in was]} -> "
+            f"{[p.trainable for p in now]}; phase epochs {list(prnn.phase_epochs(old_n))} -> "
+            f"{list(prnn.phase_epochs(n_epochs))}): resume with n_epochs {old_n}, or start a new run")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A PRNNConfig's dict with the subnets' fields as ``subnets[k].field`` keys (to name a difference)."""
+    out = {}
+    for k, v in d.items():
+        if k == "subnets" and isinstance(v, list):
+            out[f"{prefix}subnets"] = len(v)
+            for i, sub in enumerate(v):
+                out.update({f"subnets[{i}].{f}": x for f, x in sub.items()})
+        else:
+            out[k] = v
+    return out

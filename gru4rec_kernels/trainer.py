@@ -114,11 +114,10 @@ class Trainer:
         if not np.any(np.diff(train.offsets) >= 2):
             raise ValueError("train has no session with 2 or more events: nothing to learn from")
         every = self._check_checkpoint_args(checkpoint_dir, checkpoint_every, keep_checkpoints)
-        layout = None
+        layout = feature_ids = None
         if self.prnn is not None:
-            if every is not None or resume is not None:
-                raise ValueError("checkpoints of a p-RNN are not built yet: train it without checkpoint_dir / resume")
             layout = self._prnn_layout(train)
+            feature_ids = ckpt.feature_entries(layout.features)  # what a p-RNN checkpoint must match
         else:
             check_memory(self.cfg, train.n_items)
         eval_cutoffs, metric = check_early_stopping(valid, eval_cutoffs, patience, metric)
@@ -128,6 +127,8 @@ class Trainer:
         state = None
         if resume is not None:
             state = ckpt.load(resume)
+            ckpt.check_model_kind(state, self.prnn, feature_ids)
+            ckpt.check_phase_plan(state, self.prnn, cfg.n_epochs)
             if state["cfg"].replace(n_epochs=cfg.n_epochs) != cfg:
                 diff = {k: (v, getattr(cfg, k)) for k, v in state["cfg"].to_dict().items()
                         if getattr(cfg, k) != v and k != "n_epochs"}
@@ -179,7 +180,8 @@ class Trainer:
                 checkpoint_dir, cfg=cfg, params=be.get_params(), opt=be.get_opt_state(), hidden=be.get_hidden(),
                 sched_state=None if sched_ is None else sched_.state(),
                 sampler_state=None if sampler is None else sampler.state(), epoch=epoch, step=step_box[0],
-                partial=partial_ or {}, history=history, fingerprint=fingerprint, keep=keep_checkpoints)
+                partial=partial_ or {}, history=history, fingerprint=fingerprint, keep=keep_checkpoints,
+                prnn=self.prnn, features=feature_ids)
 
         self._warmup(be)
         step_box = [step]

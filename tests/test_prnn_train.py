@@ -287,9 +287,6 @@ def test_bad_input(data):
                                      name="category")
     with pytest.raises(ValueError, match="other item ids"):
         fit(train, small_cfg(), prnn, [other])
-    with pytest.raises(ValueError, match="checkpoints of a p-RNN"):
-        Trainer(small_cfg(), backend="numpy", show_progress=False, prnn=prnn, features=cat).fit(
-            train, checkpoint_dir="/tmp")
     # feature ids unknown to the clicks: dropped and counted, the model trains
     import pandas as pd
     *_, cats = data
