@@ -231,12 +231,15 @@ class Trainer:
             rows = agree(comm, "checking the global batch", lambda: lane_slice(comm.rank, comm.size, cfg.batch_size))
             every, layout, eval_cutoffs, metric, support, fingerprint, state, params = agree(
                 comm, "preparing the training (arguments, data, checkpoint)", setup)
-            seen = comm.allgather((fingerprint, cfg.to_json()), "comparing the ranks' data and config")
-            odd = [r for r, v in enumerate(seen) if v != seen[0]]
-            if odd:
-                raise raised_everywhere(ValueError(
-                    f"rank(s) {odd} train on other data or another config than rank 0 ({seen[odd[0]]} vs "
-                    f"{seen[0]}): every rank must read the same training data with the same config"))
+            seen = comm.allgather((fingerprint, cfg.to_dict()), "comparing the ranks' data and config")
+            for i, what in ((0, "training data (fingerprint"), (1, "config (")):
+                odd = [r for r, v in enumerate(seen) if v[i] != seen[0][i]]
+                if odd:
+                    a, b = seen[0][i], seen[odd[0]][i]
+                    diff = ({k: (a[k], b[k]) for k in a if a[k] != b[k]} if i else (a, b))
+                    raise raised_everywhere(ValueError(
+                        f"rank(s) {odd} have other {what} of rank 0 and rank {odd[0]}: {diff}): every rank must "
+                        f"train on the same data with the same config"))
         sampler = None
         logq_t = logq_s = None
         if cfg.n_sample > 0:
@@ -448,6 +451,9 @@ class Trainer:
         try:
             while True:
                 max_steps = self.chunk_steps if save is None else min(self.chunk_steps, every - since_ckpt)
+                check = self.replica_check_every
+                if self._dp_step is not None and check:  # chunks end at the replica checks' steps
+                    max_steps = min(max_steps, check - step_box[0] % check)
                 chunk = sched.next_chunk(max_steps)
                 if chunk is None:
                     break
@@ -472,8 +478,7 @@ class Trainer:
                 n_events += int(chunk.n_events)  # the global schedule's events: counted once, not per rank
                 n_steps += T
                 step_box[0] += T
-                check = self.replica_check_every
-                if self._dp_step is not None and check and step_box[0] // check > (step_box[0] - T) // check:
+                if self._dp_step is not None and check and step_box[0] % check == 0:
                     from .dataparallel import check_replicas
                     check_replicas(self.comm, be.get_params(), step_box[0])
                 since_ckpt += T
