@@ -356,6 +356,7 @@ class Trainer:
                                     best["step"])
         finally:
             be.close()
+            self._dp_step = None
             if sampler is not None:
                 sampler.close()
         model.history = history

@@ -72,6 +72,8 @@ def features(comm, out, args):
         def apply_grad_buffer(self, buf, X_global, Y):
             loss = super().apply_grad_buffer(buf, X_global, Y)
             self.n = getattr(self, "n", 0) + 1
+            if self.n == FAIL_STEP - 1:  # the ranks run in step now: a short timeout measures the failure alone
+                comm.timeout = args.fail_timeout
             if comm.rank == 1 and self.n == FAIL_STEP:
                 self.params["Wh0"][0, 0] += 1e-6
             return loss
@@ -91,14 +93,14 @@ def failing(comm, out, args):
     class Failing(NumpyBackend):
         def grad_step(self, *a):
             self.n = getattr(self, "n", 0) + 1
+            if self.n == FAIL_STEP - 1:  # the ranks run in step now: a short timeout measures the failure alone
+                comm.timeout = args.fail_timeout
             if comm.rank == 1 and self.n == FAIL_STEP:
                 if args.scenario == "raise":
                     raise RuntimeError("injected failure on rank 1")
                 time.sleep(600)
             super().grad_step(*a)
     tr.backend_class = lambda name: Failing
-    comm.barrier("start")  # the ranks are both up: from here on a short timeout measures the failure, not start-up
-    comm.timeout = args.fail_timeout
     tr.Trainer(case_cfg("ce-constrained-1"), backend="numpy", show_progress=False, comm=comm).fit(uneven_data())
     print(f"rank {comm.rank} finished: the failure did not stop the job", flush=True)
 
@@ -111,7 +113,7 @@ def main():
     ap.add_argument("--backend", default="numpy")
     ap.add_argument("--dtype", default="float64")
     ap.add_argument("--timeout", type=float, default=120.0)
-    ap.add_argument("--fail-timeout", type=float, default=300.0, help="the collective timeout from the failing run on")
+    ap.add_argument("--fail-timeout", type=float, default=300.0, help="the collective timeout from step 3 on")
     args = ap.parse_args()
     comm = MPIComm(timeout=args.timeout)
     {"equivalence": equivalence, "features": features, "raise": failing, "hang": failing}[args.scenario](
