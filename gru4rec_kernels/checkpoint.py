@@ -4,7 +4,9 @@ A checkpoint is a safetensors file (modelfile's encoder/decoder: the same checks
 the parameters, the Adagrad accumulators (``acc.<name>``) and momenta (``mom.<name>``), the training hidden
 state (``hidden.<l>``), the schedule's slot state (``sched.<field>``) when taken mid-epoch, and in its
 metadata the config, the position (epoch, global step, epoch-partial loss sums), the sampler's (refill, pos),
-the history and a fingerprint of the training data. Files are named ``ckpt-<global step>.safetensors``;
+the history, a fingerprint of the training data and the number of ranks that trained it (data parallelism:
+the hidden state is always the GLOBAL one, [batch_size, H] per layer, so any number of ranks that divides
+batch_size resumes it, one process included). Files are named ``ckpt-<global step>.safetensors``;
 writing is temporary file + fsync + rename + fsync of the directory, so a kill at any moment leaves the
 previous checkpoint intact; the last ``keep`` are kept.
 
@@ -72,9 +74,10 @@ def feature_entries(features: dict) -> list:
 
 def save(ckpt_dir: str, *, cfg: TrainConfig, params: dict, opt: dict, hidden: list, sched_state: dict | None,
          sampler_state: dict | None, epoch: int, step: int, partial: dict, history: list, fingerprint: str,
-         keep: int = 3, prnn=None, features: list | None = None) -> str:
+         keep: int = 3, prnn=None, features: list | None = None, n_ranks: int = 1) -> str:
     """Write ckpt-<step>.safetensors into ckpt_dir atomically; drop all but the last ``keep``. Returns the path.
-    A p-RNN's checkpoint adds its PRNNConfig ``prnn`` and ``features`` (``feature_entries`` of its sources)."""
+    A p-RNN's checkpoint adds its PRNNConfig ``prnn`` and ``features`` (``feature_entries`` of its sources);
+    ``n_ranks``: the data-parallel ranks that trained it (informational; the hidden state is the global one)."""
     os.makedirs(ckpt_dir, exist_ok=True)
     tensors = {k: v for k, v in params.items()}
     for s in ("acc", "mom"):
@@ -94,7 +97,7 @@ def save(ckpt_dir: str, *, cfg: TrainConfig, params: dict, opt: dict, hidden: li
             "epoch": epoch, "step": step, "partial": json.dumps(partial), "history": json.dumps(history, default=float),
             "sampler": json.dumps(sampler_state), "sched": json.dumps(sched_scalars if sched_state is not None
                                                                       else None),
-            "fingerprint": fingerprint, "n_hidden": len(hidden)}
+            "fingerprint": fingerprint, "n_hidden": len(hidden), "n_ranks": int(n_ranks)}
     if prnn is not None:
         meta.update(prnn=prnn.to_json(), features=json.dumps(features or []))
     chunks = encode_safetensors(tensors, meta)
@@ -146,6 +149,7 @@ def load(path: str) -> dict:
             "path": path, "cfg": cfg, "epoch": int(meta["epoch"]), "step": int(meta["step"]),
             "partial": json.loads(meta["partial"]), "history": json.loads(meta["history"]),
             "sampler": json.loads(meta["sampler"]), "fingerprint": meta["fingerprint"],
+            "n_ranks": int(meta.get("n_ranks", 1)),  # written since data parallelism; one process before
         }
         n_hidden = int(meta["n_hidden"])
         sched_scalars = json.loads(meta["sched"])
@@ -186,6 +190,8 @@ def _check_contents(ck: dict, path: str) -> None:
         raise CheckpointError(f"checkpoint {path!r}: {msg}")
     if ck["epoch"] < 0 or ck["step"] < 0:
         bad(f"negative epoch ({ck['epoch']}) or step ({ck['step']})")
+    if ck["n_ranks"] < 1:
+        bad(f"n_ranks is {ck['n_ranks']}")
     params = ck["params"]
     if "Wy" not in params or np.ndim(params["Wy"]) != 2:
         bad("missing or malformed tensor 'Wy'")

@@ -154,59 +154,114 @@ def _print_metrics(name: str, res: dict) -> None:
 
 # ------------------------------------------------------------------------------------------------ commands
 def cmd_train(args) -> int:
+    from .comm import is_everywhere, launched_ranks
+    if not args.distributed:
+        var, size = launched_ranks()
+        if size > 1:
+            raise ValueError(f"started as one of {size} MPI ranks ({var}={size}) without --distributed: every rank "
+                             f"would train the whole model alone and write the same files; add --distributed (data "
+                             f"parallelism over the ranks) or start one process")
+        return _train(args, None)
+    comm = _distributed_comm(args)
+    try:
+        return _train(args, comm)
+    except BaseException as e:
+        if not is_everywhere(e):  # this rank alone: the others may be waiting for it in a collective
+            import traceback
+            comm.abort(2, "".join(traceback.format_exception(e)) + f"gru4rec train: rank {comm.rank} of "
+                       f"{comm.size} failed ({type(e).__name__}: {e}): aborting the job")
+        if comm.rank == 0:
+            raise  # every rank has it: rank 0 reports it, the others end quietly with the same status
+        return 2
+
+
+def _distributed_comm(args):
+    """--distributed: the MPI world (mpiexec / srun), with NCCL for the gradient all-reduce on the cuda backend
+    (--comm). On the cpu backend, the ranks of a node split its cores."""
+    from .backends import resolve
+    from .comm import MPIComm, NCCLComm
+    if not args.collective_timeout > 0:
+        raise ValueError(f"--collective-timeout must be a positive number of seconds; got {args.collective_timeout}")
+    host = MPIComm(timeout=args.collective_timeout)
+    backend = resolve(args.backend)
+    kind = args.comm if args.comm != "auto" else ("nccl" if backend == "cuda" else "mpi")
+    if backend == "cpu":
+        import numba
+
+        from .tune import usable_cores
+        numba.set_num_threads(max(1, min(usable_cores() // host.local_size, numba.config.NUMBA_NUM_THREADS)))
+    return NCCLComm(host) if kind == "nccl" else host
+
+
+def _train(args, comm) -> int:
+    from .comm import agree
     from .evaluate import evaluate
     from .trainer import Trainer, check_early_stopping
-    cfg = config_from_args(args)
-    cutoffs = _check_cutoffs(args.cutoffs)
-    _output_file(args.save, "--save")
-    _output_file(args.json, "--json")
-    _output_dir(args.checkpoint_dir, "--checkpoint-dir")
-    if args.checkpoint_every is not None and not args.checkpoint_dir:
-        raise ValueError("--checkpoint-every needs --checkpoint-dir")
-    if args.resume is not None and not os.path.exists(args.resume):
-        raise FileNotFoundError(f"--resume: no such checkpoint file or folder: {args.resume}")
-    for path in [args.train, args.valid, *(args.test or [])]:
-        if path:
-            _input_file(path, "data file")
-    if args.train:
-        train = _load_data(args.train, args)
-        tests = {p: _load_data(p, args, like=train) for p in args.test or []}
-    else:
-        print("no --train given: using the built-in SYNTHETIC click log (gru4rec_kernels.synthetic)")
-        train, test = _default_data()
-        tests = {"synthetic test": test}
-    valid = _load_data(args.valid, args, like=train) if args.valid else None
-    eval_cutoffs, metric = check_early_stopping(valid, cutoffs, args.patience, args.metric)
-    every = args.checkpoint_every
-    if every is not None and every != "epoch":
-        try:
-            every = int(every)
-        except ValueError:
-            raise ValueError(f"--checkpoint-every must be 'epoch' or a number of steps; got {every!r}") from None
-    prnn, features = _prnn_from_args(args, train)
-    print(f"train: {train}  config: {cfg.to_json()}" + (f"  p-RNN: {prnn.to_json()}" if prnn else ""))
-    model = Trainer(cfg, backend=args.backend, show_progress=not args.no_progress, prnn=prnn,
-                    features=features).fit(
+    rank0 = comm is None or comm.rank == 0
+    say = print if rank0 else (lambda *a, **k: None)
+
+    def prepare():
+        cfg = config_from_args(args)
+        cutoffs = _check_cutoffs(args.cutoffs)
+        if rank0:  # rank 0 alone writes
+            _output_file(args.save, "--save")
+            _output_file(args.json, "--json")
+            _output_dir(args.checkpoint_dir, "--checkpoint-dir")
+        if args.checkpoint_every is not None and not args.checkpoint_dir:
+            raise ValueError("--checkpoint-every needs --checkpoint-dir")
+        if args.resume is not None and not os.path.exists(args.resume):
+            raise FileNotFoundError(f"--resume: no such checkpoint file or folder: {args.resume}")
+        for path in [args.train, args.valid, *(args.test or [])]:
+            if path:
+                _input_file(path, "data file")
+        if args.train:
+            train = _load_data(args.train, args)
+            tests = {p: _load_data(p, args, like=train) for p in args.test or []}
+        else:
+            say("no --train given: using the built-in SYNTHETIC click log (gru4rec_kernels.synthetic)")
+            train, test = _default_data()
+            tests = {"synthetic test": test}
+        valid = _load_data(args.valid, args, like=train) if args.valid else None
+        eval_cutoffs, metric = check_early_stopping(valid, cutoffs, args.patience, args.metric)
+        every = args.checkpoint_every
+        if every is not None and every != "epoch":
+            try:
+                every = int(every)
+            except ValueError:
+                raise ValueError(f"--checkpoint-every must be 'epoch' or a number of steps; got {every!r}") from None
+        prnn, features = _prnn_from_args(args, train)
+        dp = {} if comm is None else {"comm": comm, "replica_check_every": args.replica_check_every}
+        trainer = Trainer(cfg, backend=args.backend, show_progress=not args.no_progress, prnn=prnn,
+                          features=features, **dp)
+        return cfg, cutoffs, train, tests, valid, eval_cutoffs, metric, every, prnn, trainer
+
+    what = "checking the arguments and reading the data"
+    cfg, cutoffs, train, tests, valid, eval_cutoffs, metric, every, prnn, trainer = (
+        prepare() if comm is None else agree(comm, what, prepare))
+    say(f"train: {train}  config: {cfg.to_json()}" + (f"  p-RNN: {prnn.to_json()}" if prnn else "")
+        + (f"  distributed: {comm.size} ranks x {cfg.batch_size / comm.size:g} lanes ({comm.name})" if comm else ""))
+    model = trainer.fit(
         train, valid=valid, eval_cutoffs=eval_cutoffs, patience=args.patience, metric=metric,
         checkpoint_dir=args.checkpoint_dir, checkpoint_every=every, resume=args.resume)
     for rec in model.history:
-        print(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  {rec['mb_per_s']:.0f} mb/s  "
-              f"{rec['events_per_s']:.0f} events/s" + "".join(f"  {k} {v:.4f}" for k, v in rec.items()
-                                                                if k.startswith(("recall@", "mrr@", "ndcg@"))))
+        say(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  {rec['mb_per_s']:.0f} mb/s  "
+            f"{rec['events_per_s']:.0f} events/s" + "".join(f"  {k} {v:.4f}" for k, v in rec.items()
+                                                             if k.startswith(("recall@", "mrr@", "ndcg@"))))
     if model.best_epoch is not None and valid is not None:
-        print(f"best epoch by {metric} on --valid: {model.best_epoch}")
-    if args.save:
+        say(f"best epoch by {metric} on --valid: {model.best_epoch}")
+    if args.save and rank0:
         model.save(args.save)
-        print(f"saved {args.save}")
+        say(f"saved {args.save}")
     results = {}
     for name, test in tests.items():
-        res = evaluate(model, test, cutoffs=cutoffs, mode=args.mode, backend=args.backend)
-        _print_metrics(f"GRU4Rec [{name}]" if len(tests) > 1 else "GRU4Rec", res)
+        res = evaluate(model, test, cutoffs=cutoffs, mode=args.mode, backend=args.backend, comm=comm)
+        if rank0:
+            _print_metrics(f"GRU4Rec [{name}]" if len(tests) > 1 else "GRU4Rec", res)
         results[name] = res
-        if not args.train:
+        if not args.train and rank0:
             from .baselines import POP
             _print_metrics("POP", POP().fit(train).evaluate(test, cutoffs=cutoffs, mode=args.mode))
-    if args.json:
+    if args.json and rank0:
         out = {"history": model.history, "best_epoch": model.best_epoch}
         if len(results) == 1:
             out["test"] = next(iter(results.values()))
@@ -550,6 +605,7 @@ def cmd_ingest(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .comm import DEFAULT_TIMEOUT
     p = argparse.ArgumentParser(prog="gru4rec", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = p.add_subparsers(dest="command", required=True)
@@ -586,6 +642,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mode", default="standard", choices=["standard", "conservative", "median"])
     t.add_argument("--json", help="write history and test metrics as JSON here")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    dp = t.add_argument_group("data parallelism (docs/distributed.md; extra 'mpi')")
+    dp.add_argument("--distributed", action="store_true",
+                    help="under `mpiexec -n P` / `srun`: every rank runs batch_size / P lanes of the global batch "
+                         "and the gradients are summed each step (equal to one process at --batch-size); rank 0 "
+                         "prints and writes")
+    dp.add_argument("--comm", choices=["auto", "mpi", "nccl"], default="auto",
+                    help="the gradient all-reduce: MPI on host buffers, or NCCL on the GPU (auto: NCCL on the cuda "
+                         "backend)")
+    dp.add_argument("--collective-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                    help=f"a collective that not every rank joins within this time ends the job (default "
+                         f"{DEFAULT_TIMEOUT:g})")
+    dp.add_argument("--replica-check-every", type=int, default=1000, metavar="STEPS",
+                    help="compare the ranks' parameter checksums every this many steps (default 1000; and at "
+                         "every epoch end)")
     _add_data_options(t)
     _config_options(t)
     t.set_defaults(func=cmd_train)

@@ -260,7 +260,7 @@ def evaluate_scorer(score_prefixes, item_ids, test, cutoffs=(1, 5, 10, 20), mode
 
 
 def evaluate(model, test, cutoffs=(1, 5, 10, 20), mode: str = "standard", batch_size: int = 512,
-             backend: str = "auto", candidates=None, return_ranks: bool = False) -> dict:
+             backend: str = "auto", candidates=None, return_ranks: bool = False, comm=None) -> dict:
     """Recall@k and MRR@k of ``model`` on ``test`` (a SessionData), the official way.
 
     Returns {"recall" (= "hit_rate"), "mrr", "ndcg": {k: ..}, "n_events": evaluated events, "unknown_events":
@@ -271,12 +271,19 @@ def evaluate(model, test, cutoffs=(1, 5, 10, 20), mode: str = "standard", batch_
     A target that is not a candidate cannot be recommended: it is a miss (rank inf) at every cutoff, counted in
     "targets_outside_candidates". ``cutoffs``: a sequence of positive ints.
     The baselines run the same protocol through ``evaluate_scorer`` (same preparation, ranks and metrics).
+    ``comm``: a Communicator (comm.py) of several ranks shards the test sessions: each rank replays a contiguous
+    block of sessions (about 1/P of the events, ``dataparallel.session_shard``) and the ranks' ranks and ties are
+    gathered, so every rank returns the one-process metrics ("ranks" in rank order, then schedule order).
     """
     from .backends import backend_class
 
     cutoffs = check_protocol_args(cutoffs, mode, batch_size)
     data, report, cand_idx = prepare_test(model.item_ids, test, candidates)
     ranks, equal, outside = [], [], 0
+    sharded = comm is not None and comm.size > 1
+    if sharded:
+        from .dataparallel import session_shard
+        data = session_shard(data.offsets, data.items, comm.rank, comm.size)
     if data.n_events:
         if getattr(model, "prnn", None) is not None:
             from .backends.prnn_numpy import prnn_backend_class
@@ -288,6 +295,9 @@ def evaluate(model, test, cutoffs=(1, 5, 10, 20), mode: str = "standard", batch_
             ranks, equal, outside = _replay(be, data, batch_size, mode, cand_idx)
         finally:
             be.close()
+    if sharded:
+        parts = comm.allgather((_cat(ranks), _cat(equal), outside), "gathering the evaluation's ranks")
+        ranks, equal, outside = [p[0] for p in parts], [p[1] for p in parts], sum(p[2] for p in parts)
     return finish_metrics(ranks, report, cutoffs, mode, return_ranks, equal, model.n_items, outside)
 
 

@@ -56,15 +56,37 @@ class Trainer:
     features : the item features the p-RNN's subnets read: an ItemFeatures, a list or dict of them, or
         ``(frame_or_path, kwargs)`` pairs built at ``fit`` through the training data's item map
         (``ItemFeatures.from_frame`` for a DataFrame, ``read_item_features`` for a path).
+    comm : Communicator or None
+        Synchronous data parallelism (docs/distributed.md): every rank of ``comm`` (comm.MPIComm under
+        ``mpiexec -n P``, comm.NCCLComm on GPUs) calls ``fit`` with the same config and data; ``batch_size`` is
+        the GLOBAL batch and each rank runs batch_size / P of its lanes (dataparallel.py). The result equals one
+        process at ``batch_size``. Rank 0 alone logs, shows progress and writes checkpoints; validation shards the
+        sessions over the ranks; every rank returns the model. A rank's error during training aborts the job.
+    replica_check_every : int or None
+        With ``comm``: every this many global steps (and at every epoch end) the ranks compare parameter checksums
+        and raise ReplicaDivergedError when they differ. None: at the epoch ends only.
     """
 
     def __init__(self, config: TrainConfig, backend: str = "auto", show_progress: bool = True,
-                 chunk_steps: int = 256, prnn=None, features=None):
+                 chunk_steps: int = 256, prnn=None, features=None, comm=None, replica_check_every: int | None = 1000):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig; got {type(config).__name__}")
         config.validate()
         if not isinstance(chunk_steps, int) or chunk_steps < 1:
             raise ValueError(f"chunk_steps must be a positive int; got {chunk_steps!r}")
+        if comm is not None:
+            from .comm import Communicator
+            if not isinstance(comm, Communicator):
+                raise TypeError(f"comm must be a gru4rec_kernels.comm.Communicator; got {type(comm).__name__}")
+            if prnn is not None:
+                raise ValueError("a p-RNN does not train data-parallel (comm=, --distributed) yet: train it in one "
+                                 "process")
+        if replica_check_every is not None and (isinstance(replica_check_every, bool)
+                                                or not isinstance(replica_check_every, int) or replica_check_every < 1):
+            raise ValueError(f"replica_check_every must be a positive int or None; got {replica_check_every!r}")
+        self.comm = comm
+        self.replica_check_every = replica_check_every
+        self._dp_step = None
         self.cfg = config
         self.prnn = prnn
         self.features = features
@@ -82,7 +104,7 @@ class Trainer:
             raise ValueError("features= is for a p-RNN: give prnn= (a PRNNConfig) too")
         else:
             self.backend_name = resolve(backend)
-        self.show_progress = show_progress
+        self.show_progress = show_progress and (comm is None or comm.rank == 0)
         self.chunk_steps = chunk_steps
 
     # ------------------------------------------------------------------------------------------------ fit
@@ -105,7 +127,34 @@ class Trainer:
         metric : the validation metric that early stopping and ``best_epoch`` follow: "recall@k", "mrr@k" or
             "ndcg@k" with k one of ``eval_cutoffs`` (higher is better); default "mrr@20" (mrr at the largest
             cutoff when 20 is not one).
+
+        With ``comm`` (data parallelism) every rank calls ``fit`` alike. A checkpoint holds the global hidden
+        state, so it resumes on any number of ranks that divides ``batch_size`` (one process included); another
+        global batch is a CheckpointError.
         """
+        comm = self.comm
+        kw = dict(valid=valid, eval_cutoffs=eval_cutoffs, eval_batch_size=eval_batch_size,
+                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                  keep_checkpoints=keep_checkpoints, resume=resume, patience=patience, metric=metric)
+        if comm is None or comm.size == 1:
+            return self._fit(train, **kw)
+        from .comm import is_everywhere
+        try:
+            return self._fit(train, **kw)
+        except BaseException as e:
+            # the divergence checks read the all-reduced loss and the checked replicas: every rank raises them
+            if is_everywhere(e) or isinstance(e, TrainingDivergedError):
+                raise
+            import traceback
+            comm.abort(1, "".join(traceback.format_exception(e)) + f"gru4rec: rank {comm.rank} of {comm.size} "
+                       f"failed ({type(e).__name__}: {e}): aborting the job (the other ranks would wait for it)")
+            raise  # not reached: abort ends the process
+
+    def _setup(self, train, valid, eval_cutoffs, checkpoint_dir, checkpoint_every, keep_checkpoints, resume,
+               patience, metric):
+        """Argument checks, the data's support and fingerprint, the checkpoint to resume (checked against this
+        run) and the initial parameters: (every, layout, eval_cutoffs, metric, support, fingerprint, state,
+        params)."""
         from . import checkpoint as ckpt
         from .data import SessionData
 
@@ -129,6 +178,7 @@ class Trainer:
             state = ckpt.load(resume)
             ckpt.check_model_kind(state, self.prnn, feature_ids)
             ckpt.check_phase_plan(state, self.prnn, cfg.n_epochs)
+            self._check_global_batch(state)
             if state["cfg"].replace(n_epochs=cfg.n_epochs) != cfg:
                 diff = {k: (v, getattr(cfg, k)) for k, v in state["cfg"].to_dict().items()
                         if getattr(cfg, k) != v and k != "n_epochs"}
@@ -143,17 +193,82 @@ class Trainer:
             _, params = init_prnn_params(layout)
         else:
             _, params = init_params(cfg, train.n_items)
+        return every, layout, eval_cutoffs, metric, support, fingerprint, state, params
+
+    def _check_global_batch(self, state) -> None:
+        """A checkpoint's schedule and hidden state are those of its global batch (P x B_l lanes): resuming needs
+        the same batch_size, on any number of ranks that divides it."""
+        from .checkpoint import CheckpointError
+        P_ck, B_ck = state["n_ranks"], state["cfg"].batch_size
+        P = 1 if self.comm is None else self.comm.size
+        B = self.cfg.batch_size
+        if B_ck != B:
+            raise CheckpointError(
+                f"checkpoint {state['path']!r} was taken at a global batch of {P_ck} rank(s) x {B_ck // P_ck} lanes "
+                f"= {B_ck}; this run has {P} x {B / P:g} = {B}: the checkpoint's schedule and hidden state need "
+                f"batch_size={B_ck} (on any number of ranks that divides it)")
+        hidden = state["hidden"]
+        if hidden and hidden[0].shape[0] != B:
+            raise CheckpointError(f"checkpoint {state['path']!r} holds a hidden state of {hidden[0].shape[0]} rows "
+                                  f"for a global batch of {B}")
+
+    def _fit(self, train, valid, eval_cutoffs, eval_batch_size, checkpoint_dir, checkpoint_every, keep_checkpoints,
+             resume, patience, metric) -> Model:
+        from . import checkpoint as ckpt
+
+        comm, cfg = self.comm, self.cfg
+        dp = comm is not None
+        rows = None
+
+        def setup():
+            return self._setup(train, valid, eval_cutoffs, checkpoint_dir, checkpoint_every, keep_checkpoints,
+                               resume, patience, metric)
+
+        if not dp:
+            every, layout, eval_cutoffs, metric, support, fingerprint, state, params = setup()
+        else:
+            from .comm import agree, raised_everywhere
+            from .dataparallel import DataParallelStep, check_replicas, gather_hidden, lane_slice
+            rows = agree(comm, "checking the global batch", lambda: lane_slice(comm.rank, comm.size, cfg.batch_size))
+            every, layout, eval_cutoffs, metric, support, fingerprint, state, params = agree(
+                comm, "preparing the training (arguments, data, checkpoint)", setup)
+            seen = comm.allgather((fingerprint, cfg.to_dict()), "comparing the ranks' data and config")
+            for i, what in ((0, "training data (fingerprint"), (1, "config (")):
+                odd = [r for r, v in enumerate(seen) if v[i] != seen[0][i]]
+                if odd:
+                    a, b = seen[0][i], seen[odd[0]][i]
+                    diff = ({k: (a[k], b[k]) for k in a if a[k] != b[k]} if i else (a, b))
+                    raise raised_everywhere(ValueError(
+                        f"rank(s) {odd} have other {what} of rank 0 and rank {odd[0]}: {diff}): every rank must "
+                        f"train on the same data with the same config"))
         sampler = None
         logq_t = logq_s = None
         if cfg.n_sample > 0:
             sampler = SampleStore(support, cfg.sample_alpha, cfg.sample_store_size, cfg.n_sample, cfg.seed)
         if cfg.logq > 0:
             logq_t, logq_s = logq_columns(cfg, support)
-        if layout is not None:
-            from .backends.prnn_numpy import prnn_backend_class
-            be = prnn_backend_class(self.backend_name)(layout, params, logq_t, logq_s)
-        else:
+
+        def make_backend(params):
+            if layout is not None:
+                from .backends.prnn_numpy import prnn_backend_class
+                return prnn_backend_class(self.backend_name)(layout, params, logq_t, logq_s)
+            if dp and self.backend_name == "cuda" and comm.size > 1 and getattr(comm, "device", None) is None:
+                from .comm import use_local_gpu
+                use_local_gpu(comm)  # one GPU per node-local rank, before the backend makes its context
             be = backend_class(self.backend_name)(cfg, train.n_items, params, logq_t, logq_s)
+            if dp:
+                try:
+                    self._dp_step = DataParallelStep(be, comm, cfg, train.n_items)
+                except BaseException:
+                    be.close()
+                    raise
+            return be
+
+        if dp:
+            import functools
+            be = agree(comm, "making the backend", functools.partial(make_backend, params))
+        else:
+            be = make_backend(params)
         del params  # the backend holds its own copy
         if state is not None:
             del state["params"]
@@ -168,20 +283,37 @@ class Trainer:
             if state["sched"] is not None:  # taken mid-epoch
                 first_epoch = state["epoch"]
                 sched = EpochSchedule.from_state(train.offsets, train.items, cfg.batch_size, state["sched"])
-                be.set_hidden(state["hidden"])
+                be.set_hidden(state["hidden"] if rows is None else [h[rows] for h in state["hidden"]])
                 partial = state["partial"]
             else:
                 first_epoch = state["epoch"] + 1
             self.last_checkpoint = state["path"]
-            log.info("resuming from %s (epoch %d, global step %d)", state["path"], first_epoch, step)
+            self._info("resuming from %s (epoch %d, global step %d)", state["path"], first_epoch, step)
+        if dp:  # one seed and one data set give every rank the same parameters; a rank that differs stops here
+            check_replicas(comm, be.get_params(), step)
 
         def save_checkpoint(epoch, sched_, partial_):
-            self.last_checkpoint = ckpt.save(
-                checkpoint_dir, cfg=cfg, params=be.get_params(), opt=be.get_opt_state(), hidden=be.get_hidden(),
-                sched_state=None if sched_ is None else sched_.state(),
-                sampler_state=None if sampler is None else sampler.state(), epoch=epoch, step=step_box[0],
-                partial=partial_ or {}, history=history, fingerprint=fingerprint, keep=keep_checkpoints,
-                prnn=self.prnn, features=feature_ids)
+            hidden = be.get_hidden()
+            if dp:
+                hidden = gather_hidden(comm, hidden, cfg.batch_size)
+
+            def write():
+                if dp and comm.rank != 0:
+                    return None
+                return ckpt.save(
+                    checkpoint_dir, cfg=cfg, params=be.get_params(), opt=be.get_opt_state(), hidden=hidden,
+                    sched_state=None if sched_ is None else sched_.state(),
+                    sampler_state=None if sampler is None else sampler.state(), epoch=epoch, step=step_box[0],
+                    partial=partial_ or {}, history=history, fingerprint=fingerprint, keep=keep_checkpoints,
+                    prnn=self.prnn, features=None if layout is None else ckpt.feature_entries(layout.features),
+                    n_ranks=comm.size if dp else 1)
+
+            if not dp:
+                self.last_checkpoint = write()
+                return
+            # rank 0 writes between two meetings of every rank: the gather above and this agreement
+            path = agree(comm, f"writing the checkpoint of global step {step_box[0]}", write)
+            self.last_checkpoint = comm.bcast(path, 0, "the checkpoint's path")
 
         self._warmup(be)
         step_box = [step]
@@ -193,16 +325,18 @@ class Trainer:
                                   save_checkpoint if every not in (None, "epoch") else None, every)
                 sched, partial = None, None
                 model = self._model(train, be.get_params(), history, support, layout, epoch, step_box[0])
+                if dp:  # the replicas agree before the finiteness check, so every rank decides alike
+                    check_replicas(comm, model.params, step_box[0])
                 self._check_finite(model, epoch, step_box[0])
                 if valid is not None:
                     from .evaluate import evaluate
                     res = evaluate(model, valid, cutoffs=eval_cutoffs, batch_size=eval_batch_size,
-                                   backend=self.backend_name)
+                                   backend=self.backend_name, comm=comm)
                     for k in eval_cutoffs:
                         for name in ("recall", "mrr", "ndcg"):
                             rec[f"{name}@{k}"] = res[name][k]
                 history.append(rec)
-                log.info("epoch %d: loss %.4f  %.0f mb/s  %.0f events/s%s", epoch, rec["loss"], rec["mb_per_s"],
+                self._info("epoch %d: loss %.4f  %.0f mb/s  %.0f events/s%s", epoch, rec["loss"], rec["mb_per_s"],
                          rec["events_per_s"], "".join(f"  {k} {v:.4f}" for k, v in rec.items()
                                                       if k.startswith(("recall@", "mrr@"))))
                 if every is not None:
@@ -214,7 +348,7 @@ class Trainer:
                     else:
                         best["since"] += 1
                     if patience is not None and best["since"] >= patience:
-                        log.info("early stopping after epoch %d: no better %s for %d epochs (best %.4f at epoch %d)",
+                        self._info("early stopping after epoch %d: no better %s for %d epochs (best %.4f at epoch %d)",
                                  epoch, metric, patience, best["value"], best["epoch"])
                         break
             if model is None:  # resumed after the last epoch: nothing left to train
@@ -224,6 +358,7 @@ class Trainer:
                                     best["step"])
         finally:
             be.close()
+            self._dp_step = None
             if sampler is not None:
                 sampler.close()
         model.history = history
@@ -270,11 +405,16 @@ class Trainer:
         """Compile the backend's kernels before the first step and say so: the first use of a backend compiles
         them (tens of seconds; cached on disk afterwards), which must not count in epoch 1's throughput."""
         t0 = time.perf_counter()
-        log.info("preparing the %s kernels (compiled on first use, then loaded from Numba's on-disk cache) ...",
+        self._info("preparing the %s kernels (compiled on first use, then loaded from Numba's on-disk cache) ...",
                  self.backend_name)
         be.warmup(self.cfg.batch_size, self.cfg.n_sample)
         self.compile_seconds = time.perf_counter() - t0
-        log.info("kernels ready in %.1f s", self.compile_seconds)
+        self._info("kernels ready in %.1f s", self.compile_seconds)
+
+    def _info(self, msg, *args) -> None:
+        """Log on rank 0 only (every rank of a data-parallel run would say the same)."""
+        if self.comm is None or self.comm.rank == 0:
+            log.info(msg, *args)
 
     @staticmethod
     def _check_checkpoint_args(checkpoint_dir, checkpoint_every, keep):
@@ -314,6 +454,9 @@ class Trainer:
         try:
             while True:
                 max_steps = self.chunk_steps if save is None else min(self.chunk_steps, every - since_ckpt)
+                check = self.replica_check_every
+                if self._dp_step is not None and check:  # chunks end at the replica checks' steps
+                    max_steps = min(max_steps, check - step_box[0] % check)
                 chunk = sched.next_chunk(max_steps)
                 if chunk is None:
                     break
@@ -324,7 +467,8 @@ class Trainer:
                     samples = np.zeros((T, 0), dtype=np.int32)
                 if self.prnn is not None:  # the strategy's phase of every step of the chunk
                     be.set_phases([self.prnn.phase(epoch - 1, step_box[0] + t, cfg.n_epochs) for t in range(T)])
-                losses = be.train_chunk(chunk.inputs, chunk.targets, chunk.active, chunk.reset, samples, step_box[0])
+                run = be.train_chunk if self._dp_step is None else self._dp_step.train_chunk
+                losses = run(chunk.inputs, chunk.targets, chunk.active, chunk.reset, samples, step_box[0])
                 diverged = ~np.isfinite(losses) | (np.abs(losses) > LOSS_LIMIT)
                 if diverged.any():
                     bad = int(np.flatnonzero(diverged)[0])
@@ -334,9 +478,12 @@ class Trainer:
                         f"{DIVERGENCE_ADVICE}")
                 for x in losses.tolist():  # step by step: the sum must not depend on how steps were chunked
                     loss_sum += x
-                n_events += int(chunk.n_events)
+                n_events += int(chunk.n_events)  # the global schedule's events: counted once, not per rank
                 n_steps += T
                 step_box[0] += T
+                if self._dp_step is not None and check and step_box[0] % check == 0:
+                    from .dataparallel import check_replicas
+                    check_replicas(self.comm, be.get_params(), step_box[0])
                 since_ckpt += T
                 dt = max(time.perf_counter() - t0, 1e-9)
                 if bar is not None:

@@ -42,6 +42,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+from .comm import _MPI_SIZE_VARS, mpi_world  # noqa: F401 - part of this module's API
 from .config import TrainConfig
 
 log = logging.getLogger("gru4rec_kernels")
@@ -619,30 +620,6 @@ def _tune_processes(job: _Job, n_jobs: int, train, valid, valid_days: float, sto
 
 
 # ------------------------------------------------------------------------------------------------ MPI
-# the world size as MPICH / Intel MPI (and srun --mpi=pmi2), Open MPI and MVAPICH launchers announce it
-_MPI_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-
-
-def mpi_world():
-    """``MPI.COMM_WORLD`` when this process is one of several MPI ranks (``mpiexec -n P`` / ``srun``), else None.
-    mpi4py is imported only when the launcher's environment says there are several ranks, so a plain run never
-    initialises MPI. Several ranks without mpi4py is an error (each would run the whole search on its own)."""
-    var, size = next(((v, int(os.environ[v])) for v in _MPI_SIZE_VARS if os.environ.get(v, "").isdigit()),
-                     (None, 1))
-    if size <= 1:
-        return None
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        raise RuntimeError(f"started as one of {size} MPI ranks ({var}={size}) but mpi4py is not installed: "
-                           f"pip install 'gru4rec-kernels[mpi]', or run without mpiexec and use --n-jobs") from None
-    comm = MPI.COMM_WORLD
-    if comm.Get_size() != size:
-        raise RuntimeError(f"the launcher started {size} ranks ({var}) but mpi4py's MPI sees "
-                           f"{comm.Get_size()}: mpiexec and mpi4py come from different MPI libraries")
-    return comm
-
-
 def _idle_barrier(comm, poll: float = 0.05) -> None:
     """A barrier that sleeps while it waits: MPI's blocking collectives spin a core, which a rank still
     working on the same node needs."""
