@@ -91,13 +91,71 @@ class Backend(ABC):
         """The first half of ``train_step`` for one rank: X / active / reset [B_l] are global batch rows row0 ..
         row0 + B_l - 1, Y [B_g + S] and col_active [B_g] the global step's. Runs forward, loss and backward with
         the rows' dropout masks of the global step, advances this rank's hidden state, and writes the rank's
-        gradients and loss into ``buf`` (a dataparallel.GradLayout of the global batch) for the all-reduce."""
+        gradients and loss into ``buf`` (a dataparallel.GradLayout of the global batch) for the all-reduce:
+        every element of it, zeros in the other ranks' input rows.
+
+        ``buf`` lives where ``grad_buffer()`` puts it: host memory on the numpy and cpu backends, device memory on
+        the cuda backend (a CuPy array on a GPU, written on the backend's ``stream``, so that NCCL all-reduces it
+        in place on that stream without a copy through the host; the simulator's arrays under the simulator)."""
         raise NotImplementedError(f"the {self.name} backend has no data-parallel step")
 
     def apply_grad_buffer(self, buf, X_global, Y) -> float:
-        """The second half: clipping and Adagrad from the all-reduced ``buf`` (identical on every rank), with the
-        step's global inputs X_global [B_g] and Y; returns the step's loss (the buffer's summed loss)."""
+        """The second half: clipping and Adagrad from the all-reduced ``buf`` (identical on every rank; read, not
+        written; memory as ``grad_step``), with the step's global inputs X_global [B_g] and Y; returns the step's
+        loss (the buffer's summed loss)."""
         raise NotImplementedError(f"the {self.name} backend has no data-parallel step")
+
+    def grad_layout(self):
+        """This backend's dataparallel.GradLayout (global batch cfg.batch_size, cfg.n_sample samples), built once."""
+        if getattr(self, "_grad_layout", None) is None:
+            from ..dataparallel import GradLayout
+            self._grad_layout = GradLayout.build(self.cfg, self.n_items)
+        return self._grad_layout
+
+    def grad_buffer(self):
+        """A zeroed buffer of ``grad_layout()`` where ``grad_step`` and ``apply_grad_buffer`` take it (float32, on
+        the host here; the numpy backend uses its dtype, the cuda backend device memory)."""
+        return self.grad_layout().zeros(np.float32)
+
+    @staticmethod
+    def check_grad_buffer(buf, layout, array_type=np.ndarray, dtype=np.float32) -> None:
+        """ValueError unless ``buf`` is a C-contiguous [layout.size] array of ``array_type`` and ``dtype``."""
+        if not isinstance(buf, array_type):
+            raise ValueError(f"buf must be a {array_type.__module__}.{array_type.__name__} (grad_buffer() makes one); "
+                             f"got {type(buf).__module__}.{type(buf).__name__}")
+        if buf.dtype != np.dtype(dtype) or buf.shape != (layout.size,) or not buf.flags.c_contiguous:
+            raise ValueError(f"buf must be a contiguous {np.dtype(dtype)} vector of the GradLayout's {layout.size} "
+                             f"elements; got {buf.dtype} of shape {buf.shape}")
+
+    @staticmethod
+    def check_grad_step(X, Y, active, reset, row0, col_active, layout) -> tuple[int, int, int]:
+        """(B_l, B_g, O) of a grad_step call, or a ValueError naming the argument that does not fit ``layout``."""
+        if np.ndim(X) != 1 or np.shape(X)[0] < 1:
+            raise ValueError(f"X must be [B_l] with B_l >= 1 (this rank's rows); got shape {np.shape(X)}")
+        B = np.shape(X)[0]
+        for name, a in (("active", active), ("reset", reset)):
+            if np.shape(a) != (B,):
+                raise ValueError(f"{name} must have shape {(B,)} like X; got {np.shape(a)}")
+        Bg = layout.global_batch
+        if np.shape(col_active) != (Bg,):
+            raise ValueError(f"col_active must be [B_g] = ({Bg},) (the global step's active flags); got "
+                             f"{np.shape(col_active)}")
+        if np.shape(Y) != (layout.n_out,):
+            raise ValueError(f"Y must be [B_g + S] = ({layout.n_out},) (the global targets, then the samples); got "
+                             f"{np.shape(Y)}")
+        if not isinstance(row0, (int, np.integer)) or row0 < 0 or row0 + B > Bg:
+            raise ValueError(f"row0 must be an int with 0 <= row0 and row0 + B_l <= B_g ({B} rows of {Bg}); got "
+                             f"{row0!r}")
+        return B, Bg, layout.n_out
+
+    @staticmethod
+    def check_apply_ids(X_global, Y, layout) -> tuple[int, int]:
+        """(B_g, O) of an apply_grad_buffer call, or a ValueError naming the argument that does not fit."""
+        if np.shape(X_global) != (layout.global_batch,):
+            raise ValueError(f"X_global must be [B_g] = ({layout.global_batch},); got {np.shape(X_global)}")
+        if np.shape(Y) != (layout.n_out,):
+            raise ValueError(f"Y must be [B_g + S] = ({layout.n_out},); got {np.shape(Y)}")
+        return layout.global_batch, layout.n_out
 
     @abstractmethod
     def reset_hidden(self) -> None: ...

@@ -62,6 +62,7 @@ class _Bufs:
         self._be = be
         self.a: dict = {}
         self.d: dict = {}
+        self.row0 = 0  # the rows' first row in the batch (the dropout masks, the targets): 0 but on a rank
 
     def new(self, name, shape, dtype, fill=0):
         return self.add(name, self._be.xp.full(shape, fill, dtype=dtype))
@@ -144,6 +145,7 @@ class CudaBackend(Backend):
         self._warm = False
         self._pending_hidden = None
         self._seg_head = None  # segments.segment_chunk's scratch [P <= 8 parts, N]
+        self._ab = None  # apply_grad_buffer's slots (data parallelism)
         self._eval_graphs: dict = {}
 
     # ================================================================================================ memory
@@ -287,14 +289,18 @@ class CudaBackend(Backend):
         tb.new("gemm_work", (max([1] + [p.work_size for p in plans.values()]),), np.float32)
         tb.new("gemm_tickets", (max([1] + [p.tickets_size for p in plans.values()]),), np.int32)
 
-    def _train_bufs(self, B: int, S: int, T: int):
+    def _train_bufs(self, B: int, S: int, T: int, Bg: int | None = None):
+        """The training buffers of B rows and S samples, with schedule buffers for chunks of up to T steps. Bg: the
+        global batch of a data-parallel rank (``grad_step``; default B): its B rows are scored against all
+        O = Bg + S columns, and it updates nothing (``apply_grad_buffer`` has its own slots)."""
+        Bg = B if Bg is None else Bg
         tb = self._tb
-        if tb is None or tb.B != B or tb.S != S:
+        if tb is None or (tb.B, tb.S, tb.Bg) != (B, S, Bg):
             self._graphs.clear()
             self._warm = False
             tb = self._tb = _Bufs(self)
-            tb.B, tb.S, tb.T = B, S, 0
-            O = B + S
+            tb.B, tb.S, tb.Bg, tb.T = B, S, Bg, 0
+            O = Bg + S
             HL = self.cfg.layers[-1]
             with self._on_stream():
                 tb.new("ids", (O + B,), np.int32)
@@ -302,26 +308,20 @@ class CudaBackend(Backend):
                 tb.add("X", tb.a["ids"][O:])
                 tb.new("active", (B,), np.uint8)
                 tb.new("reset", (B,), np.uint8)
+                if Bg == B:  # one process: the batch columns are the rows
+                    tb.add("col_active", tb.a["active"])
+                else:
+                    tb.new("col_active", (Bg,), np.uint8)
                 self._layer_bufs(tb, B, backward=True)
                 tb.new("WyY", (O, HL), np.float32)
                 tb.new("S", (B, O), np.float32)
                 tb.new("dZ", (B, O), np.float32)
                 tb.new("row_loss", (B,), np.float32)
-                n_wy = O + B if self.mode == MODE_CONSTRAINED else O
-                tb.new("gWy", (n_wy, HL), np.float32)
-                tb.add("gWy_out", tb.a["gWy"][:O])
-                tb.new("gBy", (O,), np.float32)
+                self._slot_bufs(tb, B, O, rows_in="da0" if self.mode == MODE_ONEHOT else None)
                 if self.mode == MODE_CONSTRAINED:
                     tb.add("dx0", tb.a["gWy"][O:])
                 elif self.mode == MODE_EMBEDDING:
-                    tb.new("gE", (B, self.cfg.embedding), np.float32)
-                    tb.add("dx0", tb.a["gE"])
-                # every gradient the global-norm clipping sees (reference.clip_grads): dense, then the row slots
-                self._clip_bufs = [self.G.d["flat"], self._view(tb.a["gWy"].reshape(-1)), tb.d["gBy"]]
-                if self.mode != MODE_CONSTRAINED:  # constrained: the input rows are in gWy already
-                    rows_in = tb.a["gE"] if self.mode == MODE_EMBEDDING else tb.a["da0"]
-                    self._clip_bufs.append(self._view(rows_in.reshape(-1)))
-                tb.new("partials", (kc.NORM_BLOCKS * len(self._clip_bufs),), np.float32)
+                    tb.add("dx0", tb.a["gx"])
                 # the step's column sums as GEMMs (1^T a), the row-loss chunk statistics, the GEMM plans
                 tb.new("ones", (B, 1), np.float32, fill=1.0)
                 tb.new("loss_part", (B, ks.row_chunks(B, O, self._t("row"), kc.target_blocks()), ks.N_STATS),
@@ -334,22 +334,49 @@ class CudaBackend(Backend):
         if T > tb.T:  # the schedule of a chunk: graphs hold its pointers, so a bigger chunk re-captures
             self._graphs.clear()
             tb.T = T
-            sched = [("inputs_s", B, np.int32), ("targets_s", B, np.int32), ("samples_s", S, np.int32),
+            sched = [("inputs_s", B, np.int32), ("targets_s", Bg, np.int32), ("samples_s", S, np.int32),
                      ("active_s", B, np.uint8), ("reset_s", B, np.uint8)]
-            tb.seg_host = {}  # the sparse-update segments (backends/segments.py): computed here, uploaded
-            for g, K in self._seg_groups(B, S):
-                sched += [(f"perm_{g}", K, np.int32), (f"seg_start_{g}", K + 1, np.int32), (f"seg_id_{g}", K, np.int32)]
-                tb.seg_host[g] = tuple(np.empty((T, w), np.int32) for w in (K, K + 1, K))
             with self._on_stream():
                 for n, w, dt in sched:
                     tb.new(n, (T, w), dt)
                 tb.new("losses", (T,), np.float32)
+                if Bg == B:
+                    self._seg_bufs(tb, T, B, B + S)
         return tb
 
-    def _seg_groups(self, B: int, S: int):
+    def _slot_bufs(self, bb: _Bufs, B: int, O: int, rows_in: str | None = None):
+        """The gradient row slots of a step's sparse update, on ``bb``, for O output columns and B input rows: gWy
+        [O (+ B in constrained mode), H_L] (gWy_out: its first O rows), gBy [O], and the rows of E / Wx0 (the
+        buffer ``rows_in`` of bb, which the backward writes, or a new "gx" [B, width]); ``bb.clip_bufs``, every
+        gradient the global-norm clipping sees (reference.clip_grads: dense, then the row slots), with their
+        ``partials``; and ``bb.sparse``, the updates: (parameter, segment group, slot rows, bias slots)."""
+        n_wy = O + B if self.mode == MODE_CONSTRAINED else O
+        bb.new("gWy", (n_wy, self.cfg.layers[-1]), np.float32)
+        bb.add("gWy_out", bb.a["gWy"][:O])
+        bb.new("gBy", (O,), np.float32)
+        bb.clip_bufs = [self.G.d["flat"], self._view(bb.a["gWy"].reshape(-1)), bb.d["gBy"]]
+        bb.sparse = [("Wy", "wy", bb.d["gWy"], O)]  # Wy with By on the output slots (the first O)
+        if self.mode != MODE_CONSTRAINED:  # constrained: the input rows are in gWy already
+            if rows_in is None:
+                width = self.cfg.embedding if self.mode == MODE_EMBEDDING else 3 * self.cfg.layers[0]
+                rows_in = "gx"
+                bb.new(rows_in, (B, width), np.float32)
+            bb.clip_bufs.append(self._view(bb.a[rows_in].reshape(-1)))
+            bb.sparse.append(("E" if self.mode == MODE_EMBEDDING else "Wx0", "x", bb.d[rows_in], 0))
+        bb.new("partials", (kc.NORM_BLOCKS * len(bb.clip_bufs),), np.float32)
+
+    def _seg_bufs(self, bb: _Bufs, T: int, B: int, O: int):
+        """The sparse-update segments (backends/segments.py) of T steps with B input rows and O output columns:
+        host arrays ``bb.seg_host`` (computed by ``_segment``) and their device buffers."""
+        bb.seg_host = {}
+        for g, K in self._seg_groups(B, O):
+            for name, w in (("perm", K), ("seg_start", K + 1), ("seg_id", K)):
+                bb.new(f"{name}_{g}", (T, w), np.int32)
+            bb.seg_host[g] = tuple(np.empty((T, w), np.int32) for w in (K, K + 1, K))
+
+    def _seg_groups(self, B: int, O: int):
         """The slot lists grouped by id for the sparse updates: (name, K). "wy": Wy (and By, its first O slots)
         over Y = [targets | samples], plus X in the constrained mode; "x": E or Wx0 over X."""
-        O = B + S
         if self.mode == MODE_CONSTRAINED:
             return [("wy", O + B)]
         return [("wy", O), ("x", B)]
@@ -385,7 +412,8 @@ class CudaBackend(Backend):
         self._gemm(bb, f"rhU{l}")
         p = self.cfg.dropout_p_hidden if train else 0.0
         kg.launch_gru_fwd_out(D[f"c{l}"], D[f"hid{l}"], xw, D["X"], gather, P.d[f"Bh{l}"], D[f"rhU{l}"],
-                              D[f"h_in{l}"], D[f"z{l}"], D["ctr"], self.keys[l], p, threads=te, stream=st)
+                              D[f"h_in{l}"], D[f"z{l}"], D["ctr"], self.keys[l], p, threads=te, stream=st,
+                              row0=bb.row0)
 
     def _forward(self, bb: _Bufs, train: bool):
         """The layers. Training: step_begin has reset the hidden states and gathered x0 already; evaluation
@@ -405,8 +433,8 @@ class CudaBackend(Backend):
         self._gemm(tb, "scores")  # S = h WyY^T
         ks.launch_row_loss(D["dZ"], D["row_loss"], D["loss_part"], D["S"], self.P.d["By"], D["Y"], D["active"],
                            self.logq, loss=cfg.loss_code, act=self.act, act_a=self.act_a, bpreg=cfg.bpreg,
-                           mah=cfg.mask_accidental_hits, inv_batch=1.0 / cfg.batch_size, threads=self._t("row"),
-                           stream=self._nb_stream)
+                           mah=cfg.mask_accidental_hits, inv_batch=1.0 / cfg.batch_size, col_active=D["col_active"],
+                           row0=tb.row0, threads=self._t("row"), stream=self._nb_stream)
 
     def _backward(self, tb: _Bufs):
 
@@ -415,39 +443,37 @@ class CudaBackend(Backend):
         self._gemm(tb, "bwd_top")  # dh = dZ WyY, dWy rows = dZ^T h, dBy = 1^T dZ
         for l in reversed(range(len(cfg.layers))):
             kg.launch_gru_bwd_cz(D[f"da{l}"], D[f"dc{l}"], D[f"drz{l}"], D[f"dout{l}"], D[f"h_in{l}"], D[f"z{l}"],
-                                 D[f"c{l}"], D["ctr"], self.keys[l], cfg.dropout_p_hidden, threads=te, stream=st)
+                                 D[f"c{l}"], D["ctr"], self.keys[l], cfg.dropout_p_hidden, threads=te, stream=st,
+                                 row0=tb.row0)
             self._gemm(tb, f"drh{l}")  # drh = dc Wh^T
             kg.launch_gru_bwd_r(D[f"da{l}"], D[f"drz{l}"], D[f"drh{l}"], D[f"h_in{l}"], D[f"r{l}"], threads=te,
                                 stream=st)
             self._gemm(tb, f"wgrad{l}")  # dWrz, dWh, dBh, dWx and dx = da Wx^T (the layer below's dout, or dx0)
         if self.mode != MODE_ONEHOT and cfg.dropout_p_embed > 0:
-            kg.launch_dropout_inplace(D["dx0"], D["ctr"], self.key_emb, cfg.dropout_p_embed, threads=te, stream=st)
+            kg.launch_dropout_inplace(D["dx0"], D["ctr"], self.key_emb, cfg.dropout_p_embed, threads=te, stream=st,
+                                      row0=tb.row0)
 
-    def _update(self, tb: _Bufs):
-
-        D, P, G, OA, OM, cfg = tb.d, self.P, self.G, self.OA, self.OM, self.cfg
+    def _update(self, bb: _Bufs):
+        """Clipping and Adagrad from the dense gradients G and bb's slots (``_slot_bufs``), the sparse updates over
+        the segments of step ctr[0] of bb's uploaded chunk."""
+        D, P, G, OA, OM, cfg = bb.d, self.P, self.G, self.OA, self.OM, self.cfg
         st = self._nb_stream
         sc = self.scratch.d
         if cfg.grad_cap > 0:
-            ka.launch_grad_clip(sc["gscale"], D["partials"], self._clip_bufs, cfg.grad_cap,
+            ka.launch_grad_clip(sc["gscale"], D["partials"], bb.clip_bufs, cfg.grad_cap,
                                  threads=self._t("reduce"), stream=st)
         lr, mu = cfg.learning_rate, cfg.momentum
         ka.launch_adagrad_dense(P.d["flat"], G.d["flat"], OA.d["flat"], OM.d["flat"], sc["gscale"], lr, mu,
                                 threads=self._t("elementwise"), stream=st)
         # one launch per group of slots: Wy with By on the output slots (the first O), then E / Wx0 over X
-        sparse = [("Wy", "wy", D["gWy"], D["gBy"].shape[0])]
-        if self.mode == MODE_EMBEDDING:
-            sparse.append(("E", "x", D["gE"], 0))
-        elif self.mode == MODE_ONEHOT:
-            sparse.append(("Wx0", "x", D["da0"], 0))
-        for name, g, rows, n_bslots in sparse:
+        for name, g, rows, n_bslots in bb.sparse:
             ka.launch_sparse_adagrad(P.d[name], OA.d[name], OM.d[name], rows, D[f"perm_{g}"], D[f"seg_start_{g}"],
                                      D[f"seg_id_{g}"], D["ctr"], sc["gscale"], lr, mu, P.d["By"], OA.d["By"],
                                      OM.d["By"], D["gBy"], n_bslots, threads=self._t("sparse"), stream=st)
 
-    def _step(self, tb: _Bufs):
-        """One whole training step, every input from device buffers and the device step counter."""
-
+    def _grad_half(self, tb: _Bufs):
+        """The step up to the optimizer (reference.step_grads): step_begin, the layers, the loss, the backward into
+        G and the slots. Every input from device buffers and the device step counter."""
         D, st = tb.d, self._nb_stream
         x0 = emb = None
         if self.mode != MODE_ONEHOT:
@@ -455,10 +481,17 @@ class CudaBackend(Backend):
         kst.launch_step_begin(D["ids"], D["active"], D["reset"],
                               (D["inputs_s"], D["targets_s"], D["samples_s"], D["active_s"], D["reset_s"]), D["ctr"],
                               (D["h_in"], D["hid"], D["widths"]), D["WyY"], self.P.d["Wy"], x0=x0, emb=emb,
-                              key=self.key_emb, p=self.cfg.dropout_p_embed, threads=self._t("elementwise"), stream=st)
+                              key=self.key_emb, p=self.cfg.dropout_p_embed, threads=self._t("elementwise"), stream=st,
+                              row0=tb.row0)
         self._forward(tb, train=True)
         self._loss(tb)
         self._backward(tb)
+
+    def _step(self, tb: _Bufs):
+        """One whole training step: the gradient half, the update, the step loss; every input from device
+        buffers and the device step counter."""
+        D, st = tb.d, self._nb_stream
+        self._grad_half(tb)
         self._update(tb)
         kst.launch_step_end(D["losses"], D["row_loss"], D["ctr"], threads=self._t("reduce"), stream=st)
 
@@ -545,6 +578,86 @@ class CudaBackend(Backend):
         losses = self.train_chunk(X[None], Y[None, :B], np.asarray(active)[None], np.asarray(reset)[None],
                                   Y[None, B:], step)
         return float(losses[0])
+
+    # ================================================================================================ data parallelism
+    # dataparallel.py: grad_step runs the launches of _step up to the optimizer (_grad_half) on a rank's rows of the
+    # global batch, eagerly, then copies the gradients into the caller's device buffer in GradLayout order;
+    # apply_grad_buffer copies the all-reduced buffer into slots of the global step and runs _update. The buffer
+    # stays on the device (NCCL all-reduces it there, on ``stream``); only the step's loss is read back.
+    @property
+    def stream(self):
+        """The CuPy stream every launch and copy of this backend is ordered on (None under the simulator)."""
+        return self._stream
+
+    def grad_buffer(self):
+        """Backend.grad_buffer: a zeroed float32 buffer of ``grad_layout()`` in device memory (CuPy on a GPU)."""
+        with self._on_stream():
+            return self.xp.zeros(self.grad_layout().size, dtype=np.float32)
+
+    def grad_step(self, X, Y, active, reset, step, row0, col_active, buf) -> None:
+        """Backend.grad_step: ``buf`` is a device array (``grad_buffer()``), written on ``stream``."""
+        lay = self.grad_layout()
+        self.check_grad_buffer(buf, lay, self.xp.ndarray)
+        B, Bg, O = self.check_grad_step(X, Y, active, reset, row0, col_active, lay)
+        self.check_ids(X, "X")
+        self.check_ids(Y, "Y")
+        row0 = int(row0)
+        Y = np.asarray(Y, np.int32)
+        tb = self._train_bufs(B, O - Bg, 1, Bg)
+        tb.row0 = row0
+        A = tb.a
+        with self._on_stream():
+            self._put(A["inputs_s"][:1], X)
+            self._put(A["targets_s"][:1], Y[:Bg])
+            self._put(A["samples_s"][:1], Y[Bg:])
+            self._put(A["active_s"][:1], np.asarray(active, bool).view(np.uint8))
+            self._put(A["reset_s"][:1], np.asarray(reset, bool).view(np.uint8))
+            if Bg != B:  # else col_active is active, which step_begin stages
+                self._put(A["col_active"], np.asarray(col_active, bool).view(np.uint8))
+            self._put(A["ctr"], np.array([0, step], np.int64))
+            self._grad_half(tb)
+            buf[:lay.wy] = self.G.a["flat"]
+            buf[lay.wy:lay.by] = A["gWy_out"].reshape(-1)
+            buf[lay.by:lay.inp] = A["gBy"]
+            inp = buf[lay.inp:lay.loss].reshape(Bg, lay.in_width)
+            inp.fill(0)
+            inp[row0:row0 + B] = A["da0" if self.mode == MODE_ONEHOT else "dx0"]
+            kst.launch_step_end(self._view(buf[lay.loss:lay.loss + 1]), tb.d["row_loss"], tb.d["ctr"],
+                                threads=self._t("reduce"), stream=self._nb_stream)
+
+    def apply_grad_buffer(self, buf, X_global, Y) -> float:
+        """Backend.apply_grad_buffer: ``buf`` (device) copied into the slots of the global step, then the update of
+        a one-process step (``_update``), eagerly; the loss is the one element read back (a stream sync)."""
+        lay = self.grad_layout()
+        self.check_grad_buffer(buf, lay, self.xp.ndarray)
+        Bg, O = self.check_apply_ids(X_global, Y, lay)
+        self.check_ids(X_global, "X_global")
+        self.check_ids(Y, "Y")
+        X = np.asarray(X_global, np.int32)
+        Y = np.asarray(Y, np.int32)
+        ab = self._apply_bufs(Bg, O)
+        A = ab.a
+        with self._on_stream():
+            self.G.a["flat"][...] = buf[:lay.wy]
+            A["gWy_out"][...] = buf[lay.wy:lay.by].reshape(O, lay.top_width)
+            A["gBy"][...] = buf[lay.by:lay.inp]
+            rows_in = A["gWy"][O:] if self.mode == MODE_CONSTRAINED else A["gx"]
+            rows_in[...] = buf[lay.inp:lay.loss].reshape(Bg, lay.in_width)
+            self._segment(ab, X[None], Y[None, :Bg], Y[None, Bg:])
+            self._update(ab)
+            return float(self._get(buf[lay.loss:lay.loss + 1])[0])
+
+    def _apply_bufs(self, Bg: int, O: int) -> _Bufs:
+        """The slots and segments of a global step of Bg input rows and O output columns (apply_grad_buffer)."""
+        ab = self._ab
+        if ab is None or (ab.B, ab.O) != (Bg, O):
+            ab = self._ab = _Bufs(self)
+            ab.B, ab.O = Bg, O
+            with self._on_stream():
+                self._slot_bufs(ab, Bg, O)
+                self._seg_bufs(ab, 1, Bg, O)
+                ab.new("ctr", (2,), np.int64)  # [0, 0]: the segments of the one uploaded step
+        return ab
 
     def reset_hidden(self) -> None:
         self._pending_hidden = None
@@ -791,4 +904,4 @@ class CudaBackend(Backend):
         self._eval_graphs.clear()
         if self._stream is not None:  # pragma: no cover - needs a GPU
             self._stream.synchronize()
-        self._tb = self._eb = None
+        self._tb = self._eb = self._ab = None

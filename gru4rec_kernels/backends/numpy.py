@@ -36,11 +36,8 @@ class NumpyBackend(Backend):
         loss, self.H = ref.train_step(self.params, self.opt, self.cfg, H, self.step_inputs(X, Y, active, reset, step))
         return loss
 
-    def grad_layout(self):
-        from ..dataparallel import GradLayout
-        if getattr(self, "_grad_layout", None) is None:
-            self._grad_layout = GradLayout.build(self.cfg, self.n_items)
-        return self._grad_layout
+    def grad_buffer(self):
+        return self.grad_layout().zeros(self.dtype)
 
     def grad_step(self, X, Y, active, reset, step, row0, col_active, buf):
         B, Bg = len(X), len(col_active)

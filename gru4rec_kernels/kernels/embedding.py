@@ -26,9 +26,10 @@ from .gru import _drop_args
 
 
 @cuda.jit(device=True, inline="always")
-def gather_element(out, table, row, k, j, step, key, p, scale):
-    """out[k, j] = table[row, j] times the dropout mask element (k*D + j, step) (p = 0: a plain copy)."""
-    out[k, j] = table[row, j] * dropout_scale(k * out.shape[1] + j, step, key, p, scale)
+def gather_element(out, table, row, k, j, step, key, p, scale, row0):
+    """out[k, j] = table[row, j] times the dropout mask element ((row0 + k)*D + j, step) (p = 0: a plain copy;
+    row0: the first row's index in the batch's masks, 0 but in data parallelism)."""
+    out[k, j] = table[row, j] * dropout_scale((row0 + k) * out.shape[1] + j, step, key, p, scale)
 
 
 def gather_rows(out, table, ids, ctr, key, p, scale):
@@ -37,7 +38,7 @@ def gather_rows(out, table, ids, ctr, key, p, scale):
     D = out.shape[1]
     if i < out.shape[0] * D:
         k = i // D
-        gather_element(out, table, ids[k], k, i - k * D, ctr[1], key, p, scale)
+        gather_element(out, table, ids[k], k, i - k * D, ctr[1], key, p, scale, 0)
 
 
 def scatter_add_rows(table, ids, rows):

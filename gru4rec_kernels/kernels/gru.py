@@ -23,10 +23,11 @@ buffer, and ``hidden_row`` finds an element's row from the layer widths (the tra
 kernels/step.py's ``step_begin``; evaluation launches ``hidden_reset``). ``dropout_inplace`` multiplies a [B, W]
 array by a dropout mask (the input-embedding gradient; launched only when the embedding dropout is on).
 
-Dropout: ``mask[b, j] = 1/(1-p)`` if ``uniform24(philox(counter=(b*H + j, step), key)) >= p`` else 0, with
-``key = rng.dropout_key(seed, layer)`` (layer -1: the input embedding) and the step read from the device step
-counter ``ctr[1]`` (so a CUDA graph replay draws fresh masks); equal to ``rng.dropout_mask_np`` element for
-element. Backward draws the same mask again instead of storing it.
+Dropout: ``mask[b, j] = 1/(1-p)`` if ``uniform24(philox(counter=((row0 + b)*H + j, step), key)) >= p`` else 0,
+with ``key = rng.dropout_key(seed, layer)`` (layer -1: the input embedding) and the step read from the device
+step counter ``ctr[1]`` (so a CUDA graph replay draws fresh masks); equal to ``rng.dropout_mask_np`` element for
+element. Backward draws the same mask again instead of storing it. ``row0`` is 0 but in data parallelism, where
+a rank's B rows are rows row0.. of the global batch and draw those rows of the global masks.
 """
 from __future__ import annotations
 
@@ -83,12 +84,12 @@ def gru_fwd_rz(r, z, rh, xw, ids, gather, Bh, hU, h):
         rh[b, j] = rr * h[b, j]
 
 
-def gru_fwd_out(c, out, xw, ids, gather, Bh, rhU, h, z, ctr, key, p, scale):
+def gru_fwd_out(c, out, xw, ids, gather, Bh, rhU, h, z, ctr, key, p, scale, row0):
     """Candidate state and the new hidden state after dropout.
 
     c, out [B, H] outputs; xw / ids / gather / Bh as gru_fwd_rz; rhU = (r*h) U_h [B, H]; h, z [B, H];
     ctr int64 [2] device step counter (ctr[1] = global step); key uint32 dropout key; p dropout probability
-    (float64; 0 = off); scale = float32(1/(1-p)).
+    (float64; 0 = off); scale = float32(1/(1-p)); row0 the rows' first row in the batch's masks.
     """
     i = cuda.grid(1)
     H = h.shape[1]
@@ -100,10 +101,10 @@ def gru_fwd_out(c, out, xw, ids, gather, Bh, rhU, h, z, ctr, key, p, scale):
         zz = z[b, j]
         hn = (F1 - zz) * h[b, j] + zz * cc
         c[b, j] = cc
-        out[b, j] = hn * dropout_scale(i, ctr[1], key, p, scale)
+        out[b, j] = hn * dropout_scale(i + row0 * H, ctr[1], key, p, scale)
 
 
-def gru_bwd_cz(da, dc, drz, dout, h, z, c, ctr, key, p, scale):
+def gru_bwd_cz(da, dc, drz, dout, h, z, c, ctr, key, p, scale, row0):
     """Gradients of the candidate and update-gate pre-activations.
 
     da [B, 3H], dc [B, H], drz [B, 2H] outputs (dc into da[:, :H] and dc; dz into da[:, 2H:] and drz[:, H:]);
@@ -115,7 +116,7 @@ def gru_bwd_cz(da, dc, drz, dout, h, z, c, ctr, key, p, scale):
     if i < h.shape[0] * H:
         b = i // H
         j = i - b * H
-        dhn = dout[b, j] * dropout_scale(i, ctr[1], key, p, scale)
+        dhn = dout[b, j] * dropout_scale(i + row0 * H, ctr[1], key, p, scale)
         zz = z[b, j]
         cc = c[b, j]
         g_c = dhn * zz * (F1 - cc * cc)
@@ -142,17 +143,17 @@ def gru_bwd_r(da, drz, drh, h, r):
         drz[b, j] = g_r
 
 
-def dropout_inplace(a, ctr, key, p, scale):
-    """a[b, j] *= mask(b*W + j) for a [B, W] (the input-embedding gradient, with the embedding's key)."""
+def dropout_inplace(a, ctr, key, p, scale, row0):
+    """a[b, j] *= mask((row0 + b)*W + j) for a [B, W] (the input-embedding gradient, with the embedding's key)."""
     i = cuda.grid(1)
     W = a.shape[1]
     if i < a.shape[0] * W:
         b = i // W
         j = i - b * W
-        a[b, j] = a[b, j] * dropout_scale(i, ctr[1], key, p, scale)
+        a[b, j] = a[b, j] * dropout_scale(i + row0 * W, ctr[1], key, p, scale)
 
 
-_DROP = "int64[::1], uint32, float64, float32"
+_DROP = "int64[::1], uint32, float64, float32, int32"  # ctr, key, p, scale, row0
 KERNELS = {
     "hidden_reset": (hidden_reset, [f"void({_V}, {_V}, int32[::1], uint8[::1])"]),
     "gru_fwd_rz": (gru_fwd_rz, [f"void({_M}, {_M}, {_M}, {_M}, int32[::1], int32, {_V}, {_M}, {_M})"]),
@@ -177,6 +178,13 @@ def _drop_args(ctr, key, p):
     if not (0 <= key < 2**32):
         raise ValueError(f"key must be a uint32; got {key}")
     return np.uint32(key), np.float64(p), np.float32(1.0 / (1.0 - p))
+
+
+def _row0(row0):
+    """The first row's index in the batch's dropout masks, as the kernels take it."""
+    if not isinstance(row0, (int, np.integer)) or not 0 <= row0 < 2**31:
+        raise ValueError(f"row0 must be a non-negative int32 (the rows' first row in the batch); got {row0!r}")
+    return np.int32(row0)
 
 
 def _xw(xw, ids, gather, B, H):
@@ -214,7 +222,7 @@ def launch_gru_fwd_rz(r, z, rh, xw, ids, gather, Bh, hU, h, threads=None, stream
     get_kernel(KERNELS, "gru_fwd_rz")[_grid(B * H, t), t, stream](r, z, rh, xw, ids, g, Bh, hU, h)
 
 
-def launch_gru_fwd_out(c, out, xw, ids, gather, Bh, rhU, h, z, ctr, key, p, threads=None, stream=0):
+def launch_gru_fwd_out(c, out, xw, ids, gather, Bh, rhU, h, z, ctr, key, p, threads=None, stream=0, row0=0):
     B, H = check("h", h, np.float32, 2)
     for name, a in (("c", c), ("out", out), ("rhU", rhU), ("z", z)):
         check(name, a, np.float32, 2, (B, H))
@@ -223,10 +231,10 @@ def launch_gru_fwd_out(c, out, xw, ids, gather, Bh, rhU, h, z, ctr, key, p, thre
     key, p, scale = _drop_args(ctr, key, p)
     t = check_threads(THREADS["elementwise"] if threads is None else threads)
     get_kernel(KERNELS, "gru_fwd_out")[_grid(B * H, t), t, stream](c, out, xw, ids, g, Bh, rhU, h, z, ctr, key, p,
-                                                                   scale)
+                                                                   scale, _row0(row0))
 
 
-def launch_gru_bwd_cz(da, dc, drz, dout, h, z, c, ctr, key, p, threads=None, stream=0):
+def launch_gru_bwd_cz(da, dc, drz, dout, h, z, c, ctr, key, p, threads=None, stream=0, row0=0):
     B, H = check("h", h, np.float32, 2)
     check("da", da, np.float32, 2, (B, 3 * H))
     check("drz", drz, np.float32, 2, (B, 2 * H))
@@ -234,7 +242,8 @@ def launch_gru_bwd_cz(da, dc, drz, dout, h, z, c, ctr, key, p, threads=None, str
         check(name, a, np.float32, 2, (B, H))
     key, p, scale = _drop_args(ctr, key, p)
     t = check_threads(THREADS["elementwise"] if threads is None else threads)
-    get_kernel(KERNELS, "gru_bwd_cz")[_grid(B * H, t), t, stream](da, dc, drz, dout, h, z, c, ctr, key, p, scale)
+    get_kernel(KERNELS, "gru_bwd_cz")[_grid(B * H, t), t, stream](da, dc, drz, dout, h, z, c, ctr, key, p, scale,
+                                                                  _row0(row0))
 
 
 def launch_gru_bwd_r(da, drz, drh, h, r, threads=None, stream=0):
@@ -247,8 +256,8 @@ def launch_gru_bwd_r(da, drz, drh, h, r, threads=None, stream=0):
     get_kernel(KERNELS, "gru_bwd_r")[_grid(B * H, t), t, stream](da, drz, drh, h, r)
 
 
-def launch_dropout_inplace(a, ctr, key, p, threads=None, stream=0):
+def launch_dropout_inplace(a, ctr, key, p, threads=None, stream=0, row0=0):
     B, W = check("a", a, np.float32, 2)
     key, p, scale = _drop_args(ctr, key, p)
     t = check_threads(THREADS["elementwise"] if threads is None else threads)
-    get_kernel(KERNELS, "dropout_inplace")[_grid(B * W, t), t, stream](a, ctr, key, p, scale)
+    get_kernel(KERNELS, "dropout_inplace")[_grid(B * W, t), t, stream](a, ctr, key, p, scale, _row0(row0))

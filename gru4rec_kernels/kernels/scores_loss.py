@@ -15,7 +15,12 @@ Y [O] = [targets (B) | samples (S)]; column i of row i is row i's target. Equati
     row_loss[i] = active[i] L_i / batch_size,   dZ[i, j] = active[i] dL_i/dR_ij f'(Z_ij) / batch_size
 
 They must match ``reference.forward`` (the score part), ``reference.negative_mask``, ``reference.row_loss`` and
-``reference.loss_and_grad`` (dZ, and the step loss = sum of row_loss). (The bias gradients dBy = 1^T dZ and
+``reference.loss_and_grad`` (dZ, and the step loss = sum of row_loss).
+
+Data parallelism (dataparallel.py): the B rows may be rows row0 .. row0 + B - 1 of a global batch of Bc rows,
+scored against all O = Bc + S columns: row i's target is column t = row0 + i, and the batch columns' flags are
+``col_active`` [Bc] (reference.StepInputs.row0 / col_active). Above, read i as t in a column index and active[j]
+as col_active[j]; one process is row0 = 0, col_active = active. (The bias gradients dBy = 1^T dZ and
 dBh = 1^T da are ones-column products inside the step's grouped GEMMs: kernels/gemm.py.)
 
 Every loss needs a row's statistics before any dZ element: the max m of R over the softmax's support and up to
@@ -72,12 +77,12 @@ EPS_BPRMAX = np.float32(BPR_MAX_EPS)
 
 
 @cuda.jit(device=True, inline="always")
-def _zval(S, i, j, By, Y, logq_t, logq_s, use_logq):
-    """Z[i, j] = S[i, j] + By[Y[j]] - logq_j."""
+def _zval(S, i, j, By, Y, logq_t, logq_s, use_logq, nb):
+    """Z[i, j] = S[i, j] + By[Y[j]] - logq_j (the first nb columns are the batch's targets)."""
     y = Y[j]
     v = S[i, j] + By[y]
     if use_logq != 0:
-        if j < S.shape[0]:
+        if j < nb:
             v = v - logq_t[y]
         else:
             v = v - logq_s[y]
@@ -85,15 +90,15 @@ def _zval(S, i, j, By, Y, logq_t, logq_s, use_logq):
 
 
 @cuda.jit(device=True, inline="always")
-def _is_neg(i, j, Y, active, mah):
-    """reference.negative_mask[i, j]."""
-    if j == i:
+def _is_neg(t, j, Y, active, mah):
+    """reference.negative_mask of column j for the row whose target is column t (active: the batch columns')."""
+    if j == t:
         return False
     if j < active.shape[0]:
         if active[j] == 0:
             return False
     if mah != 0:
-        if Y[j] == Y[i]:
+        if Y[j] == Y[t]:
             return False
     return True
 
@@ -105,21 +110,23 @@ def _log_sigmoid(d):
 
 
 @cuda.jit(device=True, inline="always")
-def _chunk_stats(i, j0, j1, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, mah, shm, shs):
+def _chunk_stats(i, t, j0, j1, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, mah, shm, shs):
     """Row i's statistics over the columns [j0, j1), block-reduced (every thread gets them; block-uniform control
     flow: every thread reaches every barrier): m = the max of R over the softmax's support in the range
     (cross-entropy: negatives and the target; *-max: the negatives; -inf when the range holds none of it;
-    bpr / top1: 0) and the sums s0..s3 of the loss, weighted by exp(R - m) for the softmax losses."""
+    bpr / top1: 0) and the sums s0..s3 of the loss, weighted by exp(R - m) for the softmax losses. t: the row's
+    target column; active: the batch columns' flags."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    rt = final_act(_zval(S, i, i, By, Y, logq_t, logq_s, use_logq), act, act_a)
+    nb = active.shape[0]
+    rt = final_act(_zval(S, i, t, By, Y, logq_t, logq_s, use_logq, nb), act, act_a)
     # ---- pass 1: max over the softmax's support
     m = F0
     if loss == L_CE or loss == L_BPRMAX or loss == L_TOP1MAX:
         m = NEG_INF
         for j in range(j0 + tid, j1, nt):
-            if _is_neg(i, j, Y, active, mah) or (loss == L_CE and j == i):
-                v = final_act(_zval(S, i, j, By, Y, logq_t, logq_s, use_logq), act, act_a)
+            if _is_neg(t, j, Y, active, mah) or (loss == L_CE and j == t):
+                v = final_act(_zval(S, i, j, By, Y, logq_t, logq_s, use_logq, nb), act, act_a)
                 if v > m:
                     m = v
         m = block_max(shm, tid, nt, m)
@@ -130,12 +137,12 @@ def _chunk_stats(i, j0, j1, S, By, Y, active, logq_t, logq_s, use_logq, loss, ac
     s2 = F0
     s3 = F0
     for j in range(j0 + tid, j1, nt):
-        if loss == L_CE and j == i:
+        if loss == L_CE and j == t:
             s0 += np.float32(math.exp(rt - mr))
             continue
-        if not _is_neg(i, j, Y, active, mah):
+        if not _is_neg(t, j, Y, active, mah):
             continue
-        R = final_act(_zval(S, i, j, By, Y, logq_t, logq_s, use_logq), act, act_a)
+        R = final_act(_zval(S, i, j, By, Y, logq_t, logq_s, use_logq, nb), act, act_a)
         if loss == L_CE:
             s0 += np.float32(math.exp(R - mr))
         elif loss == L_BPRMAX:
@@ -194,12 +201,14 @@ def _combine(part, i):
 
 
 @cuda.jit(device=True, inline="always")
-def _chunk_grad(i, j0, j1, dZ, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah, inv_batch,
-                m, s0, s1, s2, s3):
-    """Row i's loss L_i (returned) and dZ[i, j] for j in [j0, j1), from the row's statistics (m, s0..s3)."""
+def _chunk_grad(i, t, j0, j1, dZ, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah,
+                inv_batch, m, s0, s1, s2, s3):
+    """Row i's loss L_i (returned) and dZ[i, j] for j in [j0, j1), from the row's statistics (m, s0..s3); t and
+    active as _chunk_stats."""
     tid = cuda.threadIdx.x
     nt = cuda.blockDim.x
-    rt = final_act(_zval(S, i, i, By, Y, logq_t, logq_s, use_logq), act, act_a)
+    nb = active.shape[0]
+    rt = final_act(_zval(S, i, t, By, Y, logq_t, logq_s, use_logq, nb), act, act_a)
     den = s0 if s0 > F0 else F1  # softmax denominator (*-max) or the number of negatives (bpr, top1)
     A = s1 / den
     Q = s2 / den
@@ -215,20 +224,20 @@ def _chunk_grad(i, j0, j1, dZ, S, By, Y, active, logq_t, logq_s, use_logq, loss,
     else:
         L = A
     for j in range(j0 + tid, j1, nt):
-        z = _zval(S, i, j, By, Y, logq_t, logq_s, use_logq)
+        z = _zval(S, i, j, By, Y, logq_t, logq_s, use_logq, nb)
         R = final_act(z, act, act_a)
         d = F0
         if loss == L_CE:
-            if j == i or _is_neg(i, j, Y, active, mah):
+            if j == t or _is_neg(t, j, Y, active, mah):
                 d = np.float32(math.exp(R - m)) / s0
-                if j == i:
+                if j == t:
                     d -= F1
-        elif j == i:
+        elif j == t:
             if loss == L_BPRMAX:
                 d = -inv * (s3 / den)
             else:  # top1-max, bpr, top1: minus the mean / softmax-weighted sum in s2
                 d = -(s2 / den)
-        elif _is_neg(i, j, Y, active, mah):
+        elif _is_neg(t, j, Y, active, mah):
             if loss == L_BPRMAX:
                 sw = np.float32(math.exp(R - m)) / den
                 sg = sigmoid(rt - R)
@@ -265,7 +274,7 @@ def _zero_row(i, j0, j1, dZ, row_loss, write_loss):
         row_loss[i] = F0
 
 
-def row_loss_partial(part, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, mah):
+def row_loss_partial(part, S, By, Y, active, col_active, row0, logq_t, logq_s, use_logq, loss, act, act_a, mah):
     """Stage 1 of row_loss: block (c, i) writes part[i, c] = (m, s0, s1, s2, s3), row i's statistics over chunk c
     of its columns (grid (C, B) with C = part.shape[1]; S = h Wy[Y]^T [B, O] from a GEMM). Inactive rows are
     skipped. Arguments as ``row_loss_grad``. Block size: a power of two <= MAX_THREADS."""
@@ -276,8 +285,8 @@ def row_loss_partial(part, S, By, Y, active, logq_t, logq_s, use_logq, loss, act
     if active[i] == 0:
         return
     j0, j1 = _chunk_range(c, part.shape[1], S.shape[1])
-    m, s0, s1, s2, s3 = _chunk_stats(i, j0, j1, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, mah,
-                                     shm, shs)
+    m, s0, s1, s2, s3 = _chunk_stats(i, row0 + i, j0, j1, S, By, Y, col_active, logq_t, logq_s, use_logq, loss, act,
+                                     act_a, mah, shm, shs)
     if cuda.threadIdx.x == 0:
         part[i, c, 0] = m
         part[i, c, 1] = s0
@@ -286,13 +295,15 @@ def row_loss_partial(part, S, By, Y, active, logq_t, logq_s, use_logq, loss, act
         part[i, c, 4] = s3
 
 
-def row_loss_grad(dZ, row_loss, part, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah,
-                  inv_batch):
+def row_loss_grad(dZ, row_loss, part, S, By, Y, active, col_active, row0, logq_t, logq_s, use_logq, loss, act, act_a,
+                  bpreg, mah, inv_batch):
     """Stage 2 of row_loss: block (c, i) combines row i's chunk partials in chunk order and writes dZ for chunk c;
     the chunk-0 block writes row_loss[i] = L_i / batch_size.
 
     dZ [B, O], row_loss [B] outputs; part [B, C, 5] from row_loss_partial; S [B, O]; By [N]; Y [O] int32; active
-    [B] uint8; logq_t, logq_s [N] (read only when use_logq != 0); loss a config.LOSS_CODES value; act, act_a the
+    [B] uint8 (the rows'); col_active [Bc] uint8 (the batch columns'; Y[:Bc] are their targets) and row0 (row i's
+    target column is row0 + i): the module docstring's data parallelism, col_active = active and row0 = 0 in one
+    process; logq_t, logq_s [N] (read only when use_logq != 0); loss a config.LOSS_CODES value; act, act_a the
     final activation; bpreg; mah = mask accidental hits (0/1); inv_batch = 1 / batch_size.
     """
     c = cuda.blockIdx.x
@@ -302,8 +313,8 @@ def row_loss_grad(dZ, row_loss, part, S, By, Y, active, logq_t, logq_s, use_logq
         _zero_row(i, j0, j1, dZ, row_loss, c == 0)
         return
     m, s0, s1, s2, s3 = _combine(part, i)
-    L = _chunk_grad(i, j0, j1, dZ, S, By, Y, active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg, mah,
-                    inv_batch, m, s0, s1, s2, s3)
+    L = _chunk_grad(i, row0 + i, j0, j1, dZ, S, By, Y, col_active, logq_t, logq_s, use_logq, loss, act, act_a, bpreg,
+                    mah, inv_batch, m, s0, s1, s2, s3)
     if c == 0 and cuda.threadIdx.x == 0:
         row_loss[i] = L * inv_batch
 
@@ -311,7 +322,7 @@ def row_loss_grad(dZ, row_loss, part, S, By, Y, active, logq_t, logq_s, use_logq
 _M = "float32[:, ::1]"
 _V = "float32[::1]"
 _P = "float32[:, :, ::1]"
-_STATS_ARGS = f"{_V}, int32[::1], uint8[::1], {_V}, {_V}, int32, int32, int32, float32"
+_STATS_ARGS = f"{_V}, int32[::1], uint8[::1], uint8[::1], int32, {_V}, {_V}, int32, int32, int32, float32"
 _LOSS_ARGS = f"{_STATS_ARGS}, float32, int32, float32"
 KERNELS = {
     "row_loss_partial": (row_loss_partial, [f"void({_P}, {_M}, {_STATS_ARGS}, int32)"]),
@@ -329,13 +340,18 @@ def row_chunks(B: int, O: int, threads: int, target: int) -> int:
 
 
 def launch_row_loss(dZ, row_loss_, part, S, By, Y, active, logq=None, *, loss, act=0, act_a=0.0, bpreg=1.0,
-                    mah=False, inv_batch=1.0, threads=None, stream=0):
+                    mah=False, inv_batch=1.0, col_active=None, row0=0, threads=None, stream=0):
     """row_loss: dZ [B, O], row_loss [B] from S = h Wy[Y]^T [B, O]; logq None or (logq_t [N], logq_s [N]).
     part: [B, C, N_STATS] float32 scratch; its C (``row_chunks``) is how many blocks share a row. Two launches:
-    row_loss_partial, row_loss_grad."""
+    row_loss_partial, row_loss_grad. col_active [Bc] uint8 and row0: the rows are rows row0.. of a batch of Bc
+    (data parallelism; default: ``active`` and 0, one process)."""
     B, O = check("dZ", dZ, np.float32, 2)
-    if O < B:
-        raise ValueError(f"dZ must have at least as many columns (O = B + S) as rows; got shape {(B, O)}")
+    if col_active is None:
+        col_active = active
+    (Bc,) = check("col_active", col_active, np.uint8, 1)
+    if not isinstance(row0, (int, np.integer)) or row0 < 0 or row0 + B > Bc or Bc > O:
+        raise ValueError(f"the B = {B} rows must be rows row0 .. row0 + B - 1 of the Bc = {Bc} batch columns "
+                         f"(col_active), and O = {O} >= Bc; got row0 = {row0!r}")
     check("row_loss", row_loss_, np.float32, 1, (B,))
     check("S", S, np.float32, 2, (B, O))
     _, C, _ = check("part", part, np.float32, 3, (B, None, N_STATS))
@@ -354,7 +370,8 @@ def launch_row_loss(dZ, row_loss_, part, S, By, Y, active, logq=None, *, loss, a
         use = 1
     check_choice("loss", loss, set(LOSS_CODES.values()))
     check_choice("act", act, {0, 1, 2, 3, 4})
-    stats = (By, Y, active, lt, ls, np.int32(use), np.int32(loss), np.int32(act), np.float32(act_a))
+    stats = (By, Y, active, col_active, np.int32(row0), lt, ls, np.int32(use), np.int32(loss), np.int32(act),
+             np.float32(act_a))
     rest = (np.float32(bpreg), np.int32(1 if mah else 0), np.float32(inv_batch))
     t = check_threads(THREADS["row"] if threads is None else threads, pow2=True)
     get_kernel(KERNELS, "row_loss_partial")[(C, B), t, stream](part, S, *stats, rest[1])

@@ -11,7 +11,7 @@ One kernel family per module, mirroring ``gru4rec_kernels/kernels`` (the CUDA tw
     scores_loss.py   scores, row_loss, score_grads
     adagrad.py       sumsq / clip_scale / scale, adagrad_dense, sparse_adagrad
     evaluate.py      eval_fwd, rank_counts
-    step.py          train_chunk_steps: T whole steps per call
+    step.py          step_grads + apply_grads (a step's two halves), train_chunk_steps: T whole steps per call
     buffers.py       the named argument structures (Params, Grads, OptState, Workspace, Hyper, Chunk)
     backend.py       CpuBackend
 

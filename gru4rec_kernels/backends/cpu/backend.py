@@ -22,7 +22,7 @@ from .buffers import (
 )
 from .evaluate import eval_chunk_steps
 from .gemm import VW
-from .step import train_chunk_steps
+from .step import apply_grads, step_grads, train_chunk_steps
 
 
 class CpuBackend(Backend):
@@ -59,18 +59,30 @@ class CpuBackend(Backend):
         keys = np.array([dropout_key(cfg.seed, l) for l in range(-1, L)], dtype=np.int64)
         self._hyper = make_hyper(cfg, keys, logq_target, logq_sample)
         self._head = np.full(self.n_items, -1, dtype=np.int32)
-        self._train = None  # (B, S, Workspace, Grads) of training
+        self._train = None  # training buffers: B rows, S samples, global batch Bg (data parallelism; else B)
         self._hid = None  # flat hidden state of training, or None (= zeros at the next step)
         self._eval = None  # evaluation buffers for one batch size
 
-    def _buffers(self, B, S):
-        if self._train is not None and self._train["B"] == B and self._train["S"] == S:
-            return self._train
-        work = make_workspace(self.cfg, B, S, self._sx_cols, self._ndense, self._head)
-        gWy, gBy, gSx = grad_slots(self.cfg, B, S, self._sx_cols)
-        self._train = dict(B=B, S=S, work=work, grads=Grads(self.gflat, gWy, gBy, gSx, self._grad_layers),
+    def _buffers(self, B, S, Bg=None):
+        """The training buffers of B rows and S samples (a data-parallel rank: B of a global batch of Bg rows)."""
+        Bg = B if Bg is None else Bg
+        tr = self._train
+        if tr is not None and (tr["B"], tr["S"], tr["Bg"]) == (B, S, Bg):
+            return tr
+        work = make_workspace(self.cfg, B, S, self._sx_cols, self._ndense, self._head, global_batch=Bg)
+        gWy, gBy, gSx = grad_slots(self.cfg, B, S, self._sx_cols, global_batch=Bg)
+        self._train = dict(B=B, S=S, Bg=Bg, work=work, grads=Grads(self.gflat, gWy, gBy, gSx, self._grad_layers),
                            n_hid=B * sum(self.cfg.layers))
         return self._train
+
+    def _hidden_for(self, buf):
+        """The training hidden state, as one [B, H_l] array per layer of buf's B rows (zeros when unset or when
+        the batch changed)."""
+        if self._hid is not None and self._hid.shape[0] != buf["n_hid"]:
+            self._hid = None
+        if self._hid is None:
+            self._hid = np.zeros(buf["n_hid"], dtype=np.float32)
+        return tuple(self._split_hidden(self._hid, buf["B"]))
 
     # ------------------------------------------------------------------ training
     def warmup(self, batch_size: int, n_sample: int) -> None:
@@ -91,15 +103,11 @@ class CpuBackend(Backend):
         self._check_ids(targets, "targets")
         self._check_ids(samples, "samples")
         buf = self._buffers(B, S)
-        if self._hid is not None and self._hid.shape[0] != buf["n_hid"]:
-            self._hid = None
-        if self._hid is None:
-            self._hid = np.zeros(buf["n_hid"], dtype=np.float32)
+        hid = self._hidden_for(buf)
         losses = np.empty(T, dtype=np.float64)
         chunk = Chunk(inputs, targets, active, reset, samples, np.int64(step0))
         with parallel_region():
-            train_chunk_steps(self._p, buf["grads"], self._opt, buf["work"], self._hyper,
-                              tuple(self._split_hidden(self._hid, B)), chunk, losses)
+            train_chunk_steps(self._p, buf["grads"], self._opt, buf["work"], self._hyper, hid, chunk, losses)
         return losses
 
     def train_step(self, X, Y, active, reset, step: int) -> float:
@@ -109,6 +117,65 @@ class CpuBackend(Backend):
         self.check_step_y(X, Y)
         return float(self.train_chunk(X[None], Y[None, :B], np.asarray(active)[None], np.asarray(reset)[None],
                                       Y[None, B:], step)[0])
+
+    # ------------------------------------------------------------------ data parallelism (dataparallel.py)
+    def grad_step(self, X, Y, active, reset, step, row0, col_active, buf) -> None:
+        """Backend.grad_step: ``step.step_grads`` on this rank's rows, then its slots packed into the host float32
+        ``buf`` in GradLayout order (the flat dense gradients are already in that order)."""
+        lay = self.grad_layout()
+        X = np.ascontiguousarray(X, dtype=np.int32)
+        Y = np.ascontiguousarray(Y, dtype=np.int32)
+        active = np.ascontiguousarray(active, dtype=np.bool_)
+        reset = np.ascontiguousarray(reset, dtype=np.bool_)
+        col_active = np.ascontiguousarray(col_active, dtype=np.bool_)
+        B, Bg, O = self.check_grad_step(X, Y, active, reset, row0, col_active, lay)
+        self.check_grad_buffer(buf, lay)
+        self._check_ids(X, "X")
+        self._check_ids(Y, "Y")
+        tr = self._buffers(B, O - Bg, Bg)
+        hid = self._hidden_for(tr)
+        work, grads = tr["work"], tr["grads"]
+        work.ids[:O] = Y
+        jobs = np.zeros((4, 11), dtype=np.int64)
+        with parallel_region():
+            loss = step_grads(self._p, grads, work, self._hyper, hid, X, O, active, reset, col_active, int(row0),
+                              int(step), jobs)
+        buf[:lay.wy] = self.gflat
+        buf[lay.wy:lay.by] = grads.Wy[:O].reshape(-1)
+        buf[lay.by:lay.inp] = grads.By
+        inp = buf[lay.inp:lay.loss].reshape(Bg, lay.in_width)
+        inp[:row0] = 0.0
+        inp[row0:row0 + B] = grads.Wy[O:O + B] if lay.in_name == "Wy" else grads.Sx[:B, :lay.in_width]
+        inp[row0 + B:] = 0.0
+        buf[lay.loss] = np.float32(loss)
+
+    def apply_grad_buffer(self, buf, X_global, Y) -> float:
+        """Backend.apply_grad_buffer: ``buf`` unpacked into the slots of the global step ([Y | X_global] for Wy
+        in constrained mode), then ``step.apply_grads``, as the one-process step applies its own slots."""
+        lay = self.grad_layout()
+        self.check_grad_buffer(buf, lay)
+        X = np.ascontiguousarray(X_global, dtype=np.int32)
+        Y = np.ascontiguousarray(Y, dtype=np.int32)
+        Bg, O = self.check_apply_ids(X, Y, lay)
+        self._check_ids(X, "X_global")
+        self._check_ids(Y, "Y")
+        tr = self._train
+        if tr is None or (tr["S"], tr["Bg"]) != (O - Bg, Bg):  # no grad_step at this shape yet
+            tr = self._buffers(Bg, O - Bg, Bg)
+        work, grads = tr["work"], tr["grads"]
+        self.gflat[:] = buf[:lay.wy]
+        grads.Wy[:O] = buf[lay.wy:lay.by].reshape(O, lay.top_width)
+        grads.By[:] = buf[lay.by:lay.inp]
+        inp = buf[lay.inp:lay.loss].reshape(Bg, lay.in_width)
+        work.ids[:O] = Y
+        if lay.in_name == "Wy":
+            grads.Wy[O:O + Bg] = inp
+            work.ids[O:O + Bg] = X
+        else:
+            grads.Sx[:Bg, :lay.in_width] = inp
+        with parallel_region():
+            apply_grads(self._p, grads, self._opt, work, self._hyper, X, O)
+        return float(buf[lay.loss])
 
     def _check_ids(self, a, name):
         if a.size and (a.min() < 0 or a.max() >= self.n_items):

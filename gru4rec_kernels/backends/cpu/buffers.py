@@ -7,9 +7,15 @@ types, so ``layers[l]`` works with a runtime ``l``). Shape letters: B rows, H_l 
 O = B + S output columns, IN0 = layout.embed_width(cfg) (the gathered input width of layer 0).
 
 Dense parameters, their gradients, Adagrad accumulators and momenta are views into one flat buffer each
-(``layout`` order): the dense optimizer is one loop over flat arrays. Sparse gradients are fixed-size row
-slots aligned with the step's ids, never coalesced in place: Grads.Wy [O (+ B in constrained mode), H] for the
-ids [Y | X], Grads.By [O] for Y, Grads.Sx [B, cols] for X (E or one-hot Wx0).
+(``layout`` order, which is also dataparallel.GradLayout's dense order): the dense optimizer is one loop over
+flat arrays. Sparse gradients are fixed-size row slots aligned with the step's ids, never coalesced in place:
+Grads.Wy [O (+ B in constrained mode), H] for the ids [Y | X], Grads.By [O] for Y, Grads.Sx [B, cols] for X (E
+or one-hot Wx0).
+
+Data parallelism (dataparallel.py): a rank computes B = B_l rows of a global batch of B_g rows against all
+O = B_g + S columns, and applies the all-reduced gradients of the whole global step; its buffers are built with
+``global_batch`` = B_g: row buffers of B rows, column buffers of O, and the sparse-update slots and ids for the
+global step's [Y | X_global] (O + B_g). One process: B_g = B.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ OptState = namedtuple("OptState", "acc_flat mom_flat acc_Wy mom_Wy acc_By mom_By
 LayerWork = namedtuple("LayerWork", "a t2 r z c rh t1 out mask da dc drz drh dout")
 # x0 / mask0 / dx0 [B, IN0]: layer-0 input, its dropout mask and gradient. Score side (padded: Op = O rounded
 # up to MR, Bp = B rounded up to a vector): WyY [Op, H] = Wy[Y], hT [H, Bp] = h^T, Z / dZ [Bp, Op], R [B, Op];
-# byY / lqY [O] = By[Y] / col_logq; dh_part [SG_GROUPS, B, H]. Sparse update: ids [O + B] (= [Y | X]), nxt /
+# byY / lqY [O] = By[Y] / col_logq; dh_part [SG_GROUPS, B, H]. Sparse update: ids [O + B_g] (= [Y | X]), nxt /
 # first (duplicate chains), head [N] (all -1 between calls). aT: flat scratch of
 # max_l 3 H_l * B floats for the transposed operand of gemm_nt (da^T, dc^T).
 Workspace = namedtuple("Workspace", "layers x0 mask0 dx0 WyY hT dh_part byY lqY Z R dZ rowloss partial ids nxt "
@@ -78,11 +84,12 @@ def make_hyper(cfg, keys: np.ndarray, logq_t=None, logq_s=None) -> Hyper:
 
 
 def make_workspace(cfg, B: int, S: int, sx_cols: int, n_dense: int, head: np.ndarray,
-                   with_scores: bool = True) -> Workspace:
+                   with_scores: bool = True, global_batch: int | None = None) -> Workspace:
     """Zeroed buffers of a step with B rows and S samples (S = 0 for evaluation / inference). sx_cols: columns
     of the sparse input table (0 when constrained); n_dense: size of the flat dense buffer (bounds the clipping
     norm's partial sums); head: the shared per-item array of -1 of the sparse update. with_scores=False: the
-    forward only (evaluation, inference): the score-side and sparse-update buffers are left 1 element wide."""
+    forward only (evaluation, inference): the score-side and sparse-update buffers are left 1 element wide.
+    global_batch: B_g of a data-parallel rank (module docstring; default B)."""
     f32 = np.float32
     in0 = embed_width(cfg)
     widths = ("a", 3), ("t2", 2), ("r", 1), ("z", 1), ("c", 1), ("rh", 1), ("t1", 1), ("out", 1), ("mask", 1), \
@@ -99,13 +106,14 @@ def make_workspace(cfg, B: int, S: int, sx_cols: int, n_dense: int, head: np.nda
 
     layers = tuple(LayerWork(**{name: take(n * H) for name, n in widths}) for H in cfg.layers)
     x0, mask0, dx0 = take(in0), take(in0), take(in0)
-    O = B + S
+    Bg = B if global_batch is None else global_batch
+    O = Bg + S
     HL = cfg.layers[-1]
     if not with_scores:
-        B = O = HL = 1
+        B = Bg = O = HL = 1
     aT = np.zeros(3 * max(cfg.layers) * B, f32)
-    n_slots = O + B
-    n_partial = 16 + (n_dense + (n_slots + MR) * (HL + VW) + O + B * max(sx_cols, 1)) // CHUNK
+    n_slots = O + Bg
+    n_partial = 16 + (n_dense + (n_slots + MR) * (HL + VW) + O + Bg * max(sx_cols, 1)) // CHUNK
     Op = (O + MR - 1) // MR * MR
     Bp = (B + VW - 1) // VW * VW
     return Workspace(layers, x0, mask0, dx0, WyY=np.zeros((Op, HL), f32), hT=np.zeros((HL, Bp), f32),
@@ -116,10 +124,11 @@ def make_workspace(cfg, B: int, S: int, sx_cols: int, n_dense: int, head: np.nda
                      first=np.zeros(n_slots, np.int32), head=head, aT=aT)
 
 
-def grad_slots(cfg, B: int, S: int, sx_cols: int) -> tuple:
-    """(Wy slots, By slots, Sx slots) of a step: see the module docstring."""
+def grad_slots(cfg, B: int, S: int, sx_cols: int, global_batch: int | None = None) -> tuple:
+    """(Wy slots, By slots, Sx slots) of a step: see the module docstring (global_batch: as make_workspace)."""
     f32 = np.float32
-    O = B + S
+    Bg = B if global_batch is None else global_batch
+    O = Bg + S
     Op = (O + MR - 1) // MR * MR
-    return (np.zeros((max(Op, O + B), cfg.layers[-1]), f32), np.zeros(O, f32),
-            np.zeros((B, max(sx_cols, 1)), f32))
+    return (np.zeros((max(Op, O + Bg), cfg.layers[-1]), f32), np.zeros(O, f32),
+            np.zeros((Bg, max(sx_cols, 1)), f32))

@@ -51,14 +51,15 @@ def keep(key, step, element, p, scale):
 
 
 @njit(cache=True, error_model="numpy")
-def embed_input(src, X, x, mask, p, key, step, scale):
-    """x[b] = src[X[b]] * keep mask; the mask is stored for backward. p = 0: no dropout."""
+def embed_input(src, X, x, mask, p, key, step, scale, row0=0):
+    """x[b] = src[X[b]] * keep mask; the mask is stored for backward. p = 0: no dropout. The rows are rows row0..
+    of the step's batch: the mask of batch row row0 + b (data parallelism: a rank's rows of the global masks)."""
     B, W = x.shape
     for b in range(B):
         row = X[b]
         if p > 0.0:
             for j in range(W):
-                m = keep(key, step, b * W + j, p, scale)
+                m = keep(key, step, (row0 + b) * W + j, p, scale)
                 mask[b, j] = m
                 x[b, j] = src[row, j] * m
         else:
@@ -89,8 +90,9 @@ def gru_fwd_rz(a, t2, h, r, z, rh):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def gru_fwd_out(a, t1, h, z, c, out, mask, p, key, step, scale):
-    """c = tanh(a_h + (r h) U_h); out = ((1 - z) h + z c) * keep mask (mask stored; p = 0: no dropout)."""
+def gru_fwd_out(a, t1, h, z, c, out, mask, p, key, step, scale, row0=0):
+    """c = tanh(a_h + (r h) U_h); out = ((1 - z) h + z c) * keep mask (mask stored; p = 0: no dropout); the mask
+    of batch rows row0.. as embed_input."""
     B, H = h.shape
     for b in prange(B):
         for j in range(H):
@@ -99,7 +101,7 @@ def gru_fwd_out(a, t1, h, z, c, out, mask, p, key, step, scale):
             out[b, j] = blend(h[b, j], z[b, j], cc)
         if p > 0.0:
             for j in range(H):
-                m = keep(key, step, b * H + j, p, scale)
+                m = keep(key, step, (row0 + b) * H + j, p, scale)
                 mask[b, j] = m
                 out[b, j] = out[b, j] * m
 
@@ -165,10 +167,11 @@ def add_bias(a, bias):
 
 
 @njit(cache=True, error_model="numpy")
-def gru_fwd(params, hyper, work, hid, X, B, step, dropout, jobs):
+def gru_fwd(params, hyper, work, hid, X, B, step, dropout, jobs, row0=0):
     """The GRU layers of one step (reference.forward up to the top hidden state) on the first B rows: hid[l]
     [>= B, H_l] holds the incoming hidden state (reset rows already zeroed); work.layers[l] receives a, r, z, c,
-    rh, out and the masks. params: buffers.Params, hyper: buffers.Hyper, work: buffers.Workspace."""
+    rh, out and the masks. params: buffers.Params, hyper: buffers.Hyper, work: buffers.Workspace. row0: the
+    rows' first row in the step's batch, for the dropout masks (0 but in data parallelism)."""
     mode = hyper.mode
     for l in range(len(params.layers)):
         lp = params.layers[l]
@@ -186,7 +189,7 @@ def gru_fwd(params, hyper, work, hid, X, B, step, dropout, jobs):
                 x = work.x0[:B]
                 p = hyper.p_emb if dropout else 0.0
                 embed_input(params.Wy if mode == MODE_CONSTRAINED else params.Sx, X, x, work.mask0[:B], p,
-                            hyper.keys[0], step, np.float32(1.0 / (1.0 - hyper.p_emb)))
+                            hyper.keys[0], step, np.float32(1.0 / (1.0 - hyper.p_emb)), row0)
             else:
                 x = work.layers[l - 1].out[:B]
             IN = x.shape[1]
@@ -200,7 +203,7 @@ def gru_fwd(params, hyper, work, hid, X, B, step, dropout, jobs):
         mm(rh, lp.Wh, t1)
         p = hyper.p_hid if dropout else 0.0
         gru_fwd_out(a, t1, h, z, lw.c[:B], lw.out[:B], lw.mask[:B], p, hyper.keys[1 + l], step,
-                    np.float32(1.0 / (1.0 - hyper.p_hid)))
+                    np.float32(1.0 / (1.0 - hyper.p_hid)), row0)
 
 
 @njit(cache=True, error_model="numpy")

@@ -2,7 +2,8 @@
 lines, ``reference.loss_and_grad`` / ``row_loss`` and ``kernels/scores_loss.py``).
 
     scores        Wy[Y] gathered, Z = h Wy[Y]^T (the GEMM micro-kernel, transposed store)
-    row_loss      per row: + By[Y] - col_logq, R = f(Z), the loss and dZ (all five losses)
+    row_loss      per row: + By[Y] - col_logq, R = f(Z), the loss and dZ (all five losses); the rows may be a
+                  slice of a larger batch (data parallelism): row i's target column is row0 + i
     score_grads   Wy / By slots = dZ^T h, colsum dZ; dh = dZ Wy[Y]
 
 The loss code keeps IEEE semantics (inf, nan): no fast-math here except plain float64 sums (``reassoc``, in
@@ -71,9 +72,10 @@ def score_grads(dZ, WyY, top, gW, gb, dh_part, dh, O):
 def scores(Wy, By, Y, B, use_logq, logq_t, logq_s, hT, WyY, byY, lqY, Z):
     """Z[:, j] = h Wy[Y[j]] for the O = len(Y) columns (reference.forward, last lines), one block of MR columns
     per iteration: gather the block's rows WyY[j] = Wy[Y[j]] (kept for the backward), byY[j] = By[Y[j]] and
-    lqY[j] = col_logq[j] (logq_t for targets, logq_s for samples), then Z^T = WyY h^T for the block with the
-    micro-kernel, stored transposed into Z [Bp, Op]. The bias is added in the loss kernel. The padding of WyY
-    (rows O..) is never written (zero). hT [H, Bp] = h^T; the rows of Wy are random: fetched a block ahead."""
+    lqY[j] = col_logq[j] (logq_t for the B target columns, logq_s for samples), then Z^T = WyY h^T for the
+    block with the micro-kernel, stored transposed into Z [Bp, Op]. The bias is added in the loss kernel. The
+    padding of WyY (rows O..) is never written (zero). hT [H, Bp] = h^T; the rows of Wy are random: fetched a
+    block ahead."""
     O = Y.shape[0]
     H = Wy.shape[1]
     Op = WyY.shape[0]
@@ -101,13 +103,14 @@ def scores(Wy, By, Y, B, use_logq, logq_t, logq_s, hT, WyY, byY, lqY, Z):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _is_neg(i, j, B, active, Y, mask_hits):
-    """reference.negative_mask[i, j]."""
-    if j == i:
+def _is_neg(t, j, B, active, Y, mask_hits):
+    """reference.negative_mask of column j for the row whose target is column t (B batch columns, flags
+    active [B])."""
+    if j == t:
         return False
     if j < B and not active[j]:
         return False
-    if mask_hits and Y[j] == Y[i]:
+    if mask_hits and Y[j] == Y[t]:
         return False
     return True
 
@@ -173,29 +176,30 @@ def _scale_row(d, s):
 
 
 @njit(cache=True, error_model="numpy")
-def _ce_row(r, d, i, B, active, Y, mask_hits, w):
-    """Cross-entropy of row i over {target} + negatives (r = R[i], d = dZ[i]): returns logsumexp - r_t and
-    writes d = w (softmax - onehot(i)). Columns >= B (samples) are negatives unless masked as hits."""
-    yi = Y[i]
-    m = np.float64(r[i])
+def _ce_row(r, d, t, B, active, Y, mask_hits, w):
+    """Cross-entropy of one row (r = its R row, d = its dZ row, t = its target column) over {target} + negatives:
+    returns logsumexp - r_t and writes d = w (softmax - onehot(t)). B batch columns with flags active; columns
+    >= B (samples) are negatives unless masked as hits."""
+    yi = Y[t]
+    m = np.float64(r[t])
     for j in range(B):
-        if _is_neg(i, j, B, active, Y, mask_hits) and r[j] > m:
+        if _is_neg(t, j, B, active, Y, mask_hits) and r[j] > m:
             m = np.float64(r[j])
     m = max(m, _max_masked(r[B:], Y[B:], yi, mask_hits))
     m32 = np.float32(m)
     s = 0.0
     for j in range(B):
-        if j == i or _is_neg(i, j, B, active, Y, mask_hits):
+        if j == t or _is_neg(t, j, B, active, Y, mask_hits):
             v = exp32(r[j] - m32)
             d[j] = v
             s += np.float64(v)
         else:
             d[j] = 0.0
     s += _exp_masked(r[B:], d[B:], m, Y[B:], yi, mask_hits)
-    et = np.float64(d[i])
+    et = np.float64(d[t])
     _scale_row(d, w / s)
-    d[i] = np.float32((et / s - 1.0) * w)
-    return math.log(s) + m - np.float64(r[i])
+    d[t] = np.float32((et / s - 1.0) * w)
+    return math.log(s) + m - np.float64(r[t])
 
 
 # The softmax-weighted ranking losses (bpr-max, top1-max) per column j of row i: with e = exp(R_ij - m) and the
@@ -253,24 +257,25 @@ def _max_grads(r, d, y, yi, mask_hits, rt, m, den, s1, s2, inv, loss, bpreg):
 
 
 @njit(cache=True, error_model="numpy")
-def _ranking_row(R, dZ, i, B, active, Y, mask_hits, loss, bpreg):
-    """bpr-max, top1-max, bpr, top1 for row i (reference.row_loss, written out per row; R = R[i], dZ = dZ[i]):
-    returns loss_i and leaves dR_i (unweighted) in dZ."""
+def _ranking_row(R, dZ, t, B, active, Y, mask_hits, loss, bpreg):
+    """bpr-max, top1-max, bpr, top1 of one row (reference.row_loss, written out per row; R, dZ = the row's, t =
+    its target column, B batch columns with flags active): returns the row's loss and leaves its dR (unweighted)
+    in dZ."""
     O = R.shape[0]
-    rt = np.float64(R[i])
-    yi = Y[i]
+    rt = np.float64(R[t])
+    yi = Y[t]
     L = 0.0
     if loss == LOSS_BPR_MAX or loss == LOSS_TOP1_MAX:
         m = -np.inf
         for j in range(B):
-            if _is_neg(i, j, B, active, Y, mask_hits) and R[j] > m:
+            if _is_neg(t, j, B, active, Y, mask_hits) and R[j] > m:
                 m = np.float64(R[j])
         m = max(m, _max_masked(R[B:], Y[B:], yi, mask_hits))
         if not math.isfinite(m):
             m = 0.0
         s0, s1, s2, s3 = _max_sums(R[B:], Y[B:], yi, mask_hits, rt, m, loss)
         for j in range(B):
-            if _is_neg(i, j, B, active, Y, mask_hits):
+            if _is_neg(t, j, B, active, Y, mask_hits):
                 e, t1, t2, t3 = _max_terms(np.float64(R[j]), rt, m, loss)
                 s0 += e
                 s1 += t1
@@ -290,20 +295,20 @@ def _ranking_row(R, dZ, i, B, active, Y, mask_hits, loss, bpreg):
             gi = -(s2 / den)
         _max_grads(R[B:], dZ[B:], Y[B:], yi, mask_hits, rt, m, den, A, Q, inv, loss, bpreg)
         for j in range(B):
-            if _is_neg(i, j, B, active, Y, mask_hits):
+            if _is_neg(t, j, B, active, Y, mask_hits):
                 dZ[j] = _max_grad(np.float64(R[j]), rt, m, den, A, Q, inv, loss, bpreg)
             else:
                 dZ[j] = 0.0
-        dZ[i] = gi
+        dZ[t] = gi
         return L
     n_neg = 0
     for j in range(O):
-        if _is_neg(i, j, B, active, Y, mask_hits):
+        if _is_neg(t, j, B, active, Y, mask_hits):
             n_neg += 1
     inv_n = 1.0 / max(n_neg, 1)
     T = 0.0
     for j in range(O):
-        if _is_neg(i, j, B, active, Y, mask_hits):
+        if _is_neg(t, j, B, active, Y, mask_hits):
             r = np.float64(R[j])
             if loss == LOSS_BPR:
                 d = rt - r
@@ -319,7 +324,7 @@ def _ranking_row(R, dZ, i, B, active, Y, mask_hits, loss, bpreg):
                 T += sd * (1.0 - sd)
         else:
             dZ[j] = 0.0
-    dZ[i] = -T * inv_n
+    dZ[t] = -T * inv_n
     return L * inv_n
 
 
@@ -338,11 +343,16 @@ def _act_grad_row(d, z, r, act, act_a, w):
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
-def row_loss(Z, R, dZ, O, Y, byY, lqY, use_logq, active, loss, act, act_a, bpreg, mask_hits, w, rowloss):
+def row_loss(Z, R, dZ, O, Y, byY, lqY, use_logq, active, col_active, row0, loss, act, act_a, bpreg, mask_hits, w,
+             rowloss):
     """One row per iteration (reference.loss_and_grad): Z_i += By[Y] - col_logq; R_i = f(Z_i); the weighted
     row loss (rowloss[i], float64) and dZ_i = dR_i * w * f'(Z_i). Inactive rows: loss 0, dZ_i = 0.
+    The B = len(active) rows are rows row0 .. row0 + B - 1 of a batch whose Bc = len(col_active) target columns
+    lead Y: row i's target is column row0 + i, and batch column j is a negative only where col_active[j] (one
+    process: row0 = 0, col_active = active; data parallelism: a rank's rows of the global batch).
     Rows B.. and columns O.. of Z / dZ (padding) are not touched."""
     B = active.shape[0]
+    Bc = col_active.shape[0]
     for i in prange(B):
         d = dZ[i, :O]  # row views: one per row, so the shared reference count is touched B times only
         if not active[i]:
@@ -356,10 +366,10 @@ def row_loss(Z, R, dZ, O, Y, byY, lqY, use_logq, active, loss, act, act_a, bpreg
             r = R[i, :O]
             _act_row(z, r, act, act_a)
         if loss == LOSS_CE:
-            L = _ce_row(r, d, i, B, active, Y, mask_hits, w)
+            L = _ce_row(r, d, row0 + i, Bc, col_active, Y, mask_hits, w)
             if act != ACT_LINEAR:
                 _act_grad_row(d, z, r, act, act_a, 1.0)
         else:
-            L = _ranking_row(r, d, i, B, active, Y, mask_hits, loss, bpreg)
+            L = _ranking_row(r, d, row0 + i, Bc, col_active, Y, mask_hits, loss, bpreg)
             _act_grad_row(d, z, r, act, act_a, w)
         rowloss[i] = L * w
