@@ -100,7 +100,9 @@ def test_two_ranks_equal_one_process(backend, dtype, rtol, tmp_path):
         worst[(case, "losses")] = rel_diff(r0["losses"], one["losses"])
         for k, v in one.items():
             if k.startswith(("param.", "acc.", "mom.")):
-                np.testing.assert_allclose(r0[k], v, rtol=rtol, atol=rtol * 1e-3, err_msg=f"{case} {k}")
+                # atol on the array's scale: an element that cancels to ~0 keeps the absolute error of its terms
+                np.testing.assert_allclose(r0[k], v, rtol=rtol, atol=rtol * np.abs(v).max(initial=1e-3),
+                                           err_msg=f"{case} {k}")
                 np.testing.assert_array_equal(r0[k], r1[k], err_msg=f"{case} {k}: the replicas differ")
                 worst[(case, k.split(".")[0])] = max(worst.get((case, k.split(".")[0]), 0.0), rel_diff(r0[k], v))
     assert idle_rank_steps > 0 and shared_id_steps > 0 and hit_steps > 0
