@@ -700,6 +700,8 @@ class PRNNCudaBackend(CudaBackend):
             if getattr(eb, "run", None) != run:  # the captured steps run other subnets
                 self._eval_graphs.clear()
                 eb.run = run
+                with self._on_stream():
+                    self._scales(run)  # its scale table made now, never while a graph is being captured
         return super().eval_chunk(inputs, targets, reset, active, candidates=candidates)
 
     def _eval_step(self, eb: _Bufs) -> None:
