@@ -50,8 +50,8 @@ KERNELS_DIR = REPO / "gru4rec_kernels" / "kernels"
 DEFAULT_OUT = REPO / "bench" / "results" / "kernels.json"
 ARCHS = ("sm_80", "sm_90")
 # The families docs/kernels.md names, plus gemm (the step's GEMMs; cuBLAS cannot be graph-captured through
-# CuPy) and step (the device step counter); the compile test requires each of them.
-FAMILIES = ("gru", "scores_loss", "adagrad", "embedding", "evaluate", "gemm", "step")
+# CuPy), step (the device step counter) and the p-RNN's features and subnets; the compile test requires each.
+FAMILIES = ("gru", "scores_loss", "adagrad", "embedding", "evaluate", "gemm", "step", "features", "subnets")
 PACKAGE = "gru4rec_kernels.kernels"
 
 

@@ -86,6 +86,13 @@ def sparse_input_product(W, rows: SparseRows, n_rows: int):
     return out
 
 
+def sparse_input_grad(rows: SparseRows, da0):
+    """The sparse gradient of W from the product's gradient da0 [B, cols of W]: the uncoalesced pairs
+    (cols [M], v da0[b] [M, cols of W]), one per non-zero (b, j, v), in CSR order (the cuda twin:
+    kernels/features.py)."""
+    return rows.cols, rows.vals[:, None] * da0[rows.seg]
+
+
 # --------------------------------------------------------------------------------------------- forward
 def subnet_forward(params, layout: PRNNLayout, k: int, H: list, X, masks: SubnetMasks):
     """Subnet k's GRU stack on the input items X: (SubnetCache; the new hidden state is its layers' out)."""
@@ -184,8 +191,7 @@ def backward(params, layout: PRNNLayout, cache: PRNNCache, dZ, step: StepInputs,
             elif src.kind == "dense":
                 g.dense[src.param] = sc.x_dense[src.name].T @ da0
             else:
-                sr = sc.x_sparse[src.name]
-                g.sparse[src.param] = [(sr.cols, sr.vals[:, None] * da0[sr.seg])]
+                g.sparse[src.param] = [sparse_input_grad(sc.x_sparse[src.name], da0)]
     g.sparse = {k: (np.concatenate([i for i, _ in v]), np.concatenate([r for _, r in v])) for k, v in g.sparse.items()}
     return g
 

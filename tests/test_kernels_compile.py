@@ -94,7 +94,8 @@ def test_every_kernel_compiles_for_every_arch(compiled):
     assert proc.returncode in (0, 4), f"exit {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
 
 
-# The kernels of the training step's families (the others, adagrad and evaluate, are checked by inventory only):
+# The kernels of the training step's families (GRU4Rec's and the p-RNN's; the others, adagrad and evaluate, are
+# checked by inventory only):
 # a kernel added, renamed or removed must show up here and in docs/kernels.md.
 STEP_KERNELS = {
     "gemm": {"gemm_nn", "gemm_nt", "gemm_tn", "gemm_grouped"},
@@ -102,6 +103,8 @@ STEP_KERNELS = {
     "gru": {"hidden_reset", "gru_fwd_rz", "gru_fwd_out", "gru_bwd_cz", "gru_bwd_r", "dropout_inplace"},
     "embedding": {"gather_rows", "scatter_add_rows"},
     "scores_loss": {"row_loss_partial", "row_loss_grad"},
+    "features": {"sparse_input_product", "sparse_input_grad"},
+    "subnets": {"concat_hidden", "split_hidden_grad"},
 }
 
 

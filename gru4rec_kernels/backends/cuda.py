@@ -88,6 +88,17 @@ class CudaBackend(Backend):
     def __init__(self, cfg, n_items, params, logq_target=None, logq_sample=None, dtype=np.float32, *,
                  graph_steps: int = 64, threads: dict | None = None, eval_tile: int | None = None):
         super().__init__(cfg, n_items, params, logq_target, logq_sample)
+        self._init_device(dtype, graph_steps, threads, eval_tile)
+        L = cfg.layers
+        self.mode = MODE_CODES[cfg.input_mode]
+        self.keys = [dropout_key(cfg.seed, l) for l in range(len(L))]
+        self.key_emb = dropout_key(cfg.seed, -1)
+        with self._on_stream():
+            self._init_params(params)
+
+    def _init_device(self, dtype, graph_steps, threads, eval_tile) -> None:
+        """The device (or the simulator), the stream, block sizes, the GEMM tile and the empty training and
+        evaluation state: everything but the model's own layout (shared with backends/cuda_prnn.py)."""
         import os
 
         from . import cuda_usable
@@ -132,13 +143,7 @@ class CudaBackend(Backend):
         self._cuda = cuda
         self.gemm_tile = kgm.default_tile()
         self.dtype = np.float32
-        L = cfg.layers
-        self.mode = MODE_CODES[cfg.input_mode]
-        self.keys = [dropout_key(cfg.seed, l) for l in range(len(L))]
-        self.key_emb = dropout_key(cfg.seed, -1)
-        self.act, self.act_a = cfg.final_act_code
-        with self._on_stream():
-            self._init_params(params)
+        self.act, self.act_a = self.cfg.final_act_code
         self._tb = None  # training buffers (per batch shape)
         self._eb = None  # evaluation buffers
         self._graphs: dict = {}

@@ -1,5 +1,5 @@
 """The p-RNN numpy backend: reference_prnn behind the Backend interface (slow; the oracle for the fast p-RNN
-backends still to come, and for now the only backend a p-RNN trains, evaluates and serves on).
+backends: backends/cuda_prnn.py so far, listed in PRNN_BUILT).
 
 State: parameters, Adagrad accumulators and momenta under the PRNNLayout names; the hidden state per subnet,
 per layer. The training strategy reaches the step through ``set_phases``: the trainer gives the Phase of every
@@ -20,7 +20,8 @@ from .base import Backend
 PRNN_BACKENDS = ("auto", "numpy", "cpu", "cuda")
 # The p-RNN steps built so far, by backend name: (module, class). "auto" picks the first built one of
 # ("cuda" on a usable GPU, "cpu", "numpy").
-PRNN_BUILT = {"numpy": (".prnn_numpy", "PRNNNumpyBackend")}
+PRNN_BUILT = {"numpy": (".prnn_numpy", "PRNNNumpyBackend"),
+              "cuda": (".cuda_prnn", "PRNNCudaBackend")}
 
 
 def resolve_prnn_backend(name: str) -> str:

@@ -27,6 +27,13 @@ The sum order is the slot order from zero, which is what ``np.add.at`` does in `
 is deterministic and bitwise reproducible run to run (bitwise equal to the float32 reference in the simulator; on
 a GPU the compiler may contract ``acc + g*g`` or ``g + row*gscale`` into one FMA, one rounding fewer).
 A slot with a zero gradient still counts as touched (as in the reference: with momentum the row still moves).
+
+For the p-RNN (backends/cuda_prnn.py) ``sparse_adagrad`` also takes a column block: with ``cols = (c0, c1)`` the
+rows are [K, c1 - c0] and only columns c0 .. c1 of p, acc, mom are updated (subnet k's block of Wy, as
+reference_prnn.apply_grads updates a view Wy[:, c0:c1]: a frozen subnet's columns of a touched row keep their
+values, accumulators and momenta). And a segment whose id is N, one past the last row, is skipped: the padding
+of a fixed-size slot list (a sparse feature's B x max-non-zeros slots, kernels/features.py). GRU4Rec passes
+whole rows (c0 = 0) and ids < N, so its updates are as before.
 """
 from __future__ import annotations
 
@@ -76,11 +83,12 @@ def adagrad_dense(p, g, acc, mom, gscale, lr, mu):
 
 
 def sparse_adagrad(p, acc, mom, rows, perm, seg_start, seg_id, ctr, gscale, lr, mu, pb, accb, momb, brows,
-                   n_bslots):
-    """Block q, step t = ctr[0]: if q < n_seg, update row r = seg_id[t, q] of p, acc, mom [N, D] with the sum,
-    in slot order, of the rows [K, D] of the slots perm[t, seg_start[t, q] : seg_start[t, q + 1]]; and, when
-    some of those slots are bias slots (k < n_bslots), entry r of pb, accb, momb [N] with the sum of their
-    brows [>= n_bslots]. Blocks q >= n_seg (seg_start[t, q] = K) return at once."""
+                   n_bslots, c0):
+    """Block q, step t = ctr[0]: if q < n_seg, update row r = seg_id[t, q] of p, acc, mom [N, D], columns
+    c0 .. c0 + W, with the sum, in slot order, of the rows [K, W] of the slots perm[t, seg_start[t, q] :
+    seg_start[t, q + 1]]; and, when some of those slots are bias slots (k < n_bslots), entry r of pb, accb,
+    momb [N] with the sum of their brows [>= n_bslots]. Blocks q >= n_seg (seg_start[t, q] = K) and segments of
+    the padding id r >= N return at once."""
     q = cuda.blockIdx.x
     tid = cuda.threadIdx.x
     t = ctr[0]
@@ -90,12 +98,14 @@ def sparse_adagrad(p, acc, mom, rows, perm, seg_start, seg_id, ctr, gscale, lr, 
         return
     s1 = seg_start[t, q + 1]
     r = seg_id[t, q]
+    if r >= p.shape[0]:  # block-uniform: the padding slots of a fixed-size slot list (p-RNN sparse features)
+        return
     s = gscale[0]
-    for d in range(tid, p.shape[1], cuda.blockDim.x):
+    for d in range(tid, rows.shape[1], cuda.blockDim.x):
         g = F0  # from zero, adding in slot order: reference.coalesce's np.add.at, bit for bit
         for j in range(s0, s1):
             g += rows[perm[t, j], d] * s
-        _adagrad_at(p, acc, mom, (r, d), g, lr, mu)
+        _adagrad_at(p, acc, mom, (r, c0 + d), g, lr, mu)
     if tid == cuda.blockDim.x - 1:  # the last thread: idle in the row loop whenever D < the block size
         gb = F0
         has_b = False
@@ -141,7 +151,7 @@ _I2 = "int32[:, ::1]"
 KERNELS = {
     "adagrad_dense": (adagrad_dense, [f"void({_V}, {_V}, {_V}, {_V}, {_V}, float32, float32)"]),
     "sparse_adagrad": (sparse_adagrad, [f"void({_M}, {_M}, {_M}, {_M}, {_I2}, {_I2}, {_I2}, int64[::1], {_V}, "
-                                        f"float32, float32, {_V}, {_V}, {_V}, {_V}, int32)"]),
+                                        f"float32, float32, {_V}, {_V}, {_V}, {_V}, int32, int32)"]),
     "sumsq_partial": (sumsq_partial, [f"void({_V}, {_V}, int32)"]),
     "clip_scale": (clip_scale, [f"void({_V}, {_V}, float32)"]),
 }
@@ -169,22 +179,28 @@ def launch_adagrad_dense(p, g, acc, mom, gscale, lr, mu, threads=None, stream=0)
 
 
 def launch_sparse_adagrad(p, acc, mom, rows, perm, seg_start, seg_id, ctr, gscale, lr, mu, pb, accb, momb, brows,
-                          n_bslots, threads=None, stream=0):
+                          n_bslots, cols=None, threads=None, stream=0):
     """Sparse Adagrad of step t = ctr[0] over the segments of backends/segments.py: p, acc, mom [N, D] updated at
     the distinct ids seg_id[t] with the sums of their slot rows [K, D] (perm [T, K], seg_start [T, K + 1],
     seg_id [T, K] int32); pb, accb, momb [N] at the ids that own a slot k < n_bslots, with the sums of those
-    brows [>= n_bslots] (n_bslots = 0: no bias, pb / accb / momb untouched). ctr [2] int64; gscale [1]."""
+    brows [>= n_bslots] (n_bslots = 0: no bias, pb / accb / momb untouched). ctr [2] int64; gscale [1].
+    ``cols`` = (c0, c1): only those columns of the rows are updated, rows [K, c1 - c0] (a p-RNN subnet's block
+    of Wy: the other columns, their accumulators and momenta are left as they are); None: whole rows. A segment
+    whose id is N (one past the last row) is padding and skipped."""
     N, D = check("p", p, np.float32, 2)
     check("acc", acc, np.float32, 2, (N, D))
     check("mom", mom, np.float32, 2, (N, D))
-    K, _ = check("rows", rows, np.float32, 2, (None, D))
+    c0, c1 = (0, D) if cols is None else (int(cols[0]), int(cols[1]))
+    if not 0 <= c0 <= c1 <= D:
+        raise ValueError(f"cols must be a column range (c0, c1) with 0 <= c0 <= c1 <= {D}; got {cols!r}")
+    K, _ = check("rows", rows, np.float32, 2, (None, c1 - c0))
     T, _ = check("perm", perm, np.int32, 2, (None, K))
     check("seg_start", seg_start, np.int32, 2, (T, K + 1))
     check("seg_id", seg_id, np.int32, 2, (T, K))
     check("ctr", ctr, np.int64, 1, (2,))
     check("gscale", gscale, np.float32, 1, (1,))
-    for name, a in (("pb", pb), ("accb", accb), ("momb", momb)):
-        check(name, a, np.float32, 1, (N,))
+    for name, a in (("pb", pb), ("accb", accb), ("momb", momb)):  # never read without bias slots (a table of D rows)
+        check(name, a, np.float32, 1, (N,) if n_bslots else None)
     (Kb,) = check("brows", brows, np.float32, 1)
     if not 0 <= int(n_bslots) <= min(Kb, K):
         raise ValueError(f"n_bslots must be in [0, min(len(brows), K) = {min(Kb, K)}]; got {n_bslots}")
@@ -192,7 +208,8 @@ def launch_sparse_adagrad(p, acc, mom, rows, perm, seg_start, seg_id, ctr, gscal
     t = check_threads(THREADS["sparse"] if threads is None else threads)
     if K > 0:  # a block per possible segment: a fixed grid, whatever the step's number of distinct ids
         get_kernel(KERNELS, "sparse_adagrad")[K, t, stream](p, acc, mom, rows, perm, seg_start, seg_id, ctr, gscale,
-                                                            lr, mu, pb, accb, momb, brows, np.int32(n_bslots))
+                                                            lr, mu, pb, accb, momb, brows, np.int32(n_bslots),
+                                                            np.int32(c0))
 
 
 def launch_sumsq_partial(partials, x, slot, threads=None, stream=0):

@@ -13,7 +13,8 @@ of the global batch: targets_s holds the global targets, x0's dropout mask is of
     ids[:Bc] = targets[t],  ids[Bc:O] = samples[t],  ids[O:] = inputs[t]  ids [O + B] = [Y | X]
     active = active_s[t],  reset = reset_s[t]                             [B] uint8
     h_in_l = 0 on reset rows, else hid_l, for every layer                 (kernels/gru.py: hidden_reset)
-    x0 = emb[X] * embedding dropout mask   (emb = Wy or E; not one-hot)   [B, D]  (embedding.gather_rows)
+    x0 = emb[X, c0:c0+D] * embedding dropout mask (emb = Wy or E; not one-hot; c0 a p-RNN subnet's block of
+                                                     Wy, else 0)        [B, D]  (embedding.gather_rows)
     WyY = Wy[Y]                                                           [O, H_L]
 
 Each thread reads the ids it needs straight from the chunk row t, never from the ids the kernel writes, so no
@@ -28,18 +29,18 @@ import numpy as np
 from numba import cuda, float32
 
 from .common import F0, MAX_THREADS, THREADS, block_sum4, ceil_div, check, check_threads, get_kernel
-from .embedding import gather_element
+from .embedding import check_column_offset, gather_element
 from .gru import _drop_args, _row0, check_hidden, hidden_row
 
 
 def step_begin(ids, active, reset, h_in, hid, widths, x0, emb, gather_x0, WyY, Wy, inputs, targets, samples,
-               active_s, reset_s, ctr, key, p, scale, row0):
+               active_s, reset_s, ctr, key, p, scale, row0, emb_c0):
     """A thread per element of [ids (O + B) | h_in (sum_l B H_l) | x0 (B D, when gather_x0) | WyY (O H_L)].
 
     Stages row t = ctr[0] of the chunk (inputs / active_s / reset_s [T, B], targets [T, Bc], samples [T, S]) into
     ids = [targets | samples | inputs], active, reset [B]; h_in = hid or 0 (flat states of every layer, widths
-    [L]); x0 [B, D] = emb[inputs[t]] times the embedding dropout (key, p, scale; counter word ctr[1]; mask rows
-    row0..); WyY [O, H] = Wy[targets[t] | samples[t]]."""
+    [L]); x0 [B, D] = emb[inputs[t], emb_c0 : emb_c0 + D] times the embedding dropout (key, p, scale; counter
+    word ctr[1]; mask rows row0..); WyY [O, H] = Wy[targets[t] | samples[t]]."""
     i = cuda.grid(1)
     B = inputs.shape[1]
     Bc = targets.shape[1]
@@ -68,14 +69,14 @@ def step_begin(ids, active, reset, h_in, hid, widths, x0, emb, gather_x0, WyY, W
         D = x0.shape[1]
         if i < B * D:
             k = i // D
-            gather_element(x0, emb, inputs[t, k], k, i - k * D, ctr[1], key, p, scale, row0)
+            gather_element(x0, emb, inputs[t, k], k, i - k * D, emb_c0, ctr[1], key, p, scale, row0)
             return
         i -= B * D
     H = WyY.shape[1]
     if i < O * H:
         k = i // H
         y = targets[t, k] if k < Bc else samples[t, k - Bc]
-        gather_element(WyY, Wy, y, k, i - k * H, ctr[1], key, 0.0, scale, 0)
+        gather_element(WyY, Wy, y, k, i - k * H, 0, ctr[1], key, 0.0, scale, 0)
 
 
 def step_end(losses, row_loss, ctr):
@@ -105,12 +106,13 @@ KERNELS = {
 
 
 def launch_step_begin(ids, active, reset, chunk, ctr, hidden, WyY, Wy, x0=None, emb=None, key=0, p=0.0,
-                      threads=None, stream=0, row0=0):
+                      emb_c0=None, threads=None, stream=0, row0=0):
     """Stage row ctr[0] of ``chunk`` = (inputs, targets, samples, active_s, reset_s) ([T, B] int32, [T, Bc] int32,
     [T, S] int32, [T, B] uint8, [T, B] uint8) into ids [O + B] int32 (O = Bc + S), active, reset [B] uint8; reset
     the flat ``hidden`` = (h_in, hid, widths) states; gather WyY [O, H] = Wy[Y]; and, unless ``x0`` is None (the
     one-hot input), x0 [B, D] = emb[X] with the embedding dropout (key, p) of the batch rows row0.. . Bc = B and
-    row0 = 0 in one process; a data-parallel rank stages its B rows of a global batch of Bc."""
+    row0 = 0 in one process; a data-parallel rank stages its B rows of a global batch of Bc. ``emb_c0``: x0 is
+    the column block emb_c0 .. emb_c0 + D of emb's rows (a p-RNN's constrained ID subnet; None: emb is D wide)."""
     inputs, targets, samples, active_s, reset_s = chunk
     T, B = check("inputs", inputs, np.int32, 2)
     _, Bc = check("targets", targets, np.int32, 2, (T, None))
@@ -132,16 +134,16 @@ def launch_step_begin(ids, active, reset, chunk, ctr, hidden, WyY, Wy, x0=None, 
     key, p, scale = _drop_args(ctr, key, p)
     n = O + B + h_in.shape[0] + O * H
     if x0 is None:
-        x0, emb, gather = WyY, Wy, np.int32(0)  # never read (gather_x0 = 0): any float32 matrices will do
+        x0, emb, gather, c0 = WyY, Wy, np.int32(0), np.int32(0)  # never read (gather_x0 = 0): any matrices do
     else:
         _, D = check("x0", x0, np.float32, 2, (B, None))
-        check("emb", emb, np.float32, 2, (None, D))
+        c0 = check_column_offset(emb_c0, D, check("emb", emb, np.float32, 2)[1], "emb")
         gather = np.int32(1)
         n += B * D
     t = check_threads(THREADS["elementwise"] if threads is None else threads)
     get_kernel(KERNELS, "step_begin")[ceil_div(n, t), t, stream](ids, active, reset, h_in, hid, widths, x0, emb, gather,
                                                                  WyY, Wy, inputs, targets, samples, active_s, reset_s,
-                                                                 ctr, key, p, scale, r0)
+                                                                 ctr, key, p, scale, r0, c0)
 
 
 def launch_step_end(losses, row_loss, ctr, threads=None, stream=0):
