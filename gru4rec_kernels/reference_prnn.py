@@ -86,6 +86,12 @@ def sparse_input_product(W, rows: SparseRows, n_rows: int):
     return out
 
 
+def sparse_input_grad(rows: SparseRows, da0):
+    """The gradient of sparse_input_product w.r.t. W, as uncoalesced (ids, rows) pairs: (j, v da0[b]) for every
+    non-zero (b, j, v), in batch-row then CSR order (duplicate j are summed by the optimizer, in this order)."""
+    return rows.cols, rows.vals[:, None] * da0[rows.seg]
+
+
 # --------------------------------------------------------------------------------------------- forward
 def subnet_forward(params, layout: PRNNLayout, k: int, H: list, X, masks: SubnetMasks):
     """Subnet k's GRU stack on the input items X: (SubnetCache; the new hidden state is its layers' out)."""
@@ -185,7 +191,7 @@ def backward(params, layout: PRNNLayout, cache: PRNNCache, dZ, step: StepInputs,
                 g.dense[src.param] = sc.x_dense[src.name].T @ da0
             else:
                 sr = sc.x_sparse[src.name]
-                g.sparse[src.param] = [(sr.cols, sr.vals[:, None] * da0[sr.seg])]
+                g.sparse[src.param] = [sparse_input_grad(sr, da0)]
     g.sparse = {k: (np.concatenate([i for i, _ in v]), np.concatenate([r for _, r in v])) for k, v in g.sparse.items()}
     return g
 
