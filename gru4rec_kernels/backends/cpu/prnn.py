@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+import numba
 import numpy as np
 from numba import njit
 from numba.typed import List
@@ -419,6 +420,11 @@ class PRNNCpuBackend(Backend):
     def __init__(self, layout: PRNNLayout, params: dict, logq_target=None, logq_sample=None):
         if not isinstance(layout, PRNNLayout):
             raise ValueError(f"layout must be a PRNNLayout; got {type(layout).__name__}")
+        # Launch Numba's thread pool now: a driver loaded from the on-disk cache calls its prange kernels through
+        # the pool's entry points, which exist only once the pool is up; a cache entry compiled while those
+        # kernels came from the cache themselves does not start the pool on load (measured: a fresh process that
+        # only evaluated called a null pointer).
+        numba.get_num_threads()
         # Backend.__init__ checks GRU4Rec's parameter names; a p-RNN has the layout's
         self.layout = layout
         self.cfg = cfg = layout.cfg
