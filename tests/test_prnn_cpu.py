@@ -81,8 +81,8 @@ B_ROWS, S_SAMPLES = 4, 5
 
 
 def cases():
-    """Every architecture x strategy x feature kind (the strategies need two subnets: parallel only), with the
-    losses, ID input modes and optimizer options spread over them."""
+    """Every architecture x strategy x feature kind (the strategies need two subnets: parallel only), each with
+    cross-entropy and with bpr-max; the ID input modes and the optimizer options spread over them."""
     out = []
     for arch in ("id", "feature", "concat", "parallel"):
         for strategy in (STRATEGIES if arch == "parallel" else ("simultaneous",)):
@@ -91,9 +91,9 @@ def cases():
     out.append(("parallel", "simultaneous", "both"))
     out.append(("concat", "simultaneous", "both"))
     modes = ("constrained", "embedding", "onehot")
-    return [pytest.param(a, s, f, ("cross-entropy", "bpr-max")[n % 2], modes[n % 3], n,
-                         id=f"{a}-{s}-{f}-{('ce', 'bprmax')[n % 2]}-{modes[n % 3]}")
-            for n, (a, s, f) in enumerate(out)]
+    return [pytest.param(a, s, f, loss, modes[(i + j) % 3], 2 * i + j,
+                         id=f"{a}-{s}-{f}-{('ce', 'bprmax')[j]}-{modes[(i + j) % 3]}")
+            for i, (a, s, f) in enumerate(out) for j, loss in enumerate(("cross-entropy", "bpr-max"))]
 
 
 def phase_plan(prnn, n_epochs, T):
@@ -145,7 +145,7 @@ def test_whole_steps_match_numpy_backend(arch, strategy, feats, loss, mode, n):
     activations: the cpu p-RNN backend within float32 error of the float64 numpy p-RNN backend."""
     kw = dict(batch_size=B_ROWS, dropout_p_hidden=0.3, dropout_p_embed=0.3, momentum=0.5 if n % 2 else 0.9,
               grad_cap=0.05 if n % 3 == 1 else 0.0, logq=0.5 if n % 4 == 2 else 0.0,
-              mask_accidental_hits=n % 2 == 0, final_act=("linear", "elu-0.5", "tanh")[n % 3],
+              mask_accidental_hits=(n // 2) % 2 == 0, final_act=("linear", "elu-0.5", "tanh")[n % 3],
               layers=(5, 4) if n % 5 == 3 else (5,), n_epochs=3)
     cfg, prnn, feat = make_prnn(arch, mode if arch in ("id", "concat", "parallel") else None, feats,
                                 strategy=strategy, loss=loss, **kw)
@@ -295,6 +295,34 @@ def test_eval_counts_equal_numpy_backend(arch, mode, feats, subnets):
         if c is None:
             assert np.all(got[1][active & (targets == 3)] == 2)  # the tie of items 3 and 9
     assert n_near <= 2
+
+
+def test_bad_input_is_refused():
+    from gru4rec_kernels.prnn_config import Phase
+    cfg, prnn, feat = make_prnn("parallel", "constrained", "sparse", batch_size=B_ROWS)
+    layout = PRNNLayout(cfg, prnn, N_ITEMS, feat)
+    params, *_ = make_prnn_problem(layout, dtype=np.float32)
+    be = PRNNCpuBackend(layout, params)
+    sched = schedule(2, B_ROWS, S_SAMPLES, seed=1)
+    with pytest.raises(ValueError, match="needs 2 phases"):
+        be.train_chunk(*sched, 0)
+    bad = tuple(a.copy() for a in sched)
+    bad[4][0, 0] = N_ITEMS
+    be.set_phases(phase_plan(prnn, cfg.n_epochs, 2))
+    with pytest.raises(ValueError, match="samples holds item ids outside"):
+        be.train_chunk(*bad, 0)
+    be.set_phases([Phase((1,), (0,), True)] * 2)
+    with pytest.raises(ValueError, match="a trainable subnet must score"):
+        be.train_chunk(*sched, 0)
+    with pytest.raises(ValueError, match="needs its phase"):
+        be.train_step(sched[0][0], np.concatenate([sched[1][0], sched[4][0]]), sched[2][0], sched[3][0], 0)
+    with pytest.raises(ValueError, match="2 layer arrays"):
+        be.set_hidden([np.zeros((B_ROWS, 5), np.float32)])
+    with pytest.raises(ValueError, match="is missing"):
+        PRNNCpuBackend(layout, {k: v for k, v in params.items() if k != "Wy"})
+    be.reset_eval(3)
+    with pytest.raises(ValueError, match="reset_eval was called with batch_size=3"):
+        be.eval_chunk(*(a[:, :2] for a in sched[:4]))
 
 
 # ============================================================================================ the trainer
