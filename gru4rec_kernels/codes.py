@@ -22,6 +22,9 @@ ACT_LINEAR, ACT_TANH, ACT_RELU, ACT_ELU, ACT_LEAKY = range(5)
 INPUT_MODES = ("constrained", "embedding", "onehot")
 MODE_CONSTRAINED, MODE_EMBEDDING, MODE_ONEHOT = range(3)
 MODE_CODES = {name: i for i, name in enumerate(INPUT_MODES)}
+# Kernels only, never a config value: the first layer's input pre-activations a = sum of the sources' products + b
+# are computed by the caller (a p-RNN subnet's sources, docs/prnn.md 3.1), and its input gradient is the caller's.
+MODE_SOURCES = -1
 
 
 def parse_final_act(value: str) -> tuple[int, float]:

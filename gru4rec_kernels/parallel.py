@@ -28,7 +28,12 @@ def layer_is_threadsafe() -> bool:
 
 @contextlib.contextmanager
 def parallel_region():
-    """Run the body's Numba parallel kernels safely however many threads call in."""
+    """Run the body's Numba parallel kernels safely however many threads call in.
+
+    It starts Numba's thread pool first (``get_num_threads`` launches it once; then a no-op): a cached function
+    whose prange kernels were themselves loaded from the cache does not start the pool, and calling into a pool
+    that was never started jumps through a null pointer (seen with the p-RNN cpu driver in a fresh process)."""
+    numba.get_num_threads()
     if layer_is_threadsafe():
         yield
         return

@@ -87,9 +87,9 @@ def sparse_input_product(W, rows: SparseRows, n_rows: int):
 
 
 def sparse_input_grad(rows: SparseRows, da0):
-    """The sparse gradient of W from the product's gradient da0 [B, cols of W]: the uncoalesced pairs
-    (cols [M], v da0[b] [M, cols of W]), one per non-zero (b, j, v), in CSR order (the cuda twin:
-    kernels/features.py)."""
+    """The gradient of sparse_input_product w.r.t. W, as uncoalesced (ids, rows) pairs: (j, v da0[b]) for every
+    non-zero (b, j, v), in batch-row then CSR order (duplicate j are summed by the optimizer, in this order; the
+    twin of the cpu kernels in backends/cpu/features.py and the cuda one in kernels/features.py)."""
     return rows.cols, rows.vals[:, None] * da0[rows.seg]
 
 

@@ -21,6 +21,7 @@ PRNN_BACKENDS = ("auto", "numpy", "cpu", "cuda")
 # The p-RNN steps built so far, by backend name: (module, class). "auto" picks the first built one of
 # ("cuda" on a usable GPU, "cpu", "numpy").
 PRNN_BUILT = {"numpy": (".prnn_numpy", "PRNNNumpyBackend"),
+              "cpu": (".cpu.prnn", "PRNNCpuBackend"),
               "cuda": (".cuda_prnn", "PRNNCudaBackend")}
 
 

@@ -144,7 +144,8 @@ def sparse_adagrad(P, acc, mom, slots, ids, first, nxt, nu, lr, mu, Pb, accb, mo
     in slot order, as np.add.at, into the chain's first slot row: the slots are this step's scratch) and, if one
     of them is a bias slot, the sum of those bias slots; then the acc / mom / P (Pb) updates. The rows are random:
     the id 4 iterations ahead is prefetched, and within a chain the next slot row. (2-D indexing only: a row view
-    inside the prange would take an atomic reference on P.)"""
+    inside the prange would take an atomic reference on P.) P, acc, mom and slots may be blocks of columns of
+    wider matrices (a p-RNN subnet's block of Wy): only the block's columns are read and written."""
     W = P.shape[1]
     nlr = np.float32(-lr)
     mu32 = np.float32(mu)
@@ -157,10 +158,10 @@ def sparse_adagrad(P, acc, mom, slots, ids, first, nxt, nu, lr, mu, Pb, accb, mo
     for q in prange(nu):
         if q + 4 < nu:
             v = ids[first[q + 4]]
-            prefetch_row(pP, v, row_bytes)
-            prefetch_row(pA, v, row_bytes)
+            prefetch_row(pP, v, row_bytes, P.strides[0])
+            prefetch_row(pA, v, row_bytes, acc.strides[0])
             if mu > 0.0:
-                prefetch_row(pM, v, row_bytes)
+                prefetch_row(pM, v, row_bytes, mom.strides[0])
         k0 = first[q]
         u = ids[k0]
         gb = np.float32(0.0)
@@ -172,7 +173,7 @@ def sparse_adagrad(P, acc, mom, slots, ids, first, nxt, nu, lr, mu, Pb, accb, mo
         while k >= 0:  # duplicates: added into the first slot's row, in slot order
             kn = nxt[k]
             if kn >= 0:
-                prefetch_row(pS, kn, row_bytes)
+                prefetch_row(pS, kn, row_bytes, slots.strides[0])
             for c in range(W):
                 slots[k0, c] += slots[k, c]
             if k < n_bslots:

@@ -90,12 +90,19 @@ def make_workspace(cfg, B: int, S: int, sx_cols: int, n_dense: int, head: np.nda
     norm's partial sums); head: the shared per-item array of -1 of the sparse update. with_scores=False: the
     forward only (evaluation, inference): the score-side and sparse-update buffers are left 1 element wide.
     global_batch: B_g of a data-parallel rank (module docstring; default B)."""
+    return workspace(tuple(cfg.layers), embed_width(cfg), cfg.layers[-1], B, S, sx_cols, n_dense, head, with_scores,
+                     global_batch)
+
+
+def workspace(layers: tuple, in0: int, width: int, B: int, S: int, sx_cols: int, n_dense: int, head: np.ndarray,
+              with_scores: bool = True, global_batch: int | None = None) -> Workspace:
+    """make_workspace for any stack of layer widths ``layers`` (a p-RNN: every subnet's layers, one after the
+    other), a layer-0 input of in0 columns and a scored hidden state of ``width`` columns (a p-RNN: sum H_k)."""
     f32 = np.float32
-    in0 = embed_width(cfg)
     widths = ("a", 3), ("t2", 2), ("r", 1), ("z", 1), ("c", 1), ("rh", 1), ("t1", 1), ("out", 1), ("mask", 1), \
         ("da", 3), ("dc", 1), ("drz", 2), ("drh", 1), ("dout", 1)
     # every layer buffer is a view into one allocation (layer by layer, in the order above)
-    ws = np.zeros(B * sum(n * H for H in cfg.layers for _, n in widths) + 3 * B * in0, f32)
+    ws = np.zeros(B * sum(n * H for H in layers for _, n in widths) + 3 * B * in0, f32)
     off = 0
 
     def take(cols):
@@ -104,19 +111,19 @@ def make_workspace(cfg, B: int, S: int, sx_cols: int, n_dense: int, head: np.nda
         off += B * cols
         return v
 
-    layers = tuple(LayerWork(**{name: take(n * H) for name, n in widths}) for H in cfg.layers)
+    layer_work = tuple(LayerWork(**{name: take(n * H) for name, n in widths}) for H in layers)
     x0, mask0, dx0 = take(in0), take(in0), take(in0)
     Bg = B if global_batch is None else global_batch
     O = Bg + S
-    HL = cfg.layers[-1]
+    HL = width
     if not with_scores:
         B = Bg = O = HL = 1
-    aT = np.zeros(3 * max(cfg.layers) * B, f32)
+    aT = np.zeros(3 * max(layers) * B, f32)
     n_slots = O + Bg
     n_partial = 16 + (n_dense + (n_slots + MR) * (HL + VW) + O + Bg * max(sx_cols, 1)) // CHUNK
     Op = (O + MR - 1) // MR * MR
     Bp = (B + VW - 1) // VW * VW
-    return Workspace(layers, x0, mask0, dx0, WyY=np.zeros((Op, HL), f32), hT=np.zeros((HL, Bp), f32),
+    return Workspace(layer_work, x0, mask0, dx0, WyY=np.zeros((Op, HL), f32), hT=np.zeros((HL, Bp), f32),
                      dh_part=np.zeros((SG_GROUPS, B, HL), f32), byY=np.zeros(O, f32), lqY=np.zeros(O, f32),
                      Z=np.zeros((Bp, Op), f32), R=np.zeros((B, Op), f32), dZ=np.zeros((Bp, Op), f32),
                      rowloss=np.zeros(B, np.float64), partial=np.zeros(n_partial, np.float64),

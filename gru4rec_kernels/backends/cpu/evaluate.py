@@ -112,43 +112,50 @@ def eval_fwd(params, hyper, work, hid, X, reset):
 
 
 @njit(cache=True, error_model="numpy")
+def rank_active(top, targets, active, Wy, By, items, act, act_a, hT_flat, tscore, n_gt, n_eq):
+    """One evaluation step's ranking: ``rank_counts`` of the active rows of top [B, H] only, gathered into
+    contiguous rows (at the end of a test set most slots are idle); n_gt / n_eq [B] (zeroed by the caller) get
+    the active rows' counts. hT_flat is scratch of H * Bp floats."""
+    B, H = top.shape
+    M = items.shape[0]
+    rows = np.empty(B, dtype=np.int64)
+    Ba = 0
+    for b in range(B):
+        if active[b]:
+            rows[Ba] = b
+            Ba += 1
+    if Ba == 0:
+        return
+    if M == 0:
+        for r in range(Ba):
+            n_eq[rows[r]] = 1
+        return
+    nchunk = max(1, min(64, (M + 255) // 256))  # chunks of >= 256 items
+    top_c = np.empty((Ba, H), dtype=np.float32)
+    tg_c = np.empty(Ba, dtype=np.int32)
+    for r in range(Ba):
+        top_c[r, :] = top[rows[r], :]
+        tg_c[r] = targets[rows[r]]
+    Bap = (Ba + VW - 1) // VW * VW
+    hT = hT_flat[:H * Bap].reshape(H, Bap)
+    hT[:, Ba:] = 0.0
+    gt = np.empty(Ba, dtype=np.int64)
+    eq = np.empty(Ba, dtype=np.int64)
+    rank_counts(top_c, hT, Wy, By, items, tg_c, act, act_a, tscore, gt, eq,
+                np.empty((nchunk, Ba), dtype=np.int64), np.empty((nchunk, Ba), dtype=np.int64))
+    for r in range(Ba):
+        n_gt[rows[r]] = gt[r]
+        n_eq[rows[r]] = eq[r]
+
+
+@njit(cache=True, error_model="numpy")
 def eval_chunk_steps(params, hyper, work, hid, inputs, targets, reset, active, items, act, act_a, hT_flat, tscore,
                      n_gt, n_eq):
     """T evaluation steps in one call (the Python side runs once per chunk): per step ``eval_fwd`` over every
-    row (inactive rows advance too, as the reference's), then ``rank_counts`` over the active rows only, gathered
-    into contiguous rows (at the end of a test set most slots are idle). n_gt / n_eq [T, B] (zeroed by the
-    caller) get the active lanes' counts; hT_flat is scratch of H * Bp floats."""
-    T, B = inputs.shape
-    M = items.shape[0]
-    nchunk = max(1, min(64, (M + 255) // 256))  # chunks of >= 256 items
+    row (inactive rows advance too, as the reference's), then ``rank_active`` over the active rows. n_gt / n_eq
+    [T, B] (zeroed by the caller) get the active lanes' counts; hT_flat is scratch of H * Bp floats."""
     top = hid[len(hid) - 1]
-    H = top.shape[1]
-    rows = np.empty(B, dtype=np.int64)
-    top_c = np.empty((B, H), dtype=np.float32)
-    tg_c = np.empty(B, dtype=np.int32)
-    for t in range(T):
+    for t in range(inputs.shape[0]):
         eval_fwd(params, hyper, work, hid, inputs[t], reset[t])
-        Ba = 0
-        for b in range(B):
-            if active[t, b]:
-                rows[Ba] = b
-                Ba += 1
-        if Ba == 0:
-            continue
-        if M == 0:
-            for r in range(Ba):
-                n_eq[t, rows[r]] = 1
-            continue
-        for r in range(Ba):
-            top_c[r, :] = top[rows[r], :]
-            tg_c[r] = targets[t, rows[r]]
-        Bap = (Ba + VW - 1) // VW * VW
-        hT = hT_flat[:H * Bap].reshape(H, Bap)
-        hT[:, Ba:] = 0.0
-        gt = np.empty(Ba, dtype=np.int64)
-        eq = np.empty(Ba, dtype=np.int64)
-        rank_counts(top_c[:Ba], hT, params.Wy, params.By, items, tg_c[:Ba], act, act_a, tscore, gt, eq,
-                    np.empty((nchunk, Ba), dtype=np.int64), np.empty((nchunk, Ba), dtype=np.int64))
-        for r in range(Ba):
-            n_gt[t, rows[r]] = gt[r]
-            n_eq[t, rows[r]] = eq[r]
+        rank_active(top, targets[t], active[t], params.Wy, params.By, items, act, act_a, hT_flat, tscore, n_gt[t],
+                    n_eq[t])

@@ -47,15 +47,16 @@ def prefetch(typingctx, addr):
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def prefetch_row(base, row, row_bytes):
-    """Prefetch every cache line of row ``row`` of a C-contiguous matrix at base (row_bytes bytes per row)."""
-    start = base + row * row_bytes
+def prefetch_row(base, row, row_bytes, row_stride):
+    """Prefetch every cache line of the row_bytes bytes of row ``row`` of a matrix at base whose rows lie
+    row_stride bytes apart (= row_bytes when C-contiguous; more for a block of columns)."""
+    start = base + row * row_stride
     for off in range(0, row_bytes, 64):
         prefetch(start + off)
 
 
 if numba.config.DISABLE_JIT:  # pure Python (coverage runs): a prefetch is only a hint
-    def prefetch_row(base, row, row_bytes):  # noqa: F811
+    def prefetch_row(base, row, row_bytes, row_stride):  # noqa: F811
         return None
 
 

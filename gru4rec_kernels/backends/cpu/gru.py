@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ...codes import MODE_CONSTRAINED, MODE_ONEHOT
+from ...codes import MODE_CONSTRAINED, MODE_ONEHOT, MODE_SOURCES
 from ...rng import philox2x32, uniform24
 from .gemm import gemm_batch, gemm_nt, job, mm
 from .mathf import sigmoid, tanh
@@ -167,13 +167,18 @@ def add_bias(a, bias):
 
 
 @njit(cache=True, error_model="numpy")
-def gru_fwd(params, hyper, work, hid, X, B, step, dropout, jobs, row0=0):
+def gru_fwd(params, hyper, work, hid, X, B, step, dropout, jobs, l0=0, l1=-1, row0=0):
     """The GRU layers of one step (reference.forward up to the top hidden state) on the first B rows: hid[l]
     [>= B, H_l] holds the incoming hidden state (reset rows already zeroed); work.layers[l] receives a, r, z, c,
-    rh, out and the masks. params: buffers.Params, hyper: buffers.Hyper, work: buffers.Workspace. row0: the
-    rows' first row in the step's batch, for the dropout masks (0 but in data parallelism)."""
+    rh, out and the masks. params: buffers.Params, hyper: buffers.Hyper, work: buffers.Workspace.
+    l0, l1: the stack is layers l0 .. l1 - 1 of these tuples (default all; a p-RNN keeps every subnet's layers in
+    one tuple), its dropout keys hyper.keys[1 + l - l0]. hyper.mode == MODE_SOURCES: layer l0's a is the
+    caller's (a p-RNN subnet's source products and bias, already in work.layers[l0].a). row0: the rows' first
+    row in the step's batch, for the dropout masks (0 but in data parallelism)."""
     mode = hyper.mode
-    for l in range(len(params.layers)):
+    if l1 < 0:
+        l1 = len(params.layers)
+    for l in range(l0, l1):
         lp = params.layers[l]
         lw = work.layers[l]
         H = lp.Wh.shape[0]
@@ -181,11 +186,13 @@ def gru_fwd(params, hyper, work, hid, X, B, step, dropout, jobs, row0=0):
         a = lw.a[:B]
         t2 = lw.t2[:B]
         job(jobs, 0, h, H, 1, lp.Wrz, 2 * H, t2, 2 * H, B, 2 * H, H)  # t2 = h U_rz
-        if l == 0 and mode == MODE_ONEHOT:
+        if l == l0 and mode == MODE_ONEHOT:
             onehot_input(params.Sx, X, lp.Bh, a)
             gemm_batch(jobs, 1)
+        elif l == l0 and mode == MODE_SOURCES:
+            gemm_batch(jobs, 1)
         else:
-            if l == 0:
+            if l == l0:
                 x = work.x0[:B]
                 p = hyper.p_emb if dropout else 0.0
                 embed_input(params.Wy if mode == MODE_CONSTRAINED else params.Sx, X, x, work.mask0[:B], p,
@@ -202,17 +209,19 @@ def gru_fwd(params, hyper, work, hid, X, B, step, dropout, jobs, row0=0):
         gru_fwd_rz(a, t2, h, lw.r[:B], z, rh)
         mm(rh, lp.Wh, t1)
         p = hyper.p_hid if dropout else 0.0
-        gru_fwd_out(a, t1, h, z, lw.c[:B], lw.out[:B], lw.mask[:B], p, hyper.keys[1 + l], step,
+        gru_fwd_out(a, t1, h, z, lw.c[:B], lw.out[:B], lw.mask[:B], p, hyper.keys[1 + l - l0], step,
                     np.float32(1.0 / (1.0 - hyper.p_hid)), row0)
 
 
 @njit(cache=True, error_model="numpy")
-def gru_bwd(params, grads, hyper, work, hid, B, dropout, jobs):
+def gru_bwd(params, grads, hyper, work, hid, B, dropout, jobs, l0=0, l1=-1):
     """Gradients of the GRU layers, top to bottom (reference.gru_bwd), given the top layer's dout. Dense
-    gradients go to grads.layers; the input gradient is left in work.dx0 (or, for one-hot input, in the
-    layer-0 da buffer)."""
+    gradients go to grads.layers; the input gradient is left in work.dx0 (or, for one-hot input and for
+    MODE_SOURCES, where the caller takes it from there, in the layer-l0 da buffer). l0, l1: as gru_fwd."""
     mode = hyper.mode
-    for l in range(len(params.layers) - 1, -1, -1):
+    if l1 < 0:
+        l1 = len(params.layers)
+    for l in range(l1 - 1, l0 - 1, -1):
         lp = params.layers[l]
         lg = grads.layers[l]
         lw = work.layers[l]
@@ -229,10 +238,10 @@ def gru_bwd(params, grads, hyper, work, hid, B, dropout, jobs):
         # weight gradients, one parallel region: dWrz = h^T [dr | dz], dWh = (r h)^T dc, dWx = x^T da
         job(jobs, 0, h, 1, H, drz, 2 * H, lg.Wrz, 2 * H, H, 2 * H, B)
         job(jobs, 1, lw.rh[:B], 1, H, dc, H, lg.Wh, H, H, H, B)
-        if l == 0 and mode == MODE_ONEHOT:
+        if l == l0 and (mode == MODE_ONEHOT or mode == MODE_SOURCES):
             gemm_batch(jobs, 2)
             continue
-        if l == 0:
+        if l == l0:
             x = work.x0[:B]
             dy = work.dx0[:B]
         else:

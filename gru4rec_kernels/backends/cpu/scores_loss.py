@@ -87,7 +87,7 @@ def scores(Wy, By, Y, B, use_logq, logq_t, logq_s, hT, WyY, byY, lqY, Z):
     for t in prange(Op // MR):
         j0 = t * MR
         for j in range(j0 + MR, min(j0 + 2 * MR, O)):  # the next block's rows
-            prefetch_row(pWy, Y[j], 4 * H)
+            prefetch_row(pWy, Y[j], 4 * H, 4 * H)
         for j in range(j0, min(j0 + MR, O)):
             row = Y[j]
             for k in range(H):

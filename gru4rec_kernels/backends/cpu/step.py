@@ -55,7 +55,7 @@ def step_grads(params, grads, work, hyper, hid, X, O, active, reset, col_active,
         for b in range(B):
             if reset[b]:
                 h[b, :] = 0.0
-    gru_fwd(params, hyper, work, hid, X, B, step, dropout, jobs, row0)
+    gru_fwd(params, hyper, work, hid, X, B, step, dropout, jobs, 0, -1, row0)
     for b in range(B):
         for k in range(HL):
             hT[k, b] = top[b, k]
