@@ -1,15 +1,18 @@
 """What a p-RNN training step costs on the cpu backend: PRNNCpuBackend against the numpy p-RNN backend, and the
 parallel architecture against its subnets trained alone (issue 15's cost target: at most 1.3x the sum).
 
-    python bench/prnn_cost.py [--steps 60] [--reps 5] [--numpy-steps 10] [--out bench/results/prnn_cost.json]
+    python bench/prnn_cost.py [--steps 60] [--reps 5] [--numpy-steps 10] [--cpu-time] [--out PATH]
+    NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/prnn_cost.py --cpu-time     # the single-core cost
 
 Workload: 2,000 items with a Zipf-like popularity, one-hot categories (20 of them, CSR), B = 32, n_sample = 256,
 cross-entropy, constrained ID input, dropout 0.2, momentum 0.1, H = 100 per subnet. Architectures, all on the
 same schedule and samples: ``parallel`` ([id], [category], simultaneous), ``id_only`` ([id]) and ``feature_only``
 ([category]). The script first checks the cpu steps against the float32 numpy p-RNN backend on its own inputs,
 warms up (compilation is not timed), then times train_chunk calls of ``--steps`` steps; a figure is the median
-over ``--reps`` of wall seconds per step. The machine's load average is recorded before and after: on a shared
-machine the figures are only as good as the load lets them be (MEASURED, CPU).
+over ``--reps`` of seconds per step: wall time, or with ``--cpu-time`` the process's CPU time (with one Numba and
+one BLAS thread: the single-core cost, which other jobs on a shared machine do not inflate; with two threads on a
+loaded 2-core machine every parallel region waits for a descheduled thread, and wall times measured 10-100x the
+single-core cost). The load average is recorded before and after (MEASURED, CPU).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 N_ITEMS, N_CATEGORIES, B, S, H = 2000, 20, 32, 256, 100
+CLOCK = time.perf_counter
 
 
 def workload(n_steps: int, seed: int = 0):
@@ -80,9 +84,9 @@ def seconds_per_step(be, sched, steps, reps, step0=0):
     chunk(be, sched, 0, min(steps, 5), step0)  # warm-up: compiled or loaded from the cache, buffers built
     times = []
     for r in range(reps):
-        t = time.perf_counter()
+        t = CLOCK()
         chunk(be, sched, 0, steps, step0 + 1000 * (r + 1))
-        times.append((time.perf_counter() - t) / steps)
+        times.append((CLOCK() - t) / steps)
     return float(np.median(times)), [round(1e3 * x, 3) for x in times]
 
 
@@ -91,8 +95,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=60, help="steps per timed train_chunk (cpu)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--numpy-steps", type=int, default=10, help="steps per timed train_chunk (numpy)")
+    ap.add_argument("--cpu-time", action="store_true", help="process CPU time instead of wall time (see above)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "prnn_cost.json"))
     args = ap.parse_args(argv)
+    global CLOCK
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
     from train_throughput import machine_info
     cfg, archs = configs()
     feat, sched = workload(max(args.steps, args.numpy_steps, 5))
@@ -119,7 +126,8 @@ def main(argv=None) -> dict:
     out = {"kind": "MEASURED (CPU)", "workload": dict(n_items=N_ITEMS, n_categories=N_CATEGORIES, batch_size=B,
                                                      n_sample=S, hidden_per_subnet=H, loss=cfg.loss,
                                                      id_input="constrained", dropout_p_hidden=0.2),
-           "steps_per_chunk": args.steps, "reps": args.reps, "numpy_steps_per_chunk": args.numpy_steps,
+           "clock": "process CPU time" if args.cpu_time else "wall", "steps_per_chunk": args.steps,
+           "reps": args.reps, "numpy_steps_per_chunk": args.numpy_steps,
            "ms_per_step": {k: round(1e3 * v, 3) for k, v in t.items()},
            "ms_per_step_reps": {k: v[1] for k, v in res.items()},
            "steps_per_s": {k: round(1 / v, 1) for k, v in t.items()},
