@@ -40,13 +40,6 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
 
 
 def pytest_collection_modifyitems(config, items):
-    # .ci/run runs the simulator kernel files in a pass of their own (with kernel coverage) and names them here
-    # for the full-suite pass, so each test runs once per CI; a plain `pytest` runs everything
-    deferred = set(os.environ.get("GRU4REC_DEFER_TEST_FILES", "").split())
-    if deferred:
-        kept = [it for it in items if os.path.basename(str(it.fspath)) not in deferred]
-        config.hook.pytest_deselected(items=[it for it in items if it not in kept])
-        items[:] = kept
     if GPU:
         return
     import pytest

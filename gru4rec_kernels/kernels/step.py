@@ -100,7 +100,7 @@ _V = "float32[::1]"
 KERNELS = {
     "step_begin": (step_begin, [f"void(int32[::1], uint8[::1], uint8[::1], {_V}, {_V}, int32[::1], {_M}, {_M}, "
                                 f"int32, {_M}, {_M}, {_I2}, {_I2}, {_I2}, {_U2}, {_U2}, int64[::1], uint32, float64, "
-                                "float32, int32)"]),
+                                "float32, int32, int32)"]),
     "step_end": (step_end, ["void(float32[::1], float32[::1], int64[::1])"]),
 }
 
