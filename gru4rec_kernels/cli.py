@@ -627,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON file of TrainConfig fields (command-line options override it)")
     t.add_argument("--backend", default="auto", choices=["auto", "numpy", "cpu", "cuda"])
     t.add_argument("--cutoffs", type=int, nargs="+", default=[5, 10, 20])
-    pr = t.add_argument_group("p-RNN (item features in parallel subnets; docs/prnn.md; numpy backend for now)")
+    pr = t.add_argument_group("p-RNN (item features in parallel subnets; docs/prnn.md; numpy, cpu and cuda backends)")
     pr.add_argument("--architecture", choices=["id", "feature", "concat", "parallel"], default=None,
                     help="train a p-RNN of this architecture (default: plain GRU4Rec)")
     pr.add_argument("--strategy", choices=["simultaneous", "alternating", "interleaving", "residual"], default=None,

@@ -1,5 +1,5 @@
 """The p-RNN numpy backend: reference_prnn behind the Backend interface (slow; the oracle for the fast p-RNN
-backends: backends/cuda_prnn.py so far, listed in PRNN_BUILT).
+backends, backends/cpu/prnn.py and backends/cuda_prnn.py, listed in PRNN_BUILT).
 
 State: parameters, Adagrad accumulators and momenta under the PRNNLayout names; the hidden state per subnet,
 per layer. The training strategy reaches the step through ``set_phases``: the trainer gives the Phase of every
