@@ -197,6 +197,33 @@ class Backend(ABC):
             n_equal[t, on] = np.asarray(eq)[on]
         return n_greater, n_equal
 
+    def eval_chunk_inputs(self, ev: dict, inputs, targets, reset, active, candidates):
+        """The checked, contiguous arguments of a compiled ``eval_chunk`` whose ``reset_eval`` state is ``ev``
+        (its "B"; the all-items array is cached there): (T, B, inputs, targets, reset, active, items)."""
+        T, B = self.check_eval_chunk_shapes(inputs, targets, reset, active)
+        if B != ev["B"]:
+            raise ValueError(f"eval_chunk got {B} rows; reset_eval was called with batch_size={ev['B']}")
+        inputs = np.ascontiguousarray(inputs, dtype=np.int32)
+        targets = np.ascontiguousarray(targets, dtype=np.int32)
+        self.check_ids(inputs, "X")
+        self.check_ids(targets, "targets")
+        if candidates is None:
+            items = ev.get("all_items")
+            if items is None or items.shape[0] != self.n_items:
+                items = ev["all_items"] = np.arange(self.n_items, dtype=np.int32)
+        else:
+            items = np.ascontiguousarray(candidates, dtype=np.int32).reshape(-1)
+            self.check_ids(items, "candidates")
+        return (T, B, inputs, targets, np.ascontiguousarray(reset, dtype=np.bool_),
+                np.ascontiguousarray(active, dtype=np.bool_), items)
+
+    @staticmethod
+    def count_target_once(n_eq, active, candidates) -> None:
+        """With candidates, the target counts once in n_equal even when it is not a candidate (in place)."""
+        if candidates is not None:
+            on = np.asarray(active, dtype=np.bool_)
+            n_eq[on] = np.maximum(n_eq[on], 1)
+
     @staticmethod
     def check_eval_chunk_shapes(inputs, targets, reset, active) -> tuple[int, int]:
         """(T, B) of an evaluation chunk, or a ValueError naming the argument whose shape does not fit."""

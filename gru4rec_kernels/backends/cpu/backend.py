@@ -99,9 +99,9 @@ class CpuBackend(Backend):
         active = np.ascontiguousarray(active, dtype=np.bool_)
         reset = np.ascontiguousarray(reset, dtype=np.bool_)
         samples = np.ascontiguousarray(samples, dtype=np.int32).reshape(T, S)
-        self._check_ids(inputs, "inputs")
-        self._check_ids(targets, "targets")
-        self._check_ids(samples, "samples")
+        self.check_ids(inputs, "inputs")
+        self.check_ids(targets, "targets")
+        self.check_ids(samples, "samples")
         buf = self._buffers(B, S)
         hid = self._hidden_for(buf)
         losses = np.empty(T, dtype=np.float64)
@@ -130,8 +130,8 @@ class CpuBackend(Backend):
         col_active = np.ascontiguousarray(col_active, dtype=np.bool_)
         B, Bg, O = self.check_grad_step(X, Y, active, reset, row0, col_active, lay)
         self.check_grad_buffer(buf, lay)
-        self._check_ids(X, "X")
-        self._check_ids(Y, "Y")
+        self.check_ids(X, "X")
+        self.check_ids(Y, "Y")
         tr = self._buffers(B, O - Bg, Bg)
         hid = self._hidden_for(tr)
         work, grads = tr["work"], tr["grads"]
@@ -157,8 +157,8 @@ class CpuBackend(Backend):
         X = np.ascontiguousarray(X_global, dtype=np.int32)
         Y = np.ascontiguousarray(Y, dtype=np.int32)
         Bg, O = self.check_apply_ids(X, Y, lay)
-        self._check_ids(X, "X_global")
-        self._check_ids(Y, "Y")
+        self.check_ids(X, "X_global")
+        self.check_ids(Y, "Y")
         tr = self._train
         if tr is None or (tr["S"], tr["Bg"]) != (O - Bg, Bg):  # no grad_step at this shape yet
             tr = self._buffers(Bg, O - Bg, Bg)
@@ -176,10 +176,6 @@ class CpuBackend(Backend):
         with parallel_region():
             apply_grads(self._p, grads, self._opt, work, self._hyper, X, O)
         return float(buf[lay.loss])
-
-    def _check_ids(self, a, name):
-        if a.size and (a.min() < 0 or a.max() >= self.n_items):
-            raise ValueError(f"{name} holds item ids outside [0, {self.n_items}): min {a.min()}, max {a.max()}")
 
     def reset_hidden(self) -> None:
         self._hid = None
@@ -239,28 +235,13 @@ class CpuBackend(Backend):
         if self._eval is None:
             raise RuntimeError("call reset_eval(batch_size) before eval_chunk")
         ev = self._eval
-        T, B = self.check_eval_chunk_shapes(inputs, targets, reset, active)
-        if B != ev["B"]:
-            raise ValueError(f"eval_chunk got {B} rows; reset_eval was called with batch_size={ev['B']}")
-        inputs = np.ascontiguousarray(inputs, dtype=np.int32)
-        targets = np.ascontiguousarray(targets, dtype=np.int32)
-        self._check_ids(inputs, "X")
-        self._check_ids(targets, "targets")
-        if candidates is None:
-            items = ev.get("all_items")
-            if items is None or items.shape[0] != self.n_items:
-                items = ev["all_items"] = np.arange(self.n_items, dtype=np.int32)
-        else:
-            items = np.ascontiguousarray(candidates, dtype=np.int32).reshape(-1)
-            self._check_ids(items, "candidates")
+        T, B, inputs, targets, reset, active, items = self.eval_chunk_inputs(ev, inputs, targets, reset, active,
+                                                                             candidates)
         n_gt = np.zeros((T, B), np.int64)
         n_eq = np.zeros((T, B), np.int64)
         with parallel_region():
             eval_chunk_steps(self._p, self._hyper, ev["work"], tuple(self._split_hidden(ev["hid"], B)), inputs,
-                             targets, np.ascontiguousarray(reset, dtype=np.bool_),
-                             np.ascontiguousarray(active, dtype=np.bool_), items, self._act[0], self._act[1],
-                             ev["hT"].reshape(-1), ev["tscore"], n_gt, n_eq)
-        if candidates is not None:  # the target counts once even when it is not a candidate
-            on = np.asarray(active, dtype=np.bool_)
-            n_eq[on] = np.maximum(n_eq[on], 1)
+                             targets, reset, active, items, self._act[0], self._act[1], ev["hT"].reshape(-1),
+                             ev["tscore"], n_gt, n_eq)
+        self.count_target_once(n_eq, active, candidates)
         return n_gt, n_eq

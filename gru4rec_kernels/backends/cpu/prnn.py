@@ -703,31 +703,15 @@ class PRNNCpuBackend(Backend):
         if self._eval is None:
             raise RuntimeError("call reset_eval(batch_size) before eval_chunk")
         ev = self._eval
-        T, B = self.check_eval_chunk_shapes(inputs, targets, reset, active)
-        if B != ev["B"]:
-            raise ValueError(f"eval_chunk got {B} rows; reset_eval was called with batch_size={ev['B']}")
-        inputs = np.ascontiguousarray(inputs, dtype=np.int32)
-        targets = np.ascontiguousarray(targets, dtype=np.int32)
-        self.check_ids(inputs, "X")
-        self.check_ids(targets, "targets")
-        if candidates is None:
-            items = ev.get("all_items")
-            if items is None:
-                items = ev["all_items"] = np.arange(self.n_items, dtype=np.int32)
-        else:
-            items = np.ascontiguousarray(candidates, dtype=np.int32).reshape(-1)
-            self.check_ids(items, "candidates")
+        T, B, inputs, targets, reset, active, items = self.eval_chunk_inputs(ev, inputs, targets, reset, active,
+                                                                             candidates)
         run = np.zeros(self.K, np.bool_)
         run[list(range(self.K)) if self.eval_subnets is None else list(self.eval_subnets)] = True
         n_gt = np.zeros((T, B), np.int64)
         n_eq = np.zeros((T, B), np.int64)
         with parallel_region():
             prnn_eval_chunk_steps(self._p, self._hypers, self._subs, self._scales, ev["srcs"], ev["work"], ev["pw"],
-                                  typed_list(tuple(self._split_hidden(ev["hid"], B))), inputs, targets,
-                                  np.ascontiguousarray(reset, dtype=np.bool_),
-                                  np.ascontiguousarray(active, dtype=np.bool_), run, items, self._act[0],
-                                  self._act[1], ev["hT"], ev["tscore"], n_gt, n_eq)
-        if candidates is not None:  # the target counts once even when it is not a candidate
-            on = np.asarray(active, dtype=np.bool_)
-            n_eq[on] = np.maximum(n_eq[on], 1)
+                                  typed_list(tuple(self._split_hidden(ev["hid"], B))), inputs, targets, reset,
+                                  active, run, items, self._act[0], self._act[1], ev["hT"], ev["tscore"], n_gt, n_eq)
+        self.count_target_once(n_eq, active, candidates)
         return n_gt, n_eq
