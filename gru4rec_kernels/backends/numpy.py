@@ -8,7 +8,23 @@ from ..reference import StepInputs
 from .base import Backend
 
 
-class NumpyBackend(Backend):
+class DictStateMixin:
+    """State exchange of a backend holding its parameters in ``self.params`` and its optimizer state in
+    ``self.opt`` = {"acc": {name: array}, "mom": {name: array}} (the numpy GRU4Rec and p-RNN backends)."""
+
+    def get_params(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def get_opt_state(self):
+        return {s: {k: v.copy() for k, v in d.items()} for s, d in self.opt.items()}
+
+    def set_opt_state(self, state):
+        for s in ("acc", "mom"):
+            for k, v in state[s].items():
+                self.opt[s][k][...] = v
+
+
+class NumpyBackend(DictStateMixin, Backend):
     name = "numpy"
 
     def __init__(self, cfg, n_items, params, logq_target=None, logq_sample=None, dtype=np.float32):
@@ -59,17 +75,6 @@ class NumpyBackend(Backend):
 
     def reset_hidden(self):
         self.H = None
-
-    def get_params(self):
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def get_opt_state(self):
-        return {s: {k: v.copy() for k, v in d.items()} for s, d in self.opt.items()}
-
-    def set_opt_state(self, state):
-        for s in ("acc", "mom"):
-            for k, v in state[s].items():
-                self.opt[s][k][...] = v
 
     def get_hidden(self):
         return [h.copy() for h in (self.H or [])]

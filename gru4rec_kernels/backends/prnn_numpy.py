@@ -16,6 +16,7 @@ from .. import reference_prnn as rp
 from ..prnn_layout import PRNNLayout
 from ..reference import StepInputs
 from .base import Backend
+from .numpy import DictStateMixin
 
 PRNN_BACKENDS = ("auto", "numpy", "cpu", "cuda")
 # The p-RNN steps built so far, by backend name: (module, class). "auto" picks the first built one of
@@ -50,7 +51,7 @@ def prnn_backend_class(name: str):
     return getattr(importlib.import_module(module, __package__), cls)
 
 
-class PRNNNumpyBackend(Backend):
+class PRNNNumpyBackend(DictStateMixin, Backend):
     name = "numpy"
 
     def __init__(self, layout: PRNNLayout, params: dict, logq_target=None, logq_sample=None, dtype=np.float32):
@@ -109,18 +110,7 @@ class PRNNNumpyBackend(Backend):
     def reset_hidden(self):
         self.H = None
 
-    # ------------------------------------------------------------------ state exchange
-    def get_params(self):
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def get_opt_state(self):
-        return {s: {k: v.copy() for k, v in d.items()} for s, d in self.opt.items()}
-
-    def set_opt_state(self, state):
-        for s in ("acc", "mom"):
-            for k, v in state[s].items():
-                self.opt[s][k][...] = v
-
+    # ------------------------------------------------------------------ state exchange (params: DictStateMixin)
     def get_hidden(self):
         return [h.copy() for Hk in (self.H or []) for h in Hk]
 
