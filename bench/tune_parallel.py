@@ -16,6 +16,7 @@
 
     python bench/tune_parallel.py                 # 8 trials, 2 workers (a few minutes on 2 busy cores)
     python bench/tune_parallel.py --n-trials 12 --n-jobs 2
+    python bench/tune_parallel.py --search official  # the official space's shape: trials of several seconds
 
 Writes bench/results/tune_parallel_rsc15.json (MEASURED, with the machine's cores and its load average before
 and after: on a shared machine the figure moves with the other load).
@@ -35,11 +36,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TRAIN = "rsc15_100k_sessionrec/yoochoose-clicks-100k_train_tr.txt.gz"
 VALID = "rsc15_100k_sessionrec/yoochoose-clicks-100k_train_valid.txt.gz"
-SPACE = {"learning_rate": {"type": "float", "low": 0.02, "high": 0.3, "log": True},
-         "layers": {"type": "categorical", "choices": [[32], [64]]},
-         "momentum": {"type": "float", "low": 0.0, "high": 0.5},
-         "loss": "cross-entropy", "n_epochs": 1}
-BASE = ["--batch-size", "32", "--n-sample", "256", "--backend", "cpu"]
+# Searches. "small": trials of ~0.5 s, shorter than a worker's start-up (a floor for the overhead). "official": the
+# official rsc15 cross-entropy paramspace's shape (H 100, 2,048 samples, logQ, dropout and momentum searched,
+# 3 epochs): trials of several seconds, what a real 100-200 trial search runs.
+SEARCHES = {
+    "small": ({"learning_rate": {"type": "float", "low": 0.02, "high": 0.3, "log": True},
+               "layers": {"type": "categorical", "choices": [[32], [64]]},
+               "momentum": {"type": "float", "low": 0.0, "high": 0.5},
+               "loss": "cross-entropy", "n_epochs": 1},
+              ["--batch-size", "32", "--n-sample", "256", "--backend", "cpu"]),
+    "official": ({"learning_rate": {"type": "float", "low": 0.05, "high": 0.4, "log": True},
+               "momentum": {"type": "float", "low": 0.0, "high": 0.5},
+               "dropout_p_hidden": {"type": "float", "low": 0.0, "high": 0.5},
+               "logq": {"type": "categorical", "choices": [0.0, 1.0]},
+               "layers": [100], "loss": "cross-entropy", "n_epochs": 3},
+              ["--batch-size", "32", "--n-sample", "2048", "--backend", "cpu"]),
+}
+SPACE, BASE = SEARCHES["small"]
 
 
 def data_dir() -> str:
@@ -82,11 +95,20 @@ def main() -> int:
     ap.add_argument("--n-trials", type=int, default=8)
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--search", choices=sorted(SEARCHES), default="small",
+                    help="small: ~0.5 s trials (start-up dominates); official: the official rsc15 space's shape, "
+                         "trials of several seconds")
     ap.add_argument("--no-control", action="store_true",
                     help="skip the control run: serial with a worker's share of the threads, which tells how much "
                          "of the speed-up is trial parallelism and how much is threads scaling badly")
-    ap.add_argument("--out", default=os.path.join(HERE, "results", "tune_parallel_rsc15.json"))
+    ap.add_argument("--out", default=None,
+                    help="default bench/results/tune_parallel_rsc15.json (small) or tune_parallel_rsc15_<search>.json")
     args = ap.parse_args()
+    global SPACE, BASE
+    SPACE, BASE = SEARCHES[args.search]
+    if args.out is None:
+        name = "tune_parallel_rsc15.json" if args.search == "small" else f"tune_parallel_rsc15_{args.search}.json"
+        args.out = os.path.join(HERE, "results", name)
     if not all(os.path.exists(os.path.join(data_dir(), p)) for p in (TRAIN, VALID)):
         print(f"skipped: rsc15_100k not found under {data_dir()} (set GRU4REC_DATA)")
         return 0
@@ -126,6 +148,7 @@ def main() -> int:
     speedup = serial["wall_s"] / parallel["wall_s"]
     result = {
         "label": "MEASURED",
+        "search": args.search,
         "what": f"gru4rec tune, {args.n_trials} trials of the random sampler (seed {args.seed}), serial vs "
                 f"--n-jobs {args.n_jobs}; wall time of a fresh CLI process each, start-up included",
         "data": {"train": TRAIN, "valid": VALID},
