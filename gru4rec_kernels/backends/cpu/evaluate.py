@@ -37,14 +37,24 @@ def _score_tile(rows, hT, S):
 
 
 @njit(cache=True, error_model="numpy")
-def _count(S, e, it, By, targets, tscore, act, act_a, part_gt, part_eq, c):
-    """part_gt[c, i] += [f(S[e, i] + By[it]) > tscore[i]], part_eq[c, i] += [... == tscore[i]] for every row i,
-    the target's own column counting as equal (the loop over the rows vectorises; linear scores skip f)."""
-    by = By[it]
+def _finish_scores(s, by, act, act_a):
+    """s = f(s + By[item]) over one item's scores against every row, in place (float32 add, then final_act32:
+    the reference's roundings). A loop of its own so that it vectorises: inside the counting loop the
+    activation ran scalar, and doubled the evaluation time of an elu-1 model (H 512, 43k items)."""
+    if act == ACT_LINEAR:
+        for i in range(s.shape[0]):
+            s[i] = s[i] + by
+    else:
+        for i in range(s.shape[0]):
+            s[i] = final_act32(s[i] + by, act, act_a)
+
+
+@njit(cache=True, error_model="numpy")
+def _count(sc_row, it, targets, tscore, part_gt, part_eq, c):
+    """part_gt[c, i] += [sc_row[i] > tscore[i]], part_eq[c, i] += [sc_row[i] == tscore[i]] for every row i
+    (sc_row: one item's finished scores), the target's own column counting as equal."""
     for i in range(targets.shape[0]):
-        sc = S[e, i] + by
-        if act != ACT_LINEAR:
-            sc = final_act32(sc, act, act_a)
+        sc = sc_row[i]
         t = tscore[i]
         is_t = it == targets[i]
         part_gt[c, i] += np.int64((sc > t) & (not is_t))
@@ -56,7 +66,7 @@ def rank_counts(h, hT, Wy, By, items, targets, act, act_a, tscore, n_gt, n_eq, p
     """n_gt[i] / n_eq[i]: how many of ``items`` score strictly above / equal to row i's target, scores being
     f(h Wy^T + By) (reference.score_all + rank_counts), never materialised as a [B, N] matrix: a fixed chunk of
     items per iteration, MR items at a time (their Wy rows gathered, scored against every row with the GEMM
-    micro-kernel into an MR x Bp tile, then counted). Integer partial counts per chunk, so the result does not
+    micro-kernel into an MR x Bp tile, finished with the bias and f, then counted). Integer partial counts per chunk, so the result does not
     depend on the scheduling. The target's own column is not compared: it counts once in n_eq per occurrence
     in items (the reference's target ties with itself). hT [H, Bp] is scratch (its padding must be zero)."""
     B, H = h.shape
@@ -86,7 +96,9 @@ def rank_counts(h, hT, Wy, By, items, targets, act, act_a, tscore, n_gt, n_eq, p
             _item_tile(Wy, items, j0, M, rows_c)
             _score_tile(rows_c, hT, S_c)
             for e in range(min(MR, M - j0)):
-                _count(S_c, e, items[j0 + e], By, targets, tscore, act, act_a, part_gt, part_eq, c)
+                it = items[j0 + e]
+                _finish_scores(S_c[e, :B], By[it], act, act_a)
+                _count(S_c[e, :B], it, targets, tscore, part_gt, part_eq, c)
     for i in range(B):
         gt = 0
         eq = 0

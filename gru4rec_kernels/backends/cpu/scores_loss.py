@@ -205,41 +205,45 @@ def _ce_row(r, d, t, B, active, Y, mask_hits, w):
 # The softmax-weighted ranking losses (bpr-max, top1-max) per column j of row i: with e = exp(R_ij - m) and the
 # row's sums over its negatives, the loss and dR_ij are sums and maps of these terms. The batch columns (j < B)
 # go through _is_neg one by one; the S sample columns are all negatives (but masked hits), so their loops have
-# no branch and vectorise (exp64 / sigmoid are libm-free): the dominant cost of the bpr-max step was these
-# loops run scalar, four exp64 per element.
+# no branch and vectorise (exp64 / sigmoid are libm-free). The sums pass keeps each sample column's e and
+# sigmoids (float64 scratch) for the gradient pass, which then needs no exp at all: half of the bpr-max row's
+# exp64 calls, with the same float64 values as recomputing them.
 @njit(cache=True, error_model="numpy", inline="always")
 def _max_terms(r, rt, m, loss):
-    """(e, t1, t2, t3) of one negative column: bpr-max: e, e sig(rt - r), e r^2, e sig (1 - sig);
-    top1-max: e, e (sigmoid(r - rt) + sigmoid(r^2)), e sd (1 - sd), 0."""
+    """(e, t1, t2, t3, a, b) of one negative column: bpr-max: e, e sig(rt - r), e r^2, e sig (1 - sig), sig, 0;
+    top1-max: e, e (sd + sq), e sd (1 - sd), 0, sd, sq with sd = sigmoid(r - rt), sq = sigmoid(r^2)."""
     e = exp64(r - m)
     if loss == LOSS_BPR_MAX:
         sig = sigmoid(rt - r)
-        return e, e * sig, e * r * r, e * sig * (1.0 - sig)
+        return e, e * sig, e * r * r, e * sig * (1.0 - sig), sig, 0.0
     sd = sigmoid(r - rt)
-    return e, e * (sd + sigmoid(r * r)), e * sd * (1.0 - sd), 0.0
+    sq = sigmoid(r * r)
+    return e, e * (sd + sq), e * sd * (1.0 - sd), 0.0, sd, sq
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _max_grad(r, rt, m, den, s1, s2, inv, loss, bpreg):
-    """dR of one negative column given the row's normalised sums (bpr-max: s1 = A, s2 = Q; top1-max: s1 = L)."""
-    sw = exp64(r - m) / den
+def _max_grad_of(r, e, a, b, den, s1, s2, inv, loss, bpreg):
+    """dR of one negative column from its _max_terms (e, a, b) and the row's normalised sums (bpr-max: s1 = A,
+    s2 = Q; top1-max: s1 = L)."""
+    sw = e / den
     if loss == LOSS_BPR_MAX:
-        sig = sigmoid(rt - r)
-        return -inv * sw * (sig - s1 - sig * (1.0 - sig)) + bpreg * sw * (r * r - s2 + 2.0 * r)
-    sd = sigmoid(r - rt)
-    sq = sigmoid(r * r)
-    return sw * (sd + sq - s1) + sw * (sd * (1.0 - sd) + 2.0 * r * sq * (1.0 - sq))
+        return -inv * sw * (a - s1 - a * (1.0 - a)) + bpreg * sw * (r * r - s2 + 2.0 * r)
+    return sw * (a + b - s1) + sw * (a * (1.0 - a) + 2.0 * r * b * (1.0 - b))
 
 
 @njit(fastmath={"reassoc", "contract"}, cache=True, error_model="numpy")
-def _max_sums(r, y, yi, mask_hits, rt, m, loss):
-    """The four sums of _max_terms over the sample columns (masked hits skipped), in float64."""
+def _max_sums(r, y, yi, mask_hits, rt, m, loss, ea, eb, ec):
+    """The four sums of _max_terms over the sample columns (masked hits skipped), in float64; each column's
+    (e, a, b) kept in ea / eb / ec for _max_grads."""
     s0 = 0.0
     s1 = 0.0
     s2 = 0.0
     s3 = 0.0
     for j in range(r.shape[0]):
-        e, t1, t2, t3 = _max_terms(np.float64(r[j]), rt, m, loss)
+        e, t1, t2, t3, a, b = _max_terms(np.float64(r[j]), rt, m, loss)
+        ea[j] = e
+        eb[j] = a
+        ec[j] = b
         keep = 0.0 if (mask_hits and y[j] == yi) else 1.0
         s0 += keep * e
         s1 += keep * t1
@@ -249,10 +253,10 @@ def _max_sums(r, y, yi, mask_hits, rt, m, loss):
 
 
 @njit(fastmath={"contract"}, cache=True, error_model="numpy")
-def _max_grads(r, d, y, yi, mask_hits, rt, m, den, s1, s2, inv, loss, bpreg):
-    """d[j] = dR of the sample columns (0 for masked hits)."""
+def _max_grads(r, d, y, yi, mask_hits, ea, eb, ec, den, s1, s2, inv, loss, bpreg):
+    """d[j] = dR of the sample columns (0 for masked hits), from the terms _max_sums kept."""
     for j in range(r.shape[0]):
-        g = _max_grad(np.float64(r[j]), rt, m, den, s1, s2, inv, loss, bpreg)
+        g = _max_grad_of(np.float64(r[j]), ea[j], eb[j], ec[j], den, s1, s2, inv, loss, bpreg)
         d[j] = np.float32(0.0) if (mask_hits and y[j] == yi) else np.float32(g)
 
 
@@ -273,10 +277,14 @@ def _ranking_row(R, dZ, t, B, active, Y, mask_hits, loss, bpreg):
         m = max(m, _max_masked(R[B:], Y[B:], yi, mask_hits))
         if not math.isfinite(m):
             m = 0.0
-        s0, s1, s2, s3 = _max_sums(R[B:], Y[B:], yi, mask_hits, rt, m, loss)
+        ns = O - B
+        ea = np.empty(ns)
+        eb = np.empty(ns)
+        ec = np.empty(ns)
+        s0, s1, s2, s3 = _max_sums(R[B:], Y[B:], yi, mask_hits, rt, m, loss, ea, eb, ec)
         for j in range(B):
             if _is_neg(t, j, B, active, Y, mask_hits):
-                e, t1, t2, t3 = _max_terms(np.float64(R[j]), rt, m, loss)
+                e, t1, t2, t3, _, _ = _max_terms(np.float64(R[j]), rt, m, loss)
                 s0 += e
                 s1 += t1
                 s2 += t2
@@ -293,10 +301,12 @@ def _ranking_row(R, dZ, t, B, active, Y, mask_hits, loss, bpreg):
             Q = 0.0
             inv = 0.0
             gi = -(s2 / den)
-        _max_grads(R[B:], dZ[B:], Y[B:], yi, mask_hits, rt, m, den, A, Q, inv, loss, bpreg)
+        _max_grads(R[B:], dZ[B:], Y[B:], yi, mask_hits, ea, eb, ec, den, A, Q, inv, loss, bpreg)
         for j in range(B):
             if _is_neg(t, j, B, active, Y, mask_hits):
-                dZ[j] = _max_grad(np.float64(R[j]), rt, m, den, A, Q, inv, loss, bpreg)
+                r = np.float64(R[j])
+                e, _, _, _, a, b = _max_terms(r, rt, m, loss)
+                dZ[j] = _max_grad_of(r, e, a, b, den, A, Q, inv, loss, bpreg)
             else:
                 dZ[j] = 0.0
         dZ[t] = gi
