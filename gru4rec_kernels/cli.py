@@ -146,6 +146,12 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(**d)
 
 
+def _model_label(model) -> str:
+    """How printed metrics name the model: "p-RNN (<architecture>)" or "GRU4Rec"."""
+    prnn = getattr(model, "prnn", None)
+    return "GRU4Rec" if prnn is None else f"p-RNN ({getattr(prnn, 'architecture', 'p-RNN')})"
+
+
 def _print_metrics(name: str, res: dict) -> None:
     ks = sorted(res["recall"])
     print(f"{name}: " + "  ".join(f"recall@{k}={res['recall'][k]:.4f}" for k in ks) + "  "
@@ -256,7 +262,8 @@ def _train(args, comm) -> int:
     for name, test in tests.items():
         res = evaluate(model, test, cutoffs=cutoffs, mode=args.mode, backend=args.backend, comm=comm)
         if rank0:
-            _print_metrics(f"GRU4Rec [{name}]" if len(tests) > 1 else "GRU4Rec", res)
+            label = _model_label(model)
+            _print_metrics(f"{label} [{name}]" if len(tests) > 1 else label, res)
         results[name] = res
         if not args.train and rank0:
             from .baselines import POP
@@ -336,8 +343,9 @@ def cmd_evaluate(args) -> int:
         if args.beyond_accuracy:
             from .evaluate import beyond_accuracy
             res.update(beyond_accuracy(model, test, max(cutoffs)))
-        _print_metrics("GRU4Rec", res)
-        results = {"GRU4Rec": res}
+        label = _model_label(model)
+        _print_metrics(label, res)
+        results = {label: res}
         if train is not None:
             base = fit_baselines(train, test, cutoffs, mode=args.mode,
                                  beyond_accuracy_k=max(cutoffs) if args.beyond_accuracy else None)
@@ -348,9 +356,9 @@ def cmd_evaluate(args) -> int:
               f"{res['dropped_sessions']} sessions left shorter than 2")
         print()
         print(format_table(results, title=f"{path} ({args.mode} ranks)"))
-        out = results_json({"GRU4Rec": res})["GRU4Rec"]
+        out = results_json({label: res})[label]
         if train is not None:
-            out["baselines"] = results_json({k: v for k, v in results.items() if k != "GRU4Rec"})
+            out["baselines"] = results_json({k: v for k, v in results.items() if k != label})
         outs[path] = out
     if args.json:
         with open(args.json, "w") as f:

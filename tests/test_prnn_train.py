@@ -263,7 +263,8 @@ def test_cli_train_evaluate_recommend(data, tmp_path, capsys):
     assert main(["evaluate", "--model", str(out), "--test", str(tmp_path / "c.csv"), "--json", str(res)]) == 0
     r = json.loads(res.read_text())
     assert r and "mrr" in json.dumps(r)
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert "p-RNN (parallel)" in printed and "GRU4Rec" not in printed  # the metrics name the model they measured
     first = str(m.item_ids[0])
     assert main(["recommend", "--model", str(out), "--session", first, "-k", "3", "--json"]) == 0
     printed = capsys.readouterr().out
