@@ -66,9 +66,10 @@ def rank_counts(h, hT, Wy, By, items, targets, act, act_a, tscore, n_gt, n_eq, p
     """n_gt[i] / n_eq[i]: how many of ``items`` score strictly above / equal to row i's target, scores being
     f(h Wy^T + By) (reference.score_all + rank_counts), never materialised as a [B, N] matrix: a fixed chunk of
     items per iteration, MR items at a time (their Wy rows gathered, scored against every row with the GEMM
-    micro-kernel into an MR x Bp tile, finished with the bias and f, then counted). Integer partial counts per chunk, so the result does not
-    depend on the scheduling. The target's own column is not compared: it counts once in n_eq per occurrence
-    in items (the reference's target ties with itself). hT [H, Bp] is scratch (its padding must be zero)."""
+    micro-kernel into an MR x Bp tile, finished with the bias and f, then counted). Integer partial counts per
+    chunk, so the result does not depend on the scheduling. The target's own column is not compared: it counts
+    once in n_eq per occurrence in items (the reference's target ties with itself). hT [H, Bp] is scratch (its
+    padding must be zero)."""
     B, H = h.shape
     Bp = hT.shape[1]
     M = items.shape[0]
