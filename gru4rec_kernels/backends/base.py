@@ -259,3 +259,51 @@ class Backend(ABC):
         if self.logq_target is None:
             return None
         return np.concatenate([self.logq_target[Y[:B]], self.logq_sample[Y[B:]]]).astype(np.float32)
+
+
+class DictStateMixin:
+    """State exchange of a backend holding its parameters in ``self.params`` and its optimizer state in
+    ``self.opt`` = {"acc": {name: array}, "mom": {name: array}} (the numpy backends; the cpu ones
+    expose their ``acc`` / ``mom`` views as ``opt``)."""
+
+    def get_params(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def get_opt_state(self):
+        return {s: {k: v.copy() for k, v in d.items()} for s, d in self.opt.items()}
+
+    def set_opt_state(self, state):
+        for s in ("acc", "mom"):
+            for k, v in state[s].items():
+                self.opt[s][k][...] = v
+
+
+class FlatHiddenMixin:
+    """The hidden state of a backend that keeps it as one flat float32 array ``self._hid`` of the layers'
+    [B, H_l] blocks in order, the widths being ``self.layer_widths`` (the cpu GRU4Rec and p-RNN backends)."""
+
+    def _split_hidden(self, flat, B):
+        out, off = [], 0
+        for H in self.layer_widths:
+            out.append(flat[off:off + B * H].reshape(B, H))
+            off += B * H
+        return out
+
+    def reset_hidden(self) -> None:
+        self._hid = None
+
+    def get_hidden(self) -> list:
+        if self._hid is None:
+            return []
+        B = self._hid.shape[0] // sum(self.layer_widths)
+        return [h.copy() for h in self._split_hidden(self._hid, B)]
+
+    def set_hidden(self, H: list) -> None:
+        n = len(self.layer_widths)
+        if len(H) != n:
+            raise ValueError(f"set_hidden needs {n} layer arrays (one per layer); got {len(H)}")
+        B = np.asarray(H[0]).shape[0]
+        for h, Hl in zip(H, self.layer_widths):
+            if np.asarray(h).shape != (B, Hl):
+                raise ValueError(f"hidden state of shape {np.asarray(h).shape}; expected {(B, Hl)}")
+        self._hid = np.concatenate([np.asarray(h, dtype=np.float32).reshape(-1) for h in H])

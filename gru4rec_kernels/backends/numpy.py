@@ -5,23 +5,7 @@ import numpy as np
 
 from .. import reference as ref
 from ..reference import StepInputs
-from .base import Backend
-
-
-class DictStateMixin:
-    """State exchange of a backend holding its parameters in ``self.params`` and its optimizer state in
-    ``self.opt`` = {"acc": {name: array}, "mom": {name: array}} (the numpy GRU4Rec and p-RNN backends)."""
-
-    def get_params(self):
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def get_opt_state(self):
-        return {s: {k: v.copy() for k, v in d.items()} for s, d in self.opt.items()}
-
-    def set_opt_state(self, state):
-        for s in ("acc", "mom"):
-            for k, v in state[s].items():
-                self.opt[s][k][...] = v
+from .base import Backend, DictStateMixin
 
 
 class NumpyBackend(DictStateMixin, Backend):

@@ -15,8 +15,7 @@ from .. import reference as ref
 from .. import reference_prnn as rp
 from ..prnn_layout import PRNNLayout
 from ..reference import StepInputs
-from .base import Backend
-from .numpy import DictStateMixin
+from .base import Backend, DictStateMixin
 
 PRNN_BACKENDS = ("auto", "numpy", "cpu", "cuda")
 # The p-RNN steps built so far, by backend name: (module, class). "auto" picks the first built one of

@@ -7,7 +7,7 @@ import numpy as np
 from ...layout import allocate, dense_size
 from ...parallel import parallel_region
 from ...rng import dropout_key
-from ..base import Backend
+from ..base import Backend, DictStateMixin, FlatHiddenMixin
 from .buffers import (
     Chunk,
     Grads,
@@ -25,13 +25,14 @@ from .gemm import VW
 from .step import apply_grads, step_grads, train_chunk_steps
 
 
-class CpuBackend(Backend):
+class CpuBackend(DictStateMixin, FlatHiddenMixin, Backend):
     """Numba parallel CPU backend (float32). Same constructor as NumpyBackend minus ``dtype``."""
 
     name = "cpu"
 
     def __init__(self, cfg, n_items, params, logq_target=None, logq_sample=None):
         super().__init__(cfg, n_items, params, logq_target, logq_sample)
+        self.layer_widths = tuple(cfg.layers)
         specs = self.specs
         # parameters, their gradients, Adagrad accumulators and momenta: dense ones are views into one flat
         # buffer each (layout order)
@@ -177,43 +178,11 @@ class CpuBackend(Backend):
             apply_grads(self._p, grads, self._opt, work, self._hyper, X, O)
         return float(buf[lay.loss])
 
-    def reset_hidden(self) -> None:
-        self._hid = None
-
     # ------------------------------------------------------------------ state exchange
-    def get_params(self) -> dict:
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def get_opt_state(self) -> dict:
-        return {"acc": {k: v.copy() for k, v in self.acc.items()}, "mom": {k: v.copy() for k, v in self.mom.items()}}
-
-    def set_opt_state(self, state: dict) -> None:
-        for s, d in (("acc", self.acc), ("mom", self.mom)):
-            for k, v in state[s].items():
-                d[k][...] = v
-
-    def _split_hidden(self, flat, B):
-        out = []
-        off = 0
-        for H in self.cfg.layers:
-            out.append(flat[off:off + B * H].reshape(B, H))
-            off += B * H
-        return out
-
-    def get_hidden(self) -> list:
-        if self._hid is None:
-            return []
-        B = self._hid.shape[0] // sum(self.cfg.layers)
-        return [h.copy() for h in self._split_hidden(self._hid, B)]
-
-    def set_hidden(self, H: list) -> None:
-        if len(H) != len(self.cfg.layers):
-            raise ValueError(f"set_hidden needs {len(self.cfg.layers)} arrays (one per layer); got {len(H)}")
-        B = np.asarray(H[0]).shape[0]
-        for h, Hl in zip(H, self.cfg.layers):
-            if np.asarray(h).shape != (B, Hl):
-                raise ValueError(f"hidden state of shape {np.asarray(h).shape}; expected {(B, Hl)}")
-        self._hid = np.concatenate([np.asarray(h, dtype=np.float32).reshape(-1) for h in H])
+    @property
+    def opt(self) -> dict:
+        """The Adagrad accumulators and momenta as DictStateMixin reads them (views into the flat buffers)."""
+        return {"acc": self.acc, "mom": self.mom}
 
     # ------------------------------------------------------------------ evaluation
     def reset_eval(self, batch_size: int) -> None:

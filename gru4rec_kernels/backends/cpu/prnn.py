@@ -42,7 +42,7 @@ from ...parallel import parallel_region
 from ...prnn_layout import PRNNLayout
 from ...reference_prnn import SUBNET_STREAM_STRIDE
 from ...rng import dropout_key
-from ..base import Backend
+from ..base import Backend, DictStateMixin, FlatHiddenMixin
 from .adagrad import adagrad_dense, clip_scale, link_ids, scale, sparse_adagrad, sumsq
 from .buffers import CHUNK, Chunk, Grads, LayerParams, OptState, Params, make_hyper, placeholder, workspace
 from .evaluate import rank_active
@@ -409,7 +409,7 @@ def prnn_eval_chunk_steps(params, hypers, subs, scales, srcs, work, pw, hid, inp
 
 
 # ============================================================================================== the backend
-class PRNNCpuBackend(Backend):
+class PRNNCpuBackend(DictStateMixin, FlatHiddenMixin, Backend):
     """Numba parallel CPU backend of a p-RNN (float32). Same constructor as PRNNNumpyBackend minus ``dtype``;
     the same protocol: ``set_phases`` before each train_chunk, the hidden state exchanged as one flat list
     (subnet 0's layers, then subnet 1's, ...), ``eval_subnets`` (None: all) the subnets that score in
@@ -575,13 +575,6 @@ class PRNNCpuBackend(Backend):
         self._train = dict(B=B, S=S, work=work, pw=pw, srcs=srcs, grads=grads, n_hid=B * sum(self.layer_widths))
         return self._train
 
-    def _split_hidden(self, flat, B):
-        out, off = [], 0
-        for H in self.layer_widths:
-            out.append(flat[off:off + B * H].reshape(B, H))
-            off += B * H
-        return out
-
     # ------------------------------------------------------------------ training
     def set_phases(self, phases: list) -> None:
         """The Phase of each step of the next train_chunk (or of the next train_step, one entry)."""
@@ -652,36 +645,11 @@ class PRNNCpuBackend(Backend):
         return float(self.train_chunk(X[None], Y[None, :B], np.asarray(active)[None], np.asarray(reset)[None],
                                       Y[None, B:], step)[0])
 
-    def reset_hidden(self) -> None:
-        self._hid = None
-
     # ------------------------------------------------------------------ state exchange
-    def get_params(self) -> dict:
-        return {k: v.copy() for k, v in self.params.items()}
-
-    def get_opt_state(self) -> dict:
-        return {"acc": {k: v.copy() for k, v in self.acc.items()}, "mom": {k: v.copy() for k, v in self.mom.items()}}
-
-    def set_opt_state(self, state: dict) -> None:
-        for s, d in (("acc", self.acc), ("mom", self.mom)):
-            for k, v in state[s].items():
-                d[k][...] = v
-
-    def get_hidden(self) -> list:
-        if self._hid is None:
-            return []
-        B = self._hid.shape[0] // sum(self.layer_widths)
-        return [h.copy() for h in self._split_hidden(self._hid, B)]
-
-    def set_hidden(self, H: list) -> None:
-        n = len(self.layer_widths)
-        if len(H) != n:
-            raise ValueError(f"a p-RNN hidden state has {n} layer arrays; got {len(H)}")
-        B = np.asarray(H[0]).shape[0]
-        for h, Hl in zip(H, self.layer_widths):
-            if np.asarray(h).shape != (B, Hl):
-                raise ValueError(f"hidden state of shape {np.asarray(h).shape}; expected {(B, Hl)}")
-        self._hid = np.concatenate([np.asarray(h, dtype=np.float32).reshape(-1) for h in H])
+    @property
+    def opt(self) -> dict:
+        """The Adagrad accumulators and momenta as DictStateMixin reads them (views into the flat buffers)."""
+        return {"acc": self.acc, "mom": self.mom}
 
     # ------------------------------------------------------------------ evaluation
     def reset_eval(self, batch_size: int) -> None:
