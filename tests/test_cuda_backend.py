@@ -73,3 +73,50 @@ def test_graph_replay_equals_eager_steps(case):
     pe, pg = eager.get_params(), graph.get_params()
     for k in pe:
         np.testing.assert_allclose(pg[k], pe[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_graph_capture_is_cached_per_key_and_always_ended(monkeypatch):
+    """CudaBackend._captured, behind every CUDA graph of the cuda backends (training steps, evaluation steps,
+    p-RNN phases): one capture per key, under an allocator of its own pool, replayed from the cache after; the
+    capture ends even when recording raises, and nothing is cached then. With a stand-in cupy and stream: the
+    capture itself needs a GPU."""
+    import contextlib
+    import types
+
+    from gru4rec_kernels.backends.cuda import CudaBackend
+
+    calls = []
+
+    class Stream:
+        def begin_capture(self, mode=None):
+            calls.append(("begin", mode))
+
+        def end_capture(self):
+            calls.append("end")
+            return object()
+
+    class Pool:
+        def malloc(self, nbytes):
+            raise AssertionError("not called here")
+
+    @contextlib.contextmanager
+    def using_allocator(malloc):
+        calls.append(("allocator", type(malloc.__self__).__name__))
+        yield
+
+    cuda = types.SimpleNamespace(MemoryPool=Pool, runtime=types.SimpleNamespace(streamCaptureModeRelaxed=1),
+                                 using_allocator=using_allocator)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    be = types.SimpleNamespace(_stream=Stream())
+    cache = {}
+    graph = CudaBackend._captured(be, cache, 4, lambda: calls.append("record"))
+    assert calls == [("allocator", "Pool"), ("begin", 1), "record", "end"]
+    assert CudaBackend._captured(be, cache, 4, lambda: calls.append("record")) is graph
+    assert len(calls) == 4 and cache[4][0] is graph and isinstance(cache[4][1], Pool)
+
+    def boom():
+        raise RuntimeError("a launch failed while capturing")
+
+    with pytest.raises(RuntimeError, match="while capturing"):
+        CudaBackend._captured(be, cache, 8, boom)
+    assert calls[-1] == "end" and 8 not in cache

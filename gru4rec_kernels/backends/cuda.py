@@ -556,22 +556,31 @@ class CudaBackend(Backend):
             t += size
 
     def _graph(self, tb, size):  # pragma: no cover - needs a GPU
-        """The CUDA graph of ``size`` consecutive steps (captured once, then replayed; ``_graphs`` keeps it and the
-        memory pool of whatever cupy allocated while capturing, which the graph's nodes point into)."""
-        entry = self._graphs.get(size)
+        """The CUDA graph of ``size`` consecutive steps (``_captured`` once per size, then replayed)."""
+        def record():
+            for _ in range(size):
+                self._step(tb)
+
+        return self._captured(self._graphs, size, record)
+
+    def _captured(self, cache: dict, key, record):
+        """The CUDA graph of what ``record()`` launches on the backend's stream: captured once per ``key`` of
+        ``cache``, then returned from it for replay. Kept with the memory pool of whatever cupy allocated while
+        capturing, which the graph's nodes point into (a pool of its own: nothing else may reuse that memory).
+        The capture ends even when ``record`` raises, so the stream is never left capturing."""
+        entry = cache.get(key)
         if entry is None:
             import cupy
 
-            pool = cupy.cuda.MemoryPool()  # never shared: nothing else can reuse what the graph points into
+            pool = cupy.cuda.MemoryPool()
             mode = getattr(cupy.cuda.runtime, "streamCaptureModeRelaxed", None)  # allows allocations
             with cupy.cuda.using_allocator(pool.malloc):
                 self._stream.begin_capture(mode=mode)
                 try:
-                    for _ in range(size):
-                        self._step(tb)
+                    record()
                 finally:
                     graph = self._stream.end_capture()
-            entry = self._graphs[size] = (graph, pool)
+            entry = cache[key] = (graph, pool)
         return entry[0]
 
     def train_step(self, X, Y, active, reset, step: int) -> float:
@@ -873,23 +882,12 @@ class CudaBackend(Backend):
 
     def _eval_graph(self, eb: _Bufs, size: int):  # pragma: no cover - needs a GPU
         """The CUDA graph of ``size`` evaluation steps over the current buffers and item tiles, kept per
-        (B, size) until the buffers or the item set change (as ``_graph``: with its own memory pool)."""
-        key = (eb.B, size)
-        entry = self._eval_graphs.get(key)
-        if entry is None:
-            import cupy
+        (B, size) until the buffers or the item set change (``_captured``)."""
+        def record():
+            for _ in range(size):
+                self._eval_step(eb)
 
-            pool = cupy.cuda.MemoryPool()
-            mode = getattr(cupy.cuda.runtime, "streamCaptureModeRelaxed", None)
-            with cupy.cuda.using_allocator(pool.malloc):
-                self._stream.begin_capture(mode=mode)
-                try:
-                    for _ in range(size):
-                        self._eval_step(eb)
-                finally:
-                    graph = self._stream.end_capture()
-            entry = self._eval_graphs[key] = (graph, pool)
-        return entry[0]
+        return self._captured(self._eval_graphs, (eb.B, size), record)
 
     def eval_step(self, X, targets, reset, active, candidates=None):
         """One evaluation step: ``eval_chunk`` of one row (counts 0 on inactive rows)."""

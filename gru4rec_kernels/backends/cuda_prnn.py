@@ -612,23 +612,12 @@ class PRNNCudaBackend(CudaBackend):
             t += size
 
     def _graph(self, tb: _Bufs, key: tuple):  # pragma: no cover - needs a GPU
-        """The CUDA graph of the steps of the phases ``key`` (captured once, then replayed; kept with the memory
-        pool of whatever cupy allocated while capturing, as CudaBackend._graph)."""
-        entry = self._graphs.get(key)
-        if entry is None:
-            import cupy
+        """The CUDA graph of the steps of the phases ``key`` (``CudaBackend._captured``: once, then replayed)."""
+        def record():
+            for ph in key:
+                self._step(tb, ph)
 
-            pool = cupy.cuda.MemoryPool()
-            mode = getattr(cupy.cuda.runtime, "streamCaptureModeRelaxed", None)
-            with cupy.cuda.using_allocator(pool.malloc):
-                self._stream.begin_capture(mode=mode)
-                try:
-                    for ph in key:
-                        self._step(tb, ph)
-                finally:
-                    graph = self._stream.end_capture()
-            entry = self._graphs[key] = (graph, pool)
-        return entry[0]
+        return self._captured(self._graphs, key, record)
 
     def train_step(self, X, Y, active, reset, step: int, phase: Phase | None = None) -> float:
         if phase is None:
