@@ -153,24 +153,38 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"a TrainConfig is read from a JSON object; got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return cls(**config_fields(cls, d))
 
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"TrainConfig JSON is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(json_object(cls, text))
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def config_fields(cls, d: Any, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``d`` checked as the fields of the config dataclass ``cls`` (TrainConfig, PRNNConfig): a dict with no
+    unknown field and every ``required`` one, or a ValueError naming what is wrong."""
+    name = cls.__name__
+    if not isinstance(d, dict):
+        raise ValueError(f"a {name} is read from a JSON object; got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} field(s) {unknown}; known fields: {sorted(known)}")
+    for f in required:
+        if f not in d:
+            raise ValueError(f"{name}: the field {f!r} is missing")
+    return d
+
+
+def json_object(cls, text: str) -> Any:
+    """The parsed JSON ``text`` of a ``cls`` config, or a ValueError naming the config."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cls.__name__} JSON is not valid JSON: {e}") from None
 
 
 def _is_int(v: Any) -> bool:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .codes import INPUT_MODES
-from .config import TrainConfig
+from .config import TrainConfig, config_fields, json_object
 
 __all__ = ["PRNNConfig", "SubnetConfig", "Subnet", "Phase", "ID_SOURCE", "ARCHITECTURES", "STRATEGIES",
            "BIAS_MODES"]
@@ -357,23 +357,11 @@ class PRNNConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PRNNConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"a PRNNConfig is read from a JSON object; got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown PRNNConfig field(s) {unknown}; known fields: {sorted(known)}")
-        if "subnets" not in d:
-            raise ValueError("PRNNConfig: the field 'subnets' is missing")
-        return cls(**d)
+        return cls(**config_fields(cls, d, required=("subnets",)))
 
     @classmethod
     def from_json(cls, text: str) -> "PRNNConfig":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"PRNNConfig JSON is not valid JSON: {e}") from None
-        return cls.from_dict(d)
+        return cls.from_dict(json_object(cls, text))
 
     def replace(self, **changes: Any) -> "PRNNConfig":
         return dataclasses.replace(self, **changes)

@@ -37,6 +37,10 @@ def test_json_roundtrip_and_unknown_fields():
     assert TrainConfig.from_json(c.to_json()) == c
     with pytest.raises(ValueError, match="unknown TrainConfig field"):
         TrainConfig.from_dict({"layer": [3]})
+    with pytest.raises(ValueError, match="TrainConfig JSON is not valid JSON"):
+        TrainConfig.from_json('{"layers": [3]')
+    with pytest.raises(ValueError, match="a TrainConfig is read from a JSON object; got str"):
+        TrainConfig.from_json('"layers"')
 
 
 def test_final_act_parsing():

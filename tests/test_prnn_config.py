@@ -134,8 +134,12 @@ def test_json_roundtrip_and_unknown_fields():
     assert PRNNConfig.from_json(p.to_json()) == p
     with pytest.raises(ValueError, match="unknown PRNNConfig field"):
         PRNNConfig.from_dict({"subnets": [{"sources": ["id"]}], "stratgy": "residual"})
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="PRNNConfig JSON is not valid JSON"):
         PRNNConfig.from_json("{")
+    with pytest.raises(ValueError, match="PRNNConfig: the field 'subnets' is missing"):
+        PRNNConfig.from_dict({"strategy": "residual"})
+    with pytest.raises(ValueError, match="a PRNNConfig is read from a JSON object; got list"):
+        PRNNConfig.from_json("[1]")
 
 
 def test_layout_checks_the_features_against_the_config():
