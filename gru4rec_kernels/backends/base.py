@@ -32,12 +32,14 @@ from ..rng import dropout_mask_np
 class Backend(ABC):
     name = "base"
 
-    def __init__(self, cfg: TrainConfig, n_items: int, params: dict, logq_target=None, logq_sample=None):
+    def __init__(self, cfg: TrainConfig, n_items: int, params: dict, logq_target=None, logq_sample=None,
+                 specs=None):
         """params: name -> float32 array (host copies are taken). logq_target / logq_sample: [N] arrays of
-        ``logq * log q`` for target columns and sample columns (None when logq == 0)."""
+        ``logq * log q`` for target columns and sample columns (None when logq == 0). specs: the parameters'
+        ParamSpecs when they are not GRU4Rec's ``param_specs(cfg, n_items)`` (a p-RNN's layout has its own)."""
         self.cfg = cfg
         self.n_items = int(n_items)
-        self.specs = param_specs(cfg, n_items)
+        self.specs = param_specs(cfg, n_items) if specs is None else specs
         missing = {s.name for s in self.specs} - set(params)
         if missing:
             raise ValueError(f"params is missing {sorted(missing)}")

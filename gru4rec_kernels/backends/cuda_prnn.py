@@ -64,6 +64,7 @@ from ..kernels import subnets as ksn
 from ..prnn_config import Phase
 from ..reference_prnn import SUBNET_STREAM_STRIDE
 from ..rng import dropout_key
+from .base import Backend
 from .cuda import CudaBackend, _Bufs
 from .segments import segment_chunk
 
@@ -115,16 +116,10 @@ class PRNNCudaBackend(CudaBackend):
 
     def __init__(self, layout, params: dict, logq_target=None, logq_sample=None, dtype=np.float32, *,
                  graph_steps: int = 64, threads: dict | None = None, eval_tile: int | None = None):
-        # Backend.__init__ checks GRU4Rec's parameter names; a p-RNN has the layout's
         self.layout = layout
-        self.cfg = layout.cfg
-        self.n_items = layout.n_items
-        self.specs = layout.param_specs()
-        missing = {s.name for s in self.specs} - set(params)
-        if missing:
-            raise ValueError(f"params is missing {sorted(missing)}")
-        self.logq_target = logq_target
-        self.logq_sample = logq_sample
+        # Backend's constructor (not CudaBackend's, which builds GRU4Rec's buffers) with the layout's parameters
+        Backend.__init__(self, layout.cfg, layout.n_items, params, logq_target, logq_sample,
+                         specs=layout.param_specs())
         self._init_device(dtype, graph_steps, threads, eval_tile)
         self.subs = [_Subnet(layout, k) for k in range(len(layout.subnets))]
         self.id_dense = next((s for s in self.subs if s.x0_width), None)  # the subnet whose x0 step_begin gathers

@@ -54,16 +54,8 @@ class PRNNNumpyBackend(DictStateMixin, Backend):
     name = "numpy"
 
     def __init__(self, layout: PRNNLayout, params: dict, logq_target=None, logq_sample=None, dtype=np.float32):
-        # Backend.__init__ checks GRU4Rec's parameter names; a p-RNN has the layout's
         self.layout = layout
-        self.cfg = layout.cfg
-        self.n_items = layout.n_items
-        self.specs = layout.param_specs()
-        missing = {s.name for s in self.specs} - set(params)
-        if missing:
-            raise ValueError(f"params is missing {sorted(missing)}")
-        self.logq_target = logq_target
-        self.logq_sample = logq_sample
+        super().__init__(layout.cfg, layout.n_items, params, logq_target, logq_sample, specs=layout.param_specs())
         self.dtype = dtype
         self.params = {s.name: np.array(params[s.name], dtype=dtype) for s in self.specs}
         self.opt = {"acc": ref.zeros_like_params(self.params), "mom": ref.zeros_like_params(self.params)}

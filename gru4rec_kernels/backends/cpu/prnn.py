@@ -425,16 +425,9 @@ class PRNNCpuBackend(DictStateMixin, FlatHiddenMixin, Backend):
         # kernels came from the cache themselves does not start the pool on load (measured: a fresh process that
         # only evaluated called a null pointer).
         numba.get_num_threads()
-        # Backend.__init__ checks GRU4Rec's parameter names; a p-RNN has the layout's
         self.layout = layout
-        self.cfg = cfg = layout.cfg
-        self.n_items = N = layout.n_items
-        self.specs = specs = layout.param_specs()
-        missing = {s.name for s in specs} - set(params)
-        if missing:
-            raise ValueError(f"params is missing {sorted(missing)}")
-        self.logq_target = logq_target
-        self.logq_sample = logq_sample
+        super().__init__(layout.cfg, layout.n_items, params, logq_target, logq_sample, specs=layout.param_specs())
+        cfg, N, specs = self.cfg, self.n_items, self.specs
         # parameters, gradients, Adagrad accumulators and momenta: dense ones are views into one flat buffer each
         self.flat, self.params = allocate(specs, np.float32)
         self.acc_flat, self.acc = allocate(specs, np.float32)
