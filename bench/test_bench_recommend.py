@@ -7,7 +7,8 @@ at 40,000 and 700,000 items. Sessions: random, 1..10 clicks (mean 5.5).
 - one session: ``recommend_one(model, session, k=20)`` latency, p50 / p90 / p99 from our own timing loop
   (time.perf_counter_ns around each call; 2,000 calls at 40k items, 300 at 700k), after a warm-up that compiles
   everything; pytest-benchmark's own statistics are reported beside it;
-- batches: ``recommend_batch(model, 1,000 sessions, k=20)``: sessions per second;
+- batches: ``recommend_batch(model, 1,000 sessions, k=20)``, over all items and with each session's own items
+  excluded (``exclude_seen``: per-row exclusion lists): sessions per second;
 - serving: ``SessionRecommender.click`` + ``recommend`` latency at 40k items;
 - cuda: the batch scoring (GEMM + top-k) with CuPy on the GPU; skipped without a usable GPU.
 Every test first checks its results against the reference on a few sessions. The numbers, with the machine
@@ -134,24 +135,27 @@ def test_latency_one_session(benchmark, model):
     benchmark.pedantic(lambda: recommend_one(model, next(it), k=K), rounds=min(n_calls, 500), iterations=1)
 
 
-def test_throughput_batch_of_1000(benchmark, model):
+@pytest.mark.parametrize("exclude_seen", [False, True], ids=["all", "exclude_seen"])
+def test_throughput_batch_of_1000(benchmark, model, exclude_seen):
     _skip_unless_enabled(benchmark)
     sessions = _sessions(model, 1000, seed=1)
+    exclude = sessions if exclude_seen else None  # each session never gets its own items back
     ids, scores = recommend_batch(model, sessions[:10], k=K)
     _check(model, sessions[:10], ids, scores)
-    recommend_batch(model, sessions, k=K)  # warm-up
+    recommend_batch(model, sessions, k=K, exclude=exclude)  # warm-up
     reps = 5 if model.n_items < 100_000 else 2
     secs = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        recommend_batch(model, sessions, k=K)
+        recommend_batch(model, sessions, k=K, exclude=exclude)
         secs.append(time.perf_counter() - t0)
     best, med = min(secs), float(np.median(secs))
-    _save(f"batch_1000_{model.n_items}", {"n_items": model.n_items, "H": H, "k": K, "batch": 1000, "runs": reps,
-                                          "seconds_median": med, "seconds_best": best,
-                                          "sessions_per_s_median": 1000 / med})
-    print(f"\nrecommend_batch N={model.n_items}: 1000 sessions in {med:.3f} s ({1000 / med:.0f} sessions/s)")
-    benchmark.pedantic(lambda: recommend_batch(model, sessions, k=K), rounds=reps, iterations=1)
+    key = f"batch_1000_{model.n_items}" + ("_exclude_seen" if exclude_seen else "")
+    _save(key, {"n_items": model.n_items, "H": H, "k": K, "batch": 1000, "exclude_seen": exclude_seen, "runs": reps,
+                "seconds_median": med, "seconds_best": best, "sessions_per_s_median": 1000 / med})
+    print(f"\nrecommend_batch N={model.n_items} exclude_seen={exclude_seen}: 1000 sessions in {med:.3f} s "
+          f"({1000 / med:.0f} sessions/s)")
+    benchmark.pedantic(lambda: recommend_batch(model, sessions, k=K, exclude=exclude), rounds=reps, iterations=1)
 
 
 def test_serving_click_and_recommend(benchmark, model):

@@ -29,16 +29,19 @@ How (CPU, Numba):
 - many sessions (``recommend_batch``): sessions are sorted by length and right-aligned, so at every step the
   sessions still running form a prefix of the batch: the training forward (``gru.gru_fwd_prefix``) runs over
   that prefix at every step (masking by slicing). Scoring is again fused with the top-k, in one Numba kernel
-  (``topk._topk_rows``): parallel tasks of 32
-  rows x a range of items; a task sweeps its items in L2-sized tiles and computes four rows' dot products per
-  pass over an item vector, pushing each score into that row's heap. Alternatives: ``np.argpartition`` on a
-  BLAS score tile was not used because it picks arbitrarily among scores tied at the k-th place (ties would
-  not be broken by index); BLAS tiles [256 rows x 4096 items] + a parallel Numba heap update was the first
-  version and was dropped: OpenBLAS's and Numba's thread pools alternate every tile and each spins while the
-  other works. Measured on this 2-core machine under the same (heavy) background load, 256 sessions x 200k
-  items, three runs each: BLAS + Numba 2.4-2.8 s wall (1.2-1.35 CPU-s); the same with OPENBLAS_NUM_THREADS=1
-  set before numpy loads 0.84-1.17 s (0.42-0.44 CPU-s); this kernel 1.10-1.11 s (0.55 CPU-s). The library
-  cannot set OpenBLAS's threads for the user, so the kernel that is never pathological is the default.
+  (``topk._topk_rows``): parallel tasks of ROWS_PER_TASK rows x a range of items. A task keeps its rows' hidden
+  states transposed (in L1 / L2) and scores MR items at a time with the training GEMM micro-kernel
+  (``backends/cpu/gemm.py``), then the bias and f in a vectorised loop, as evaluation's ``rank_counts`` does. A
+  score is offered to its row's heap only if it reaches the heap's worst kept score (one compare per (item,
+  row)); exclusions are looked up only for the few that pass. Measured on this 2-core machine, the previous
+  kernel (four rows per pass of fast-math dot products, an exclusion pointer advanced for every (item, row))
+  and this one alternating in one run, 1,000 sessions each excluding its own items, k = 20: 700k items at H
+  100, 6.80-6.85 s -> 1.39-1.44 s (20 -> 97-101 GFLOP/s, the two cores' GEMM speed); 200k items, 1.6-2.0 s ->
+  0.41 s; 100k items at H 512 (500 sessions), 1.11-1.38 s -> 0.51-0.58 s. ``bench/test_bench_recommend.py``
+  measures this path (``::test_throughput_batch_of_1000``). Alternatives: ``np.argpartition``
+  on a BLAS score tile was not used because it picks arbitrarily among scores tied at the k-th place (ties
+  would not be broken by index); BLAS tiles + a parallel Numba heap update was the first version and was
+  dropped: OpenBLAS's and Numba's thread pools alternate every tile and each spins while the other works.
   Batch hidden states come from the GEMM micro-kernel, single-session ones from the serial row step: they
   agree to float32 rounding (rankings can differ only between items whose scores are within rounding of each other).
 - threads: the single-session scorer splits items over Numba's threads. On a machine whose cores are busy
@@ -64,13 +67,15 @@ from .backends.cpu.gru import gru_fwd_prefix, gru_fwd_row
 from .codes import MODE_ONEHOT
 from .itemmap import as_item_array
 from .parallel import parallel_region
-from .topk import ITEM_TILE, _topk_one, _topk_one_serial, _topk_rows, check_k, topk_from_scores
+from .topk import _topk_one, _topk_one_serial, _topk_rows, check_k, topk_from_scores
 
 __all__ = ["recommend_one", "recommend_batch", "continue_sequence", "topk_from_scores", "as_item_array",
            "check_k"]
 
-# Batch scorer: rows per parallel task (they share every item tile of topk.ITEM_TILE items).
-ROWS_PER_TASK = 32
+# Batch scorer: rows per parallel task (their transposed hidden states stay in cache while every item tile of
+# the task's range is scored against them), and the fewest items an item range may have.
+ROWS_PER_TASK = 64
+MIN_CHUNK_ITEMS = 512
 # Chunks per thread for the single-session scorer (more chunks = better balance on a busy machine).
 CHUNKS_PER_THREAD = 4
 
@@ -454,7 +459,7 @@ def recommend_batch(model, sessions, k: int = 20, exclude=None, candidates=None,
         n_cand = cand.size if cand is not None else eng.n_items
         nrb = -(-R // ROWS_PER_TASK)
         tasks = numba.get_num_threads() * CHUNKS_PER_THREAD
-        n_chunks = max(1, min(-(-tasks // nrb), n_cand // ITEM_TILE + 1))
+        n_chunks = max(1, min(-(-tasks // nrb), n_cand // MIN_CHUNK_ITEMS + 1))
         with parallel_region():
             top_i, top_s, cnt = _topk_rows(Htop, eng.Wy, eng.By, eng.act_code, eng.act_a, kk,
                                            cand if cand is not None else eng._empty, cand is not None,

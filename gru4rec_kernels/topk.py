@@ -11,12 +11,11 @@ import numbers
 import numpy as np
 from numba import njit, prange
 
+from .backends.cpu.gemm import MR, VW, mk_rows1, mk_rows2
 from .backends.cpu.mathf import final_act32
+from .codes import ACT_LINEAR
 
 __all__ = ["check_k", "topk_from_scores"]
-
-# Batch scorer: items per tile (512 x H=100 float32 = 200 KiB: stays in L2 while the task's rows use it).
-ITEM_TILE = 512
 
 
 # ================================================================================================ Numba: heap
@@ -153,107 +152,108 @@ _topk_one_serial = njit(fastmath=True, cache=True, nogil=True)(_topk_one_body)  
 
 
 @njit(inline="always")
-def _skip(ex_idx, e, ee, i):
-    """Advance the exclusion pointer e (sorted ex_idx[e:ee]) to item i; returns (new e, whether i is excluded)."""
-    while e < ee and ex_idx[e] < i:
-        e += 1
-    return e, (e < ee and ex_idx[e] == i)
+def _excluded(ex_idx, lo, hi, i):
+    """Whether item i is in the sorted ex_idx[lo:hi] (a binary search; no view is taken)."""
+    end = hi
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if ex_idx[mid] < i:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < end and ex_idx[lo] == i
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
+def _finish_tile_row(S, e, nr, b, code, a):
+    """S[e, :nr] = f(S[e, :nr] + b) in place (float32 add, then final_act32: evaluation's roundings), in a loop
+    of its own so that it vectorises, and without taking a view."""
+    if code == ACT_LINEAR:
+        for r in range(nr):
+            S[e, r] = S[e, r] + b
+    else:
+        for r in range(nr):
+            S[e, r] = final_act32(S[e, r] + b, code, a)
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
 def _topk_rows(Hr, Wy, By, code, a, k, cand, use_cand, ex_ptr, ex_end, ex_idx, rows_per_task, n_item_chunks):
     """Fused score + top-k for many rows: Hr [R, H] hidden states; items = all (use_cand=False) or the sorted
     indices ``cand``; row r never gets the sorted indices ex_idx[ex_ptr[r]:ex_end[r]].
 
-    Tasks are (block of rows_per_task rows) x (one of n_item_chunks item ranges), in parallel. A task sweeps
-    its item range in tiles of ITEM_TILE items (kept in L2 while every row of the block uses them), scoring 4
-    rows at a time (one pass over each item vector feeds four dot products), and keeps a heap per row; the
-    per-chunk heaps are merged at the end. Returns (top_i [R, k], top_s [R, k], cnt [R]) best first.
+    Tasks are (block of rows_per_task rows) x (one of n_item_chunks item ranges), in parallel. A task holds its
+    rows transposed (hT [H, RBp], which stays in L1 / L2) and sweeps its items MR at a time: the items' Wy rows
+    (read in place, or gathered for candidates) times hT with the GEMM micro-kernel (backends/cpu/gemm.py) give
+    an MR x RBp score tile, finished with the bias and f in a vectorised loop (the scores are bit for bit those
+    of evaluation's rank_counts). A score enters its row's heap only if it reaches the row's threshold (the
+    heap's worst kept score once it holds k): one compare per (item, row), and the exclusion list is searched
+    only for the few that pass. An item below the threshold is worse than k kept ones, so the result is the
+    exact top-k in the total order (score descending, index ascending), whatever the tiling. The per-chunk
+    heaps are merged at the end. Returns (top_i [R, k], top_s [R, k], cnt [R]) best first.
     """
     R = Hr.shape[0]
     H = Hr.shape[1]
     n = cand.shape[0] if use_cand else Wy.shape[0]
     P = n_item_chunks
     step = (n + P - 1) // P
-    nrb = (R + rows_per_task - 1) // rows_per_task
+    RB = rows_per_task
+    RBp = (RB + VW - 1) // VW * VW
+    nrb = (R + RB - 1) // RB
+    hT = np.zeros((nrb, H, RBp), dtype=np.float32)  # padding columns stay 0 (scored, never read)
+    for r in range(R):
+        for j in range(H):
+            hT[r // RB, j, r % RB] = Hr[r, j]
     hs = np.empty((P, R, k), dtype=np.float32)
     hi = np.empty((P, R, k), dtype=np.int64)
     cnt = np.zeros((P, R), dtype=np.int64)
+    pW = Wy.ctypes.data
     for task in prange(nrb * P):
         rb = task // P
         c = task - rb * P
-        r0 = rb * rows_per_task
-        r1 = min(R, r0 + rows_per_task)
+        r0 = rb * RB
+        nr = min(R, r0 + RB) - r0
         lo = c * step
         up = min(n, lo + step)
         if lo >= up:
             continue
-        first = cand[lo] if use_cand else lo
-        ep = np.empty(r1 - r0, dtype=np.int64)
-        for r in range(r0, r1):
-            ep[r - r0] = ex_ptr[r] + np.searchsorted(ex_idx[ex_ptr[r]:ex_end[r]], first)
-        for t0 in range(lo, up, ITEM_TILE):
-            t1 = min(up, t0 + ITEM_TILE)
-            r = r0
-            while r + 4 <= r1:
-                h0 = Hr[r]
-                h1 = Hr[r + 1]
-                h2 = Hr[r + 2]
-                h3 = Hr[r + 3]
-                e0 = ep[r - r0]
-                e1 = ep[r - r0 + 1]
-                e2 = ep[r - r0 + 2]
-                e3 = ep[r - r0 + 3]
-                m0 = cnt[c, r]
-                m1 = cnt[c, r + 1]
-                m2 = cnt[c, r + 2]
-                m3 = cnt[c, r + 3]
-                for p in range(t0, t1):
-                    i = cand[p] if use_cand else p
-                    s0 = np.float32(0.0)
-                    s1 = np.float32(0.0)
-                    s2 = np.float32(0.0)
-                    s3 = np.float32(0.0)
+        # the address through hT, not one taken before the loop: Numba frees a local array after its last use
+        ph = hT[rb].ctypes.data
+        rows = np.empty((MR, H), dtype=np.float32)  # the gathered Wy rows of candidates
+        S = np.empty((MR, RBp), dtype=np.float32)
+        pS = S.ctypes.data
+        thr = np.empty(nr, dtype=np.float32)  # the heap's worst kept score, once it is full
+        full = np.zeros(nr, dtype=np.bool_)
+        for t in range(lo, up, MR):
+            mv = min(MR, up - t)
+            if use_cand:
+                for e in range(MR):
+                    it = cand[min(t + e, up - 1)]
                     for j in range(H):
-                        w = Wy[i, j]
-                        s0 += h0[j] * w
-                        s1 += h1[j] * w
-                        s2 += h2[j] * w
-                        s3 += h3[j] * w
-                    b = By[i]
-                    e0, x = _skip(ex_idx, e0, ex_end[r], i)
-                    if not x:
-                        m0 = _offer(hs[c, r], hi[c, r], m0, k, final_act32(s0 + b, code, a), i)
-                    e1, x = _skip(ex_idx, e1, ex_end[r + 1], i)
-                    if not x:
-                        m1 = _offer(hs[c, r + 1], hi[c, r + 1], m1, k, final_act32(s1 + b, code, a), i)
-                    e2, x = _skip(ex_idx, e2, ex_end[r + 2], i)
-                    if not x:
-                        m2 = _offer(hs[c, r + 2], hi[c, r + 2], m2, k, final_act32(s2 + b, code, a), i)
-                    e3, x = _skip(ex_idx, e3, ex_end[r + 3], i)
-                    if not x:
-                        m3 = _offer(hs[c, r + 3], hi[c, r + 3], m3, k, final_act32(s3 + b, code, a), i)
-                ep[r - r0] = e0
-                ep[r - r0 + 1] = e1
-                ep[r - r0 + 2] = e2
-                ep[r - r0 + 3] = e3
-                cnt[c, r] = m0
-                cnt[c, r + 1] = m1
-                cnt[c, r + 2] = m2
-                cnt[c, r + 3] = m3
-                r += 4
-            while r < r1:
-                h0 = Hr[r]
-                e0 = ep[r - r0]
-                m0 = cnt[c, r]
-                for p in range(t0, t1):
-                    i = cand[p] if use_cand else p
-                    e0, x = _skip(ex_idx, e0, ex_end[r], i)
-                    if not x:
-                        m0 = _offer(hs[c, r], hi[c, r], m0, k, final_act32(_dot(h0, Wy, i) + By[i], code, a), i)
-                ep[r - r0] = e0
-                cnt[c, r] = m0
-                r += 1
+                        rows[e, j] = Wy[it, j]
+                pa = rows.ctypes.data
+            else:
+                pa = pW + 4 * t * H
+            for jb in range(0, RBp, 2 * VW):
+                nv = min(2 * VW, RBp - jb)
+                if nv > VW:
+                    mk_rows2(pa, H, 1, ph + 4 * jb, RBp, pS + 4 * jb, RBp, 1, H, mv, nv)
+                else:
+                    mk_rows1(pa, H, 1, ph + 4 * jb, RBp, pS + 4 * jb, RBp, 1, H, mv, nv)
+            for e in range(mv):
+                i = cand[t + e] if use_cand else t + e
+                _finish_tile_row(S, e, nr, By[i], code, a)
+                for r in range(nr):
+                    sc = S[e, r]
+                    if full[r] and not sc >= thr[r]:  # worse than the k kept (NaN too, as _offer)
+                        continue
+                    g = r0 + r
+                    if ex_end[g] > ex_ptr[g] and _excluded(ex_idx, ex_ptr[g], ex_end[g], i):
+                        continue
+                    m = _offer(hs[c, g], hi[c, g], cnt[c, g], k, sc, i)
+                    cnt[c, g] = m
+                    if m == k:
+                        full[r] = True
+                        thr[r] = hs[c, g, 0]
     top_s = np.empty((R, k), dtype=np.float32)
     top_i = np.empty((R, k), dtype=np.int64)
     out_n = np.zeros(R, dtype=np.int64)

@@ -278,7 +278,7 @@ def test_batch_bad_input(model):
 
 def test_batch_many_rows_and_items_crosses_tiles_and_chunks():
     from gru4rec_kernels import recommend as R
-    m = make_model(n_items=3 * R.ITEM_TILE + 37, layers=(4,), final_act="elu-1")
+    m = make_model(n_items=3 * R.MIN_CHUNK_ITEMS + 37, layers=(4,), final_act="elu-1")
     rng = np.random.default_rng(6)
     n = 2 * R.ROWS_PER_TASK + 3  # full 4-row groups and left-over rows
     sessions = [m.item_ids[rng.integers(0, m.n_items, rng.integers(1, 5))] for _ in range(n)]
@@ -294,6 +294,32 @@ def test_batch_many_rows_and_items_crosses_tiles_and_chunks():
     bi, bs = recommend_batch(m, sessions[:2], k=9, candidates=m.item_ids[::3])
     for j in range(2):
         np.testing.assert_array_equal(bi[j], recommend_one(m, sessions[j], k=9, candidates=m.item_ids[::3])[0])
+
+
+def test_batch_is_the_reference_top_k_for_every_row_of_many_blocks():
+    """Every row of a batch spanning several row blocks (ROWS_PER_TASK) and item chunks, with per-row
+    exclusions and candidates, gets a top-k of the reference scores (float64, from its own hidden state):
+    catches a score tile read from the wrong rows, a threshold that drops a true top-k item, an exclusion
+    missed or applied to the wrong row. Three calls: the kernel's scratch must not alias freed memory."""
+    from gru4rec_kernels import recommend as R
+    m = make_model(n_items=2 * R.MIN_CHUNK_ITEMS + 333, layers=(24,), final_act="elu-1", seed=3)
+    m.params["By"] *= 0.02  # so that the rows' hidden states, not the shared bias, decide their top-k
+    rng = np.random.default_rng(8)
+    n = 3 * R.ROWS_PER_TASK + 5
+    sessions = [m.item_ids[rng.integers(0, m.n_items, rng.integers(1, 6))] for _ in range(n)]
+    ref_scores = [naive_scores(m, s) for s in sessions]
+    # row j excludes its own best j % 4 items (so a missed exclusion changes its top-k), some rows random ones too
+    exclude = [np.concatenate([m.item_ids[naive_topk(ref_scores[j], j % 4)],
+                               m.item_ids[rng.integers(0, m.n_items, 30 * (j % 3 == 1))]]) for j in range(n)]
+    cand = np.sort(m.item_ids[rng.choice(m.n_items, 600, replace=False)])
+    for candidates in (None, cand):
+        for _ in range(3):
+            bi, bs = recommend_batch(m, sessions, k=12, exclude=exclude, candidates=candidates)
+            for j in range(n):
+                allowed = ~np.isin(m.item_ids, exclude[j])
+                if candidates is not None:
+                    allowed &= np.isin(m.item_ids, candidates)
+                assert_matches_reference(m, bi[j], bs[j], ref_scores[j], 12, allowed)
 
 
 # ------------------------------------------------------------------------------------------------ continuation
