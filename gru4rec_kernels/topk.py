@@ -11,9 +11,9 @@ import numbers
 import numpy as np
 from numba import njit, prange
 
+from .backends.cpu.evaluate import finish_scores
 from .backends.cpu.gemm import MR, VW, mk_rows1, mk_rows2
 from .backends.cpu.mathf import final_act32
-from .codes import ACT_LINEAR
 
 __all__ = ["check_k", "topk_from_scores"]
 
@@ -164,18 +164,6 @@ def _excluded(ex_idx, lo, hi, i):
     return lo < end and ex_idx[lo] == i
 
 
-@njit(cache=True, error_model="numpy", inline="always")
-def _finish_tile_row(S, e, nr, b, code, a):
-    """S[e, :nr] = f(S[e, :nr] + b) in place (float32 add, then final_act32: evaluation's roundings), in a loop
-    of its own so that it vectorises, and without taking a view."""
-    if code == ACT_LINEAR:
-        for r in range(nr):
-            S[e, r] = S[e, r] + b
-    else:
-        for r in range(nr):
-            S[e, r] = final_act32(S[e, r] + b, code, a)
-
-
 @njit(parallel=True, cache=True, error_model="numpy")
 def _topk_rows(Hr, Wy, By, code, a, k, cand, use_cand, ex_ptr, ex_end, ex_idx, rows_per_task, n_item_chunks):
     """Fused score + top-k for many rows: Hr [R, H] hidden states; items = all (use_cand=False) or the sorted
@@ -241,7 +229,7 @@ def _topk_rows(Hr, Wy, By, code, a, k, cand, use_cand, ex_ptr, ex_end, ex_idx, r
                     mk_rows1(pa, H, 1, ph + 4 * jb, RBp, pS + 4 * jb, RBp, 1, H, mv, nv)
             for e in range(mv):
                 i = cand[t + e] if use_cand else t + e
-                _finish_tile_row(S, e, nr, By[i], code, a)
+                finish_scores(S, e, nr, By[i], code, a)
                 for r in range(nr):
                     sc = S[e, r]
                     if full[r] and not sc >= thr[r]:  # worse than the k kept (NaN too, as _offer)
