@@ -222,10 +222,15 @@ class _Engine:
 
 class _PRNNEngine(_Engine):
     """A p-RNN's engine: the same ranking (the scorer sees the scaled concatenation [a_1 h_1 | ... | a_K h_K],
-    the width of Wy), the session state replayed by the numpy reference (reference_prnn.hidden_step; the fast
-    p-RNN steps are not built yet). The state is one flat vector: subnet 0's layers, then subnet 1's, ..."""
+    the width of Wy). Many sessions (``batch_top``) are replayed together by the cpu p-RNN backend's forward
+    (``PRNNCpuBackend.replay``, built with ``inference=True`` on the model's own arrays: no copies, in-place
+    edits seen), as recommend_batch's GRU4Rec replay; one session (``advance``: recommend_one, SessionRecommender)
+    by the numpy reference. The two agree to float32 rounding, as GRU4Rec's batch and row steps do. The state
+    is one flat vector: subnet 0's layers, then subnet 1's, ..."""
 
     def __init__(self, model):
+        from .backends.cpu.prnn import PRNNCpuBackend
+
         P = model.params
         self.model_ref = weakref.ref(model)
         self.cfg_key = ("prnn", model.prnn, model.scoring, _cfg_key(model.cfg))
@@ -246,6 +251,10 @@ class _PRNNEngine(_Engine):
         self._pop_order = None
         self._empty = np.zeros(0, dtype=np.int64)
         self._local = threading.local()
+        self.backend = PRNNCpuBackend(model.layout, P, inference=True)
+        K = len(self.layout.subnets)
+        self.run = np.zeros(K, dtype=np.bool_)
+        self.run[list(range(K)) if self.scoring is None else list(self.scoring)] = True
 
     def valid_for(self, model) -> bool:
         P = model.params
@@ -265,7 +274,15 @@ class _PRNNEngine(_Engine):
             out.append(layers)
         return out
 
+    def _replay(self, states: np.ndarray, Xt: np.ndarray, m_t: np.ndarray) -> None:
+        """states [n, state_size] advanced in place by the schedule (Xt, m_t) (prefix_schedule's)."""
+        hid = [np.ascontiguousarray(h) for Hk in self._split(states) for h in Hk]
+        self.backend.replay(hid, Xt, m_t, self.run)
+        states[:] = np.concatenate(hid, axis=1)
+
     def advance(self, state: np.ndarray, idx: np.ndarray) -> None:
+        """One session's state by the numpy reference (reference_prnn.hidden_step): for one row, the compiled
+        replay's per-call cost (typing its buffers' tuples: ~1.2 ms, measured) is more than the whole step."""
         from .reference_prnn import hidden_step
         if not idx.size:
             return
@@ -284,10 +301,12 @@ class _PRNNEngine(_Engine):
         return self._tops(state)[0]
 
     def batch_top(self, flat_idx: np.ndarray, lens: np.ndarray) -> np.ndarray:
-        starts = np.concatenate(([0], np.cumsum(lens)[:-1])).astype(np.int64)
         states = np.zeros((lens.size, self.state_size), dtype=np.float32)
-        for r in range(lens.size):
-            self.advance(states[r], flat_idx[starts[r]:starts[r] + lens[r]])
+        if lens.size and flat_idx.size:
+            order, Xt, m_t = prefix_schedule(flat_idx, lens)
+            sorted_states = np.zeros_like(states)
+            self._replay(sorted_states, Xt, m_t)
+            states[order] = sorted_states
         return self._tops(states)
 
 
@@ -369,32 +388,36 @@ def _map_sessions(eng: _Engine, arrays: list, on_unknown: str):
     return pos[known].astype(np.int64), kept_len
 
 
-def batch_hidden(eng: _Engine, flat_idx: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Top-layer hidden state [n, H] after replaying n sessions (given flat, with lengths) together.
+def prefix_schedule(flat_idx: np.ndarray, lens: np.ndarray):
+    """n sessions (given flat, with lengths) as a schedule that replays them together: (order, Xt [T, n] int32,
+    m_t [T] int64). Sessions are sorted by length (longest first, ``order``) and right-aligned, so at step t the
+    running sessions are the first m_t rows; Xt[t, r] is the item at step t of sorted row r (0, never read,
+    before its session starts)."""
+    order = np.argsort(-lens, kind="stable")
+    sl = lens[order]
+    T = int(sl[0]) if sl.size else 0
+    starts = np.concatenate(([0], np.cumsum(lens)[:-1]))[order]
+    pos_in = np.arange(T)[:, None] - (T - sl)[None, :]
+    valid = pos_in >= 0
+    Xt = np.where(valid, flat_idx[np.minimum(starts[None, :] + np.maximum(pos_in, 0), max(flat_idx.size - 1, 0))], 0)
+    return order, np.ascontiguousarray(Xt, dtype=np.int32), valid.sum(axis=1).astype(np.int64)
 
-    Sessions are sorted by length (longest first) and right-aligned: at step t the running sessions are the
-    first m_t rows, so every layer is one set of GEMMs over that prefix per step (gru.gru_fwd_prefix: the
-    training forward of backends/cpu/gru.py without dropout). Sessions of length 0 keep the zero state.
-    """
+
+def batch_hidden(eng: _Engine, flat_idx: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Top-layer hidden state [n, H] after replaying n sessions (given flat, with lengths) together
+    (``prefix_schedule``): every layer is one set of GEMMs over the running prefix per step (gru.gru_fwd_prefix:
+    the training forward of backends/cpu/gru.py without dropout). Sessions of length 0 keep the zero state."""
     n = lens.size
     out = np.zeros((n, eng.layers[-1]), dtype=np.float32)
     if n == 0 or flat_idx.size == 0:
         return out
-    order = np.argsort(-lens, kind="stable")
-    sl = lens[order]
-    T = int(sl[0])
-    starts = np.concatenate(([0], np.cumsum(lens)[:-1]))[order]
-    # Xt[t, r]: item at step t of sorted row r (right-aligned); 0 (never read) before the session starts
-    pos_in = np.arange(T)[:, None] - (T - sl)[None, :]
-    valid = pos_in >= 0
-    Xt = np.where(valid, flat_idx[np.minimum(starts[None, :] + np.maximum(pos_in, 0), flat_idx.size - 1)], 0)
-    m_t = valid.sum(axis=1).astype(np.int64)  # running rows per step (a prefix)
+    order, Xt, m_t = prefix_schedule(flat_idx, lens)
     cfg = eng.cfg
     sx_cols = eng.params.Sx.shape[1] if sx_name(cfg) else 0
     work = make_workspace(cfg, n, 0, sx_cols, 0, np.full(1, -1, np.int32), with_scores=False)
     hid = tuple(np.zeros((n, h), dtype=np.float32) for h in eng.layers)
     with parallel_region():
-        gru_fwd_prefix(eng.params, eng.hyper, work, hid, np.ascontiguousarray(Xt, dtype=np.int32), m_t)
+        gru_fwd_prefix(eng.params, eng.hyper, work, hid, Xt, m_t)
     out[order] = hid[-1]
     return out
 

@@ -297,6 +297,54 @@ def test_eval_counts_equal_numpy_backend(arch, mode, feats, subnets):
     assert n_near <= 2
 
 
+# ============================================================================================ inference replay
+@pytest.mark.parametrize("arch,mode,feats,subnets", [("parallel", "onehot", "both", None),
+                                                     ("parallel", "constrained", "sparse", (1,)),
+                                                     ("concat", "embedding", "dense", None),
+                                                     ("feature", None, "sparse", None)])
+def test_replay_equals_reference_hidden_steps(arch, mode, feats, subnets):
+    """PRNNCpuBackend(inference=True).replay of many sessions at once (recommend_batch's schedule: sorted by
+    length, right-aligned, a running prefix per step; an empty session, an item without features, two layers)
+    equals reference_prnn.hidden_step session by session in float64, within float32 rounding; the subnets
+    outside ``subnets`` keep a zero state. The backend runs on the given arrays themselves (an in-place edit is
+    seen, nothing is copied) and refuses to train."""
+    from gru4rec_kernels.recommend import prefix_schedule
+    cfg, prnn, feat = make_prnn(arch, mode, feats, final_act="tanh", layers=(5, 4))
+    layout = PRNNLayout(cfg, prnn, N_ITEMS, feat)
+    params, *_ = make_prnn_problem(layout, dtype=np.float32, seed=12)
+    be = PRNNCpuBackend(layout, params, inference=True)
+    assert all(be.params[k] is params[k] for k in params)
+    K = len(layout.subnets)
+    run = np.zeros(K, bool)
+    run[list(range(K)) if subnets is None else list(subnets)] = True
+    rng = np.random.default_rng(13)
+    sessions = [rng.integers(0, N_ITEMS, L) for L in (3, 0, 7, 1, 4, 4)]
+    sessions[2][3] = EMPTY_ROW
+    lens = np.array([s.size for s in sessions])
+    order, Xt, m_t = prefix_schedule(np.concatenate(sessions).astype(np.int64), lens)
+    params["By"][0] += 1.0  # an in-place edit after construction (By is not read by the replay: Wy / E / W are)
+    for name in params:
+        if name != "By":
+            params[name] *= np.float32(1.01)
+            break
+    hid = [np.zeros((len(sessions), h), np.float32) for h in be.layer_widths]
+    be.replay(hid, Xt, m_t, run)
+    p64 = {k: v.astype(np.float64) for k, v in params.items()}
+    for row, j in enumerate(order):
+        H = [[np.zeros((1, h)) for h in sub.layers] for sub in layout.subnets]
+        for i in sessions[j]:
+            H = rp.hidden_step(p64, layout, H, np.array([i]), subnets)
+        want = np.concatenate([h for Hk in H for h in Hk], axis=1)[0]
+        got = np.concatenate([h[row] for h in hid])
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6, err_msg=f"session {j}")
+    with pytest.raises(RuntimeError, match="inference=True"):
+        be.warmup(2, 3)  # the training driver's entry
+    ro = {k: v.copy() for k, v in params.items()}
+    ro["By"].setflags(write=False)
+    with pytest.raises(ValueError, match="writable float32 C-contiguous"):
+        PRNNCpuBackend(layout, ro, inference=True)
+
+
 def test_bad_input_is_refused():
     from gru4rec_kernels.prnn_config import Phase
     cfg, prnn, feat = make_prnn("parallel", "constrained", "sparse", batch_size=B_ROWS)

@@ -408,6 +408,24 @@ def prnn_eval_chunk_steps(params, hypers, subs, scales, srcs, work, pw, hid, inp
                     n_gt[t], n_eq[t])
 
 
+@njit(cache=True, error_model="numpy")
+def prnn_replay_prefix(params, hypers, subs, srcs, work, pw, hid, Xt, m_t, run):
+    """Many sessions at once, without dropout (the p-RNN twin of gru.gru_fwd_prefix, for inference): at step t
+    the first m_t[t] rows advance by the items Xt[t, :m_t[t]] (sessions sorted longest first and right-aligned,
+    so the running ones are a prefix); the subnets with run[k] run (reference_prnn.hidden_step), the others
+    keep their state. hid: one [n, H_l] array per layer of the flat layer tuple, updated in place."""
+    jobs = np.zeros((4, 11), dtype=np.int64)
+    for t in range(Xt.shape[0]):
+        m = m_t[t]
+        if m == 0:
+            continue
+        prnn_fwd(params, hypers, subs, srcs, work, hid, Xt[t, :m], m, 0, False, run, jobs, pw.jobs)
+        for k in range(subs.shape[0]):
+            if run[k]:
+                for l in range(subs[k, L0], subs[k, L1]):
+                    hid[l][:m, :] = work.layers[l].out[:m]
+
+
 # ============================================================================================== the backend
 class PRNNCpuBackend(DictStateMixin, FlatHiddenMixin, Backend):
     """Numba parallel CPU backend of a p-RNN (float32). Same constructor as PRNNNumpyBackend minus ``dtype``;
@@ -417,7 +435,12 @@ class PRNNCpuBackend(DictStateMixin, FlatHiddenMixin, Backend):
 
     name = "cpu"
 
-    def __init__(self, layout: PRNNLayout, params: dict, logq_target=None, logq_sample=None):
+    def __init__(self, layout: PRNNLayout, params: dict, logq_target=None, logq_sample=None, *,
+                 inference: bool = False):
+        """inference: run on the given parameter arrays themselves (writable float32 C arrays, a Model's), not
+        on copies, so that a serving engine neither doubles the model's memory nor misses in-place edits; such a
+        backend replays sessions (``replay``) and evaluates, and refuses to train (its optimizer state and
+        gradient buffers are zeros the OS never commits)."""
         if not isinstance(layout, PRNNLayout):
             raise ValueError(f"layout must be a PRNNLayout; got {type(layout).__name__}")
         # Launch Numba's thread pool now: a driver loaded from the on-disk cache calls its prange kernels through
@@ -433,11 +456,19 @@ class PRNNCpuBackend(DictStateMixin, FlatHiddenMixin, Backend):
         self.acc_flat, self.acc = allocate(specs, np.float32)
         self.mom_flat, self.mom = allocate(specs, np.float32)
         self.gflat, gdense = allocate(specs, np.float32)
+        self.inference = bool(inference)
         for s in specs:
             given = np.asarray(params[s.name])
             if given.shape != tuple(s.shape):
                 raise ValueError(f"params[{s.name!r}] has shape {given.shape}; expected {tuple(s.shape)}")
-            self.params[s.name][...] = given
+            if not self.inference:
+                self.params[s.name][...] = given
+            elif given.dtype != np.float32 or not given.flags.c_contiguous or not given.flags.writeable:
+                raise ValueError(f"inference on params[{s.name!r}] needs a writable float32 C-contiguous array; got "
+                                 f"{given.dtype}, contiguous={given.flags.c_contiguous}, "
+                                 f"writable={given.flags.writeable}")
+            else:
+                self.params[s.name] = given
         subnets = layout.subnets
         self.K = K = len(subnets)
         self.layer_widths = tuple(h for sub in subnets for h in sub.layers)  # the flat layer tuple
@@ -604,6 +635,9 @@ class PRNNCpuBackend(DictStateMixin, FlatHiddenMixin, Backend):
         return self._run(inputs, targets, active, reset, samples, step0, self._phase_arrays(phases))
 
     def _run(self, inputs, targets, active, reset, samples, step0, phases: Phases) -> np.ndarray:
+        if self.inference:
+            raise RuntimeError("this PRNNCpuBackend was built with inference=True (on a model's own arrays): it "
+                               "replays and evaluates, it does not train")
         T, B, S = self.check_chunk_shapes(inputs, targets, active, reset, samples)
         inputs = np.ascontiguousarray(inputs, dtype=np.int32)
         targets = np.ascontiguousarray(targets, dtype=np.int32)
@@ -643,6 +677,18 @@ class PRNNCpuBackend(DictStateMixin, FlatHiddenMixin, Backend):
     def opt(self) -> dict:
         """The Adagrad accumulators and momenta as DictStateMixin reads them (views into the flat buffers)."""
         return {"acc": self.acc, "mom": self.mom}
+
+    # ------------------------------------------------------------------ inference
+    def replay(self, hid: list, Xt, m_t, run) -> None:
+        """Advance n sessions' hidden states (``hid``: one float32 [n, H_l] array per layer, in place) by the
+        items Xt [T, n] (int32 item indices), the first m_t[t] rows at step t (``prnn_replay_prefix``); run [K]:
+        the subnets that run."""
+        n = hid[0].shape[0]
+        work, pw, srcs = self._work(n, 0, with_scores=False)
+        with parallel_region():
+            prnn_replay_prefix(self._p, self._hypers, self._subs, srcs, work, pw, typed_list(tuple(hid)),
+                               np.ascontiguousarray(Xt, dtype=np.int32), np.ascontiguousarray(m_t, dtype=np.int64),
+                               np.ascontiguousarray(run, dtype=np.bool_))
 
     # ------------------------------------------------------------------ evaluation
     def reset_eval(self, batch_size: int) -> None:
