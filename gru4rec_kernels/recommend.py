@@ -229,8 +229,6 @@ class _PRNNEngine(_Engine):
     is one flat vector: subnet 0's layers, then subnet 1's, ..."""
 
     def __init__(self, model):
-        from .backends.cpu.prnn import PRNNCpuBackend
-
         P = model.params
         self.model_ref = weakref.ref(model)
         self.cfg_key = ("prnn", model.prnn, model.scoring, _cfg_key(model.cfg))
@@ -251,7 +249,8 @@ class _PRNNEngine(_Engine):
         self._pop_order = None
         self._empty = np.zeros(0, dtype=np.int64)
         self._local = threading.local()
-        self.backend = PRNNCpuBackend(model.layout, P, inference=True)
+        self._backend = None  # built at the first batch (replay)
+        self._backend_lock = threading.Lock()
         K = len(self.layout.subnets)
         self.run = np.zeros(K, dtype=np.bool_)
         self.run[list(range(K)) if self.scoring is None else list(self.scoring)] = True
@@ -273,6 +272,17 @@ class _PRNNEngine(_Engine):
                 o += h
             out.append(layers)
         return out
+
+    @property
+    def backend(self):
+        """The cpu p-RNN backend that replays batches: on the model's own arrays (inference=True), or on copies
+        of them when one is read-only (a memory-mapped model: Numba types those apart)."""
+        with self._backend_lock:
+            if self._backend is None:
+                from .backends.cpu.prnn import PRNNCpuBackend
+                shared = all(v.flags.writeable for v in self.params.values())
+                self._backend = PRNNCpuBackend(self.layout, self.params, inference=shared)
+            return self._backend
 
     def _replay(self, states: np.ndarray, Xt: np.ndarray, m_t: np.ndarray) -> None:
         """states [n, state_size] advanced in place by the schedule (Xt, m_t) (prefix_schedule's)."""

@@ -207,6 +207,35 @@ def test_recommend_and_serving_equal_reference_scores(data, model):
         np.testing.assert_array_equal(model.recommend([*sess, -12345], k=5)[0], ids)  # unknown: skipped
 
 
+def test_batch_sees_in_place_edits_and_takes_read_only_arrays(data, model):
+    """recommend_batch of a p-RNN replays on the model's own arrays: an in-place edit of a GRU weight changes its
+    results as the reference says; a model whose arrays are read-only (memory-mapped) is served from copies."""
+    train, *_ = data
+    sessions = [train.item_ids[[3, 17, 3, 40]], train.item_ids[[5]], train.item_ids[[8, 9, 10]]]
+
+    def reference_top(m, s, k=5):
+        H = m.hidden_state(m.item_index(s)[0])
+        scores = rp.score_all(m.params, m.layout, H)[0]
+        return train.item_ids[np.lexsort((np.arange(scores.size), -scores))[:k]]
+
+    params = {k: v.copy() for k, v in model.params.items()}
+    m = Model(model.cfg, model.item_ids, params, item_support=model.item_support, prnn=model.prnn,
+              features=model.features)
+    before = m.recommend_batch(sessions, k=5)[0]
+    name = next(k for k in params if "Wrz" in k)
+    params[name] *= np.float32(-3.0)  # in place: the engine is not rebuilt
+    after = m.recommend_batch(sessions, k=5)[0]
+    assert not np.array_equal(before, after)
+    for j, s in enumerate(sessions):
+        np.testing.assert_array_equal(after[j], reference_top(m, s))
+    ro = {k: v.copy() for k, v in params.items()}
+    for v in ro.values():
+        v.setflags(write=False)
+    m_ro = Model(model.cfg, model.item_ids, ro, item_support=model.item_support, prnn=model.prnn,
+                 features=model.features)
+    np.testing.assert_array_equal(m_ro.recommend_batch(sessions, k=5)[0], after)
+
+
 def test_save_load_round_trip_and_checksum_refusal(data, model, tmp_path):
     train, cat, img, *_ = data
     path = tmp_path / "m.safetensors"
