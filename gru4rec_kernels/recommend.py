@@ -33,12 +33,11 @@ How (CPU, Numba):
   states transposed (in L1 / L2) and scores MR items at a time with the training GEMM micro-kernel
   (``backends/cpu/gemm.py``), then the bias and f in a vectorised loop, as evaluation's ``rank_counts`` does. A
   score is offered to its row's heap only if it reaches the heap's worst kept score (one compare per (item,
-  row)); exclusions are looked up only for the few that pass. Measured on this 2-core machine, the previous
-  kernel (four rows per pass of fast-math dot products, an exclusion pointer advanced for every (item, row))
-  and this one alternating in one run, 1,000 sessions each excluding its own items, k = 20: 700k items at H
-  100, 6.80-6.85 s -> 1.39-1.44 s (20 -> 97-101 GFLOP/s, the two cores' GEMM speed); 200k items, 1.6-2.0 s ->
-  0.41 s; 100k items at H 512 (500 sessions), 1.11-1.38 s -> 0.51-0.58 s. ``bench/test_bench_recommend.py``
-  measures this path (``::test_throughput_batch_of_1000``). Alternatives: ``np.argpartition``
+  row)); exclusions are looked up only for the few that pass. Measured on this 2-core machine with
+  ``bench/compare_trees.py --workload recommend`` (1,000 sessions x 700k items, H 100, k = 20, each session
+  excluding its own items; the previous kernel, four rows per pass of fast-math dot products with an exclusion
+  pointer advanced for every (item, row), and this one alternating over 4 rounds): 121-138 -> 526-550
+  sessions/s, 4.1x, the same ids (``bench/results/compare_trees_recommend.json``). Alternatives: ``np.argpartition``
   on a BLAS score tile was not used because it picks arbitrarily among scores tied at the k-th place (ties
   would not be broken by index); BLAS tiles + a parallel Numba heap update was the first version and was
   dropped: OpenBLAS's and Numba's thread pools alternate every tile and each spins while the other works.
