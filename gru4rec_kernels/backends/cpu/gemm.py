@@ -327,6 +327,10 @@ mk_acc1 = _make(1, accumulate=True)
 pack_strip = _python_pack_strip() if numba.config.DISABLE_JIT else _pack_strip()
 
 
+# ALIVE. Numba frees a local array at the end of the block of its last use, and a raw address keeps nothing
+# alive: an array allocated in an ``if`` whose address alone is used after it is freed there, and the next
+# allocation may take its memory (measured: a buffer filled with 3.0, freed so, read 7.0 from the next array).
+# So a scratch array that the micro-kernel reads by address is itself used (``.ctypes.data``) where it is read.
 # B rows at least this many floats apart (2 KB: two rows per 4 KB page) are packed per strip (pack_strip); closer
 # rows share pages and are read in place (packing a strip that only a few row tiles read, at B = 32, cost more
 # than it saved).
@@ -382,14 +386,15 @@ def gemm(A, a_rs, a_ks, Bm, b_ks, C, c_rs, c_cs, M, N, K):
         j = (t // groups) * W2
         g = t % groups
         nv = min(W2, N - j)
-        pp = pb + 4 * j  # the strip in place, or packed when B's rows lie far apart (see PACK_STRIDE)
-        ps = b_ks
-        if b_ks >= PACK_STRIDE:
-            panel = np.empty(max(K, 1) * W2, dtype=np.float32)
-            pp = panel.ctypes.data
-            ps = W2
-            pack_strip(pb + 4 * j, b_ks, pp, K, nv)
+        # the strip in place, or packed when B's rows lie far apart (see PACK_STRIDE); the panel is read through
+        # panel.ctypes.data in the tile loop so that it lives until the last tile (see ALIVE)
+        packed = b_ks >= PACK_STRIDE
+        panel = np.empty(max(K, 1) * W2 if packed else 1, dtype=np.float32)
+        ps = W2 if packed else b_ks
+        if packed:
+            pack_strip(pb + 4 * j, b_ks, panel.ctypes.data, K, nv)
         for ib in range(mb * g // groups, mb * (g + 1) // groups):
+            pp = panel.ctypes.data if packed else pb + 4 * j
             i = ib * MR
             mv = min(MR, M - i)
             pa_i = pa + 4 * i * a_rs
@@ -487,14 +492,13 @@ def gemm_batch(jobs, n):
         nv = min(W2, N - j)
         a_rs = jobs[q, 1]
         c_rs = jobs[q, 6]
-        pp = np.uint64(jobs[q, 3] + 4 * j)
-        ps = jobs[q, 4]
-        if ps >= PACK_STRIDE:
-            panel = np.empty(max(K, 1) * W2, dtype=np.float32)
-            pp = np.uint64(panel.ctypes.data)
-            pack_strip(np.uint64(jobs[q, 3] + 4 * j), jobs[q, 4], pp, K, nv)
-            ps = W2
+        packed = jobs[q, 4] >= PACK_STRIDE
+        panel = np.empty(max(K, 1) * W2 if packed else 1, dtype=np.float32)  # read in the loop: see ALIVE
+        ps = W2 if packed else jobs[q, 4]
+        if packed:
+            pack_strip(np.uint64(jobs[q, 3] + 4 * j), jobs[q, 4], panel.ctypes.data, K, nv)
         for i in range(0, M, MR):
+            pp = np.uint64(panel.ctypes.data) if packed else np.uint64(jobs[q, 3] + 4 * j)
             a = np.uint64(jobs[q, 0] + 4 * i * a_rs)
             c = np.uint64(jobs[q, 5] + 4 * (i * c_rs + j))
             mv = min(MR, M - i)
