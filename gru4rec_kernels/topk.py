@@ -173,9 +173,9 @@ def _topk_rows(Hr, Wy, By, code, a, k, cand, use_cand, ex_ptr, ex_end, ex_idx, r
     rows transposed (hT [H, RBp], which stays in L1 / L2) and sweeps its items MR at a time: the items' Wy rows
     (read in place, or gathered for candidates) times hT with the GEMM micro-kernel (backends/cpu/gemm.py) give
     an MR x RBp score tile, finished with the bias and f in a vectorised loop (evaluation's rank_counts
-    computes its scores with the same three steps). A score enters its row's heap only if it reaches the row's threshold (the
-    heap's worst kept score once it holds k): one compare per (item, row), and the exclusion list is searched
-    only for the few that pass. An item below the threshold is worse than k kept ones, so the result is the
+    computes its scores with the same three steps). A score enters its row's heap only if it reaches the row's
+    threshold (the heap's worst kept score once it holds k): one compare per (item, row), and the exclusion list
+    is searched only for the few that pass. An item below the threshold is worse than k kept ones, so the result is the
     exact top-k in the total order (score descending, index ascending), whatever the tiling. The per-chunk
     heaps are merged at the end. Returns (top_i [R, k], top_s [R, k], cnt [R]) best first.
     """
