@@ -50,11 +50,11 @@ def finish_scores(S, e, n, by, act, act_a):
 
 
 @njit(cache=True, error_model="numpy")
-def _count(sc_row, it, targets, tscore, part_gt, part_eq, c):
-    """part_gt[c, i] += [sc_row[i] > tscore[i]], part_eq[c, i] += [sc_row[i] == tscore[i]] for every row i
-    (sc_row: one item's finished scores), the target's own column counting as equal."""
+def _count(S, e, it, targets, tscore, part_gt, part_eq, c):
+    """part_gt[c, i] += [S[e, i] > tscore[i]], part_eq[c, i] += [S[e, i] == tscore[i]] for every row i (S[e]:
+    item it's finished scores; no view is taken), the target's own column counting as equal."""
     for i in range(targets.shape[0]):
-        sc = sc_row[i]
+        sc = S[e, i]
         t = tscore[i]
         is_t = it == targets[i]
         part_gt[c, i] += np.int64((sc > t) & (not is_t))
@@ -99,7 +99,7 @@ def rank_counts(h, hT, Wy, By, items, targets, act, act_a, tscore, n_gt, n_eq, p
             for e in range(min(MR, M - j0)):
                 it = items[j0 + e]
                 finish_scores(S_c, e, B, By[it], act, act_a)
-                _count(S_c[e, :B], it, targets, tscore, part_gt, part_eq, c)
+                _count(S_c, e, it, targets, tscore, part_gt, part_eq, c)
     for i in range(B):
         gt = 0
         eq = 0
